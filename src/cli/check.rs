@@ -1,0 +1,204 @@
+//! `godwit check PIPELINE`: validates the file and every prerequisite without moving data,
+//! as a report (or `--json`). Exit 2 when something would stop a run, 0 otherwise.
+
+use serde::Serialize;
+
+use crate::config;
+use crate::error::Error;
+use crate::task::{discover, state_store, target_store};
+
+#[derive(Debug, Serialize)]
+struct Check {
+    name: &'static str,
+    status: &'static str,
+    message: String,
+}
+
+#[derive(Debug, Serialize)]
+struct ColumnReport {
+    name: String,
+    pg_type: String,
+    arrow_type: String,
+}
+
+#[derive(Debug, Serialize)]
+struct TableReport {
+    table: String,
+    estimated_rows: u64,
+    partitioned: bool,
+    key: Vec<String>,
+    select_privilege: bool,
+    columns: Vec<ColumnReport>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    pipeline: String,
+    ok: bool,
+    checks: Vec<Check>,
+    tables: Vec<TableReport>,
+}
+
+impl Report {
+    fn add(&mut self, name: &'static str, status: &'static str, message: impl Into<String>) {
+        if status == "error" {
+            self.ok = false;
+        }
+        self.checks.push(Check {
+            name,
+            status,
+            message: message.into(),
+        });
+    }
+}
+
+pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
+    let p = super::load_pipeline(path)?;
+    let mut report = Report {
+        pipeline: p.name.clone(),
+        ok: true,
+        checks: Vec::new(),
+        tables: Vec::new(),
+    };
+    report.add("config", "ok", format!("{} is valid", p.file));
+    if let Err(e) = config::unsupported(&p) {
+        report.add("config", "error", e.to_string());
+    }
+    match discover(&p).await {
+        Ok(d) => {
+            report.add(
+                "source",
+                "ok",
+                format!(
+                    "connected to {} (PostgreSQL {})",
+                    d.source.display, d.server_version
+                ),
+            );
+            let c = d.snapshot.client();
+            for plan in &d.plans {
+                let privilege: bool = c
+                    .query_one(
+                        "SELECT has_table_privilege(c.oid, 'SELECT') FROM pg_class c WHERE c.oid = $1",
+                        &[&plan.table.oid],
+                    )
+                    .await
+                    .map(|r| r.get(0))
+                    .unwrap_or(false);
+                if !privilege {
+                    report.add(
+                        "privileges",
+                        "error",
+                        format!(
+                            "no SELECT privilege on {}: GRANT SELECT ON {} TO <godwit user>",
+                            plan.table.name,
+                            plan.table.name.quoted()
+                        ),
+                    );
+                }
+                report.tables.push(TableReport {
+                    table: plan.key(),
+                    estimated_rows: plan.table.estimated_rows,
+                    partitioned: plan.table.partitioned,
+                    key: plan.table.key.clone(),
+                    select_privilege: privilege,
+                    columns: plan
+                        .copy
+                        .columns
+                        .iter()
+                        .map(|(name, t)| ColumnReport {
+                            name: name.clone(),
+                            pg_type: plan
+                                .table
+                                .columns
+                                .iter()
+                                .find(|c| &c.name == name)
+                                .map(|c| c.type_name.clone())
+                                .unwrap_or_default(),
+                            arrow_type: t.arrow_type().to_string(),
+                        })
+                        .collect(),
+                });
+            }
+            report.add("tables", "ok", format!("{} tables matched", d.plans.len()));
+            let _ = d.snapshot.release().await;
+        }
+        Err(e) => report.add("source", "error", e.to_string()),
+    }
+    match target_store(&p) {
+        Ok(store) => match writable(store.root()) {
+            Ok(()) => report.add(
+                "target",
+                "ok",
+                format!("{} is writable", store.root().display()),
+            ),
+            Err(e) => report.add(
+                "target",
+                "error",
+                format!("{}: {e}", store.root().display()),
+            ),
+        },
+        Err(e) => report.add("target", "error", e.to_string()),
+    }
+    match state_store(&p) {
+        Ok(state) => match state.lease_holder() {
+            Some(holder) => report.add(
+                "lease",
+                "warning",
+                format!("a run holds the lease now ({holder}); a second run would exit 2"),
+            ),
+            None => report.add("lease", "ok", "free"),
+        },
+        Err(e) => report.add("state", "error", e.to_string()),
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print_report(&report);
+    }
+    Ok(if report.ok { 0 } else { 2 })
+}
+
+fn print_report(r: &Report) {
+    println!("pipeline {}", r.pipeline);
+    for c in &r.checks {
+        println!("  {:<8} {:<11} {}", c.status, c.name, c.message);
+    }
+    for t in &r.tables {
+        println!(
+            "  table {} (~{} rows{}{})",
+            t.table,
+            t.estimated_rows,
+            if t.partitioned { ", partitioned" } else { "" },
+            if t.key.is_empty() {
+                ", no primary key".to_string()
+            } else {
+                format!(", key {}", t.key.join(", "))
+            }
+        );
+        for c in &t.columns {
+            println!("      {:<30} {:<32} → {}", c.name, c.pg_type, c.arrow_type);
+        }
+    }
+    println!("{}", if r.ok { "check passed" } else { "check FAILED" });
+}
+
+/// Whether files can be created where the target points (the folder or its nearest
+/// existing parent), without leaving anything behind.
+fn writable(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut probe_dir = dir;
+    while !probe_dir.exists() {
+        match probe_dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => probe_dir = p,
+            _ => {
+                probe_dir = std::path::Path::new(".");
+                break;
+            }
+        }
+    }
+    let probe = probe_dir.join(format!(".godwit-check-{}", std::process::id()));
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(&probe)
+}

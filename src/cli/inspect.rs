@@ -1,0 +1,88 @@
+//! `godwit inspect PIPELINE [--table schema.table]`: what landed in the target — per table
+//! the objects, rows, bytes, schema and a few sample rows, read back from the files.
+
+use std::collections::BTreeMap;
+
+use arrow::util::pretty::pretty_format_batches;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::file::reader::{FileReader, SerializedFileReader};
+
+use crate::error::Error;
+use crate::sink::files::ObjectStore;
+use crate::task::target_store;
+
+pub fn execute(path: &str, table: Option<&str>, sample_rows: usize) -> Result<i32, Error> {
+    let p = super::load_pipeline(path)?;
+    let store = target_store(&p)?;
+    let objects = store
+        .list("")
+        .map_err(|e| Error::Runtime(format!("listing {}: {e}", store.describe())))?;
+    let mut by_table: BTreeMap<String, Vec<_>> = BTreeMap::new();
+    for o in objects {
+        let mut parts = o.key.splitn(3, '/');
+        let (Some(schema), Some(name), Some(_)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if schema == "_godwit" || !o.key.ends_with(".parquet") {
+            continue;
+        }
+        by_table
+            .entry(format!("{schema}.{name}"))
+            .or_default()
+            .push(o);
+    }
+    if let Some(t) = table {
+        by_table.retain(|k, _| k == t);
+        if by_table.is_empty() {
+            println!("nothing landed for {t} in {}", store.describe());
+            return Ok(0);
+        }
+    }
+    println!("target {}", store.describe());
+    for (name, objects) in by_table {
+        let mut total_rows = 0i64;
+        let total_bytes: u64 = objects.iter().map(|o| o.size).sum();
+        let mut lines = Vec::new();
+        let mut first = None;
+        for o in &objects {
+            let data = store
+                .get(&o.key)
+                .map_err(|e| Error::Runtime(format!("reading {}: {e}", o.key)))?;
+            let reader = SerializedFileReader::new(data.clone())
+                .map_err(|e| Error::Runtime(format!("{}: not a Parquet file: {e}", o.key)))?;
+            let rows = reader.metadata().file_metadata().num_rows();
+            total_rows += rows;
+            lines.push(format!("    {}  {} rows  {} bytes", o.key, rows, o.size));
+            if first.is_none() && rows > 0 {
+                first = Some(data);
+            }
+        }
+        println!(
+            "\n{name}: {} objects, {total_rows} rows, {total_bytes} bytes",
+            objects.len()
+        );
+        for l in lines {
+            println!("{l}");
+        }
+        if let Some(data) = first {
+            let builder = ParquetRecordBatchReaderBuilder::try_new(data)
+                .map_err(|e| Error::Runtime(e.to_string()))?;
+            let schema = builder.schema().clone();
+            println!("  schema:");
+            for f in schema.fields() {
+                println!("    {}: {}", f.name(), f.data_type());
+            }
+            let reader = builder
+                .with_batch_size(sample_rows.max(1))
+                .build()
+                .map_err(|e| Error::Runtime(e.to_string()))?;
+            if let Some(Ok(batch)) = reader.into_iter().next() {
+                let batch = batch.slice(0, batch.num_rows().min(sample_rows));
+                if let Ok(text) = pretty_format_batches(&[batch]) {
+                    println!("  sample:\n{text}");
+                }
+            }
+        }
+    }
+    Ok(0)
+}

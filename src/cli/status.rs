@@ -1,0 +1,80 @@
+//! `godwit status PIPELINE`: task state and per-table statistics, as a table or `--json`.
+
+use crate::error::Error;
+use crate::task::state_store;
+
+pub fn execute(path: &str, json: bool) -> Result<i32, Error> {
+    let p = super::load_pipeline(path)?;
+    let store = state_store(&p)?;
+    let record = store.load().map_err(|e| Error::Runtime(e.to_string()))?;
+    let Some(record) = record else {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"pipeline": p.name, "state": "never run", "tables": {}})
+            );
+        } else {
+            println!(
+                "pipeline {}: never run (no state in {})",
+                p.name,
+                store.dir().display()
+            );
+        }
+        return Ok(0);
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&record).unwrap_or_default()
+        );
+        return Ok(0);
+    }
+    println!(
+        "pipeline {} ({}): {} — started {}{}",
+        record.pipeline,
+        record.mode,
+        record.state,
+        record.started_at,
+        record
+            .stopped_at
+            .as_deref()
+            .map(|s| format!(", stopped {s}"))
+            .unwrap_or_default()
+    );
+    if let Some(e) = &record.last_error {
+        println!("last error: {e}");
+    }
+    let width = record
+        .tables
+        .keys()
+        .map(|k| k.chars().count())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    println!(
+        "{:width$}  {:<16} {:>12} {:>14} {:>5} {:>8} {:>8} {:>8} {:>6}  last LSN",
+        "table", "state", "rows", "bytes", "files", "inserts", "updates", "deletes", "errors",
+    );
+    for (name, t) in &record.tables {
+        println!(
+            "{:width$}  {:<16} {:>12} {:>14} {:>5} {:>8} {:>8} {:>8} {:>6}  {}",
+            name,
+            t.state.as_str(),
+            t.full_load_rows,
+            t.full_load_bytes,
+            t.files.len(),
+            t.inserts,
+            t.updates,
+            t.deletes,
+            t.data_errors,
+            t.last_lsn.as_deref().unwrap_or("-")
+        );
+        if let Some(e) = &t.last_error {
+            println!("    error: {e}");
+            if let Some(r) = &t.remedy {
+                println!("    remedy: {r}");
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,151 @@
+//! The `godwit` binary: parse the command line, set up logging, call the library, map
+//! errors to exit codes (SPEC §2).
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use godwit::cli;
+use godwit::task::progress::LogWriter;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "godwit",
+    version,
+    about = "PostgreSQL to S3 and Redis, the way AWS DMS does it"
+)]
+struct Args {
+    /// Log format: human-readable on a terminal, JSON lines otherwise (auto).
+    #[arg(long, value_enum, default_value = "auto", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Auto,
+    Json,
+    Pretty,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline per its mode.
+    Run {
+        /// Pipeline file (a path).
+        pipeline: String,
+        /// Batch run: full load where due, then exit.
+        #[arg(long)]
+        once: bool,
+        /// Stop cleanly after this long (e.g. 10m).
+        #[arg(long)]
+        max_duration: Option<String>,
+    },
+    /// Validate the file and every prerequisite without moving data.
+    Check {
+        pipeline: String,
+        /// Machine-readable report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Task state and per-table statistics.
+    Status {
+        pipeline: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What landed in the target: objects, rows, schema, sample rows.
+    Inspect {
+        pipeline: String,
+        /// Only this table (schema.table).
+        #[arg(long)]
+        table: Option<String>,
+        /// Sample rows per table.
+        #[arg(long, default_value_t = 5)]
+        rows: usize,
+    },
+    /// Queue a fresh full load of one table.
+    Reload {
+        pipeline: String,
+        #[arg(long)]
+        table: String,
+    },
+    /// Remove the slot, publication and state godwit created for this pipeline.
+    Drop {
+        pipeline: String,
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = std::env::var("GODWIT_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let terminal = std::io::stderr().is_terminal();
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !terminal,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(|| LogWriter);
+    if json {
+        builder.json().with_current_span(false).init();
+    } else {
+        builder.with_ansi(terminal).with_target(false).init();
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match args.command {
+            Command::Run {
+                pipeline,
+                once: _,
+                max_duration,
+            } => {
+                if max_duration.is_some() {
+                    return Err(godwit::Error::Startup(
+                        "--max-duration is not supported yet by this godwit version (it applies to CDC)".into(),
+                    ));
+                }
+                cli::run::execute(&pipeline).await
+            }
+            Command::Check { pipeline, json } => cli::check::execute(&pipeline, json).await,
+            Command::Status { pipeline, json } => cli::status::execute(&pipeline, json),
+            Command::Inspect {
+                pipeline,
+                table,
+                rows,
+            } => cli::inspect::execute(&pipeline, table.as_deref(), rows),
+            Command::Reload { .. } | Command::Drop { .. } => Err(godwit::Error::Startup(
+                "reload and drop are not supported yet by this godwit version".into(),
+            )),
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Events (SPEC §6): one typed model whose every emission is written to the events file and
+//! logged with structured fields, so logs and notifications never disagree.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde_json::{Value, json};
+
+/// Severity of an event (also an SNS message attribute).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Error,
+}
+
+/// Everything godwit tells the outside world about.
+#[derive(Debug, Clone)]
+pub enum EventKind {
+    TaskStarted {
+        mode: String,
+        tables: usize,
+    },
+    TaskStopped {
+        seconds: f64,
+        tables_in_error: usize,
+    },
+    TaskFailed {
+        error: String,
+    },
+    FullLoadStarted {
+        tables: usize,
+        snapshot: String,
+    },
+    TableLoaded {
+        table: String,
+        rows: u64,
+        bytes: u64,
+        files: usize,
+        seconds: f64,
+        data_errors: u64,
+    },
+    FullLoadCompleted {
+        tables: usize,
+        rows: u64,
+        seconds: f64,
+    },
+    TableError {
+        table: String,
+        error: String,
+        policy: String,
+        remedy: String,
+    },
+}
+
+/// The JSON object of SPEC §6.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Event {
+    pub event_type: &'static str,
+    pub severity: Severity,
+    pub pipeline: String,
+    pub table: Option<String>,
+    pub time: String,
+    pub message: String,
+    pub dms_event_id: Option<&'static str>,
+    pub details: Value,
+}
+
+impl EventKind {
+    /// Builds the event as published.
+    pub fn to_event(&self, pipeline: &str) -> Event {
+        let (event_type, severity, table, message, dms, details) = match self {
+            EventKind::TaskStarted { mode, tables } => (
+                "task.started",
+                Severity::Info,
+                None,
+                format!("task started ({mode}, {tables} tables)"),
+                Some("DMS-EVENT-0069"),
+                json!({"mode": mode, "tables": tables}),
+            ),
+            EventKind::TaskStopped {
+                seconds,
+                tables_in_error,
+            } => (
+                "task.stopped",
+                if *tables_in_error > 0 {
+                    Severity::Warning
+                } else {
+                    Severity::Info
+                },
+                None,
+                format!("task stopped after {seconds:.1}s, {tables_in_error} tables in error"),
+                Some("DMS-EVENT-0079"),
+                json!({"seconds": seconds, "tables_in_error": tables_in_error}),
+            ),
+            EventKind::TaskFailed { error } => (
+                "task.failed",
+                Severity::Error,
+                None,
+                format!("task failed: {error}"),
+                Some("DMS-EVENT-0078"),
+                json!({"error": error}),
+            ),
+            EventKind::FullLoadStarted { tables, snapshot } => (
+                "full_load.started",
+                Severity::Info,
+                None,
+                format!("full load of {tables} tables started"),
+                None,
+                json!({"tables": tables, "snapshot": snapshot}),
+            ),
+            EventKind::TableLoaded {
+                table,
+                rows,
+                bytes,
+                files,
+                seconds,
+                data_errors,
+            } => (
+                "table.loaded",
+                Severity::Info,
+                Some(table.clone()),
+                format!(
+                    "{table} loaded: {rows} rows, {bytes} bytes in {files} files, {seconds:.1}s"
+                ),
+                None,
+                json!({"rows": rows, "bytes": bytes, "files": files, "seconds": seconds, "data_errors": data_errors}),
+            ),
+            EventKind::FullLoadCompleted {
+                tables,
+                rows,
+                seconds,
+            } => (
+                "full_load.completed",
+                Severity::Info,
+                None,
+                format!("full load completed: {tables} tables, {rows} rows, {seconds:.1}s"),
+                None,
+                json!({"tables": tables, "rows": rows, "seconds": seconds}),
+            ),
+            EventKind::TableError {
+                table,
+                error,
+                policy,
+                remedy,
+            } => (
+                "table.error",
+                Severity::Error,
+                Some(table.clone()),
+                format!("{table}: {error} ({policy}); {remedy}"),
+                None,
+                json!({"error": error, "policy": policy, "remedy": remedy}),
+            ),
+        };
+        Event {
+            event_type,
+            severity,
+            pipeline: pipeline.to_string(),
+            table,
+            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            message,
+            dms_event_id: dms,
+            details,
+        }
+    }
+}
+
+/// Emits events: one JSON line in the events file, one structured log line.
+pub struct Notifier {
+    pipeline: String,
+    file: Mutex<Option<File>>,
+    path: PathBuf,
+}
+
+impl Notifier {
+    /// Opens (appends to) the events file, creating its folder.
+    pub fn open(pipeline: &str, path: &Path) -> std::io::Result<Notifier> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Notifier {
+            pipeline: pipeline.to_string(),
+            file: Mutex::new(Some(file)),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Emits one event. Never fails: a write problem is logged, the data path goes on.
+    pub fn emit(&self, kind: EventKind) -> Event {
+        let event = kind.to_event(&self.pipeline);
+        let line = serde_json::to_string(&event).unwrap_or_default();
+        match event.severity {
+            Severity::Error => tracing::error!(
+                event_type = event.event_type,
+                table = event.table.as_deref(),
+                details = %event.details,
+                "{}", event.message
+            ),
+            Severity::Warning => tracing::warn!(
+                event_type = event.event_type,
+                table = event.table.as_deref(),
+                details = %event.details,
+                "{}", event.message
+            ),
+            Severity::Info => tracing::info!(
+                event_type = event.event_type,
+                table = event.table.as_deref(),
+                details = %event.details,
+                "{}", event.message
+            ),
+        }
+        if let Ok(mut guard) = self.file.lock()
+            && let Some(f) = guard.as_mut()
+            && let Err(e) = writeln!(f, "{line}").and_then(|_| f.flush())
+        {
+            tracing::warn!(path = %self.path.display(), "cannot write the events file: {e}");
+        }
+        event
+    }
+}

@@ -1,0 +1,176 @@
+//! What the source holds: tables (partitioned ones under their root), columns, keys, types
+//! and size estimates, read from the system catalogs inside the load's snapshot.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use postgres_protocol::escape::escape_identifier;
+use tokio_postgres::Client;
+
+use super::types::TypeInfo;
+
+/// A table's schema-qualified name, exactly as the catalog spells it.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct TableName {
+    pub schema: String,
+    pub name: String,
+}
+
+impl TableName {
+    pub fn new(schema: impl Into<String>, name: impl Into<String>) -> TableName {
+        TableName {
+            schema: schema.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The quoted SQL form, `"schema"."table"`.
+    pub fn quoted(&self) -> String {
+        format!(
+            "{}.{}",
+            escape_identifier(&self.schema),
+            escape_identifier(&self.name)
+        )
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// One column as the catalog describes it.
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub name: String,
+    pub type_oid: u32,
+    pub typmod: i32,
+    pub ndims: i32,
+    /// `format_type()`, for reports.
+    pub type_name: String,
+}
+
+/// One table (or partitioned root) of the source.
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub oid: u32,
+    pub name: TableName,
+    pub partitioned: bool,
+    /// Row estimate (`reltuples`, summed over partitions); 0 when unknown.
+    pub estimated_rows: u64,
+    pub columns: Vec<Column>,
+    /// Primary-key column names, in key order.
+    pub key: Vec<String>,
+}
+
+/// Catalog facts about every type, for resolving domains, arrays and extension types.
+pub struct Types(HashMap<u32, TypeInfo>);
+
+impl Types {
+    pub fn get(&self, oid: u32) -> Option<TypeInfo> {
+        self.0.get(&oid).cloned()
+    }
+}
+
+/// Reads all type facts (a few hundred rows).
+pub async fn load_types(client: &Client) -> Result<Types, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT oid, typname::text, typtype, typcategory, typelem, typbasetype, typtypmod FROM pg_type",
+            &[],
+        )
+        .await?;
+    let mut map = HashMap::with_capacity(rows.len());
+    for r in rows {
+        let kind: i8 = r.get(2);
+        let category: i8 = r.get(3);
+        let info = TypeInfo {
+            oid: r.get(0),
+            name: r.get(1),
+            kind: kind as u8,
+            category: category as u8,
+            elem: r.get(4),
+            base: r.get(5),
+            base_typmod: r.get(6),
+        };
+        map.insert(info.oid, info);
+    }
+    Ok(Types(map))
+}
+
+/// Every user table and partitioned root (partitions themselves are loaded under their root),
+/// filtered by `selected(schema, table)`.
+pub async fn discover(
+    client: &Client,
+    selected: &dyn Fn(&str, &str) -> bool,
+) -> Result<Vec<Table>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind = 'p',
+                    CASE WHEN c.relkind = 'p' THEN
+                        COALESCE((SELECT sum(greatest(l.reltuples, 0))::float8 FROM pg_partition_tree(c.oid) t
+                                  JOIN pg_class l ON l.oid = t.relid WHERE t.isleaf), 0)
+                    ELSE greatest(c.reltuples, 0)::float8 END
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+               AND n.nspname !~ '^pg_(toast|temp_)'
+             ORDER BY 2, 3",
+            &[],
+        )
+        .await?;
+    let mut tables: Vec<Table> = rows
+        .iter()
+        .filter(|r| selected(r.get(1), r.get(2)))
+        .map(|r| Table {
+            oid: r.get(0),
+            name: TableName::new(r.get::<_, String>(1), r.get::<_, String>(2)),
+            partitioned: r.get(3),
+            estimated_rows: r.get::<_, f64>(4) as u64,
+            columns: Vec::new(),
+            key: Vec::new(),
+        })
+        .collect();
+    if tables.is_empty() {
+        return Ok(tables);
+    }
+    let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
+    let columns = client
+        .query(
+            "SELECT a.attrelid, a.attname::text, a.atttypid, a.atttypmod, a.attndims,
+                    format_type(a.atttypid, a.atttypmod)
+             FROM pg_attribute a
+             WHERE a.attrelid = ANY($1) AND a.attnum > 0 AND NOT a.attisdropped
+             ORDER BY a.attrelid, a.attnum",
+            &[&oids],
+        )
+        .await?;
+    let keys = client
+        .query(
+            "SELECT c.conrelid, a.attname::text
+             FROM pg_constraint c CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY k(attnum, ord)
+             JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
+             WHERE c.contype = 'p' AND c.conrelid = ANY($1)
+             ORDER BY c.conrelid, k.ord",
+            &[&oids],
+        )
+        .await?;
+    let index: HashMap<u32, usize> = tables.iter().enumerate().map(|(i, t)| (t.oid, i)).collect();
+    for r in columns {
+        let t = &mut tables[index[&r.get::<_, u32>(0)]];
+        t.columns.push(Column {
+            name: r.get(1),
+            type_oid: r.get(2),
+            typmod: r.get(3),
+            ndims: r.get(4),
+            type_name: r.get(5),
+        });
+    }
+    for r in keys {
+        tables[index[&r.get::<_, u32>(0)]].key.push(r.get(1));
+    }
+    Ok(tables)
+}

@@ -1,0 +1,802 @@
+//! The one place where PostgreSQL types meet Arrow: which Arrow type a column becomes, how
+//! the full load selects it, and how its binary COPY form is appended to an Arrow builder.
+//!
+//! Every other module asks this file; nothing else knows a type oid.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder,
+    Float32Builder, Float64Builder, Int16Builder, Int32Builder, Int64Builder, ListArray,
+    NullBufferBuilder, StringBuilder, Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
+};
+use arrow::buffer::{OffsetBuffer, ScalarBuffer};
+use arrow::datatypes::{DataType, Field, FieldRef, TimeUnit};
+
+/// Days between 1970-01-01 (Arrow) and 2000-01-01 (PostgreSQL).
+const PG_EPOCH_DAYS: i32 = 10_957;
+/// Microseconds between 1970-01-01 and 2000-01-01.
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// A column type as godwit maps it (domains already resolved to their base type).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PgType {
+    Int2,
+    Int4,
+    Int8,
+    Float4,
+    Float8,
+    Bool,
+    /// numeric(p,s) with p ≤ 38 and 0 ≤ s ≤ p.
+    Decimal {
+        precision: u8,
+        scale: i8,
+    },
+    /// Types whose binary form is UTF-8 text: text, varchar, char, name, citext, enums.
+    Text,
+    /// json: binary form is the JSON text.
+    Json,
+    /// jsonb: binary form is a version byte and the JSON text.
+    Jsonb,
+    Bytea,
+    Date,
+    Time,
+    Timestamp,
+    Timestamptz,
+    Uuid,
+    /// inet and cidr: decoded from binary into PostgreSQL's own text form (their casts to text
+    /// would add a `/32` the output function leaves out).
+    Inet {
+        cidr: bool,
+    },
+    /// Any other type: the COPY query casts it to text (`cast` is the SQL cast suffix).
+    AsText {
+        cast: TextCast,
+    },
+    /// An array, nested to the column's declared dimensions.
+    Array {
+        elem: Box<PgType>,
+        dims: usize,
+    },
+}
+
+/// How a text-mapped type is turned into text inside the COPY query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextCast {
+    /// `::text` — PostgreSQL's text output.
+    Plain,
+    /// money: `::numeric::text`, never locale-formatted.
+    Money,
+}
+
+/// What the catalog says about a type; enough to resolve a column to a [`PgType`].
+#[derive(Debug, Clone)]
+pub struct TypeInfo {
+    pub oid: u32,
+    pub name: String,
+    /// `pg_type.typtype`: b base, d domain, e enum, r range, c composite, p pseudo, m multirange.
+    pub kind: u8,
+    /// `pg_type.typcategory`; `A` for arrays.
+    pub category: u8,
+    pub elem: u32,
+    pub base: u32,
+    pub base_typmod: i32,
+}
+
+/// How numeric(p,s) columns are written (the per-table `numeric` setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NumericAs {
+    Decimal,
+    Text,
+}
+
+mod oid {
+    pub const BOOL: u32 = 16;
+    pub const BYTEA: u32 = 17;
+    pub const NAME: u32 = 19;
+    pub const INT8: u32 = 20;
+    pub const INT2: u32 = 21;
+    pub const INT4: u32 = 23;
+    pub const TEXT: u32 = 25;
+    pub const JSON: u32 = 114;
+    pub const FLOAT4: u32 = 700;
+    pub const FLOAT8: u32 = 701;
+    pub const MONEY: u32 = 790;
+    pub const BPCHAR: u32 = 1042;
+    pub const VARCHAR: u32 = 1043;
+    pub const DATE: u32 = 1082;
+    pub const TIME: u32 = 1083;
+    pub const TIMESTAMP: u32 = 1114;
+    pub const TIMESTAMPTZ: u32 = 1184;
+    pub const NUMERIC: u32 = 1700;
+    pub const UUID: u32 = 2950;
+    pub const JSONB: u32 = 3802;
+    pub const INET: u32 = 869;
+    pub const CIDR: u32 = 650;
+}
+
+/// Resolves a column's type. `lookup` returns catalog facts for an oid; `typmod` is the
+/// column's `atttypmod` and `ndims` its `attndims`.
+pub fn resolve(
+    type_oid: u32,
+    typmod: i32,
+    ndims: i32,
+    numeric: NumericAs,
+    lookup: &dyn Fn(u32) -> Option<TypeInfo>,
+) -> PgType {
+    resolve_inner(type_oid, typmod, ndims, numeric, lookup, 0)
+}
+
+fn resolve_inner(
+    type_oid: u32,
+    typmod: i32,
+    ndims: i32,
+    numeric: NumericAs,
+    lookup: &dyn Fn(u32) -> Option<TypeInfo>,
+    depth: usize,
+) -> PgType {
+    let text = PgType::AsText {
+        cast: TextCast::Plain,
+    };
+    if depth > 16 {
+        return text;
+    }
+    let scalar = match type_oid {
+        oid::INT2 => Some(PgType::Int2),
+        oid::INT4 => Some(PgType::Int4),
+        oid::INT8 => Some(PgType::Int8),
+        oid::FLOAT4 => Some(PgType::Float4),
+        oid::FLOAT8 => Some(PgType::Float8),
+        oid::BOOL => Some(PgType::Bool),
+        oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME => Some(PgType::Text),
+        oid::JSON => Some(PgType::Json),
+        oid::JSONB => Some(PgType::Jsonb),
+        oid::BYTEA => Some(PgType::Bytea),
+        oid::DATE => Some(PgType::Date),
+        oid::TIME => Some(PgType::Time),
+        oid::TIMESTAMP => Some(PgType::Timestamp),
+        oid::TIMESTAMPTZ => Some(PgType::Timestamptz),
+        oid::UUID => Some(PgType::Uuid),
+        oid::INET => Some(PgType::Inet { cidr: false }),
+        oid::CIDR => Some(PgType::Inet { cidr: true }),
+        oid::MONEY => Some(PgType::AsText {
+            cast: TextCast::Money,
+        }),
+        oid::NUMERIC => Some(numeric_type(typmod, numeric)),
+        _ => None,
+    };
+    if let Some(t) = scalar {
+        return t;
+    }
+    let Some(info) = lookup(type_oid) else {
+        return text;
+    };
+    match info.kind {
+        b'd' => {
+            let typmod = if typmod == -1 {
+                info.base_typmod
+            } else {
+                typmod
+            };
+            resolve_inner(info.base, typmod, ndims, numeric, lookup, depth + 1)
+        }
+        b'e' => PgType::Text,
+        _ if info.category == b'A' && info.elem != 0 => {
+            let elem = resolve_inner(info.elem, typmod, 0, numeric, lookup, depth + 1);
+            match elem {
+                // Arrays of arrays cannot be declared; a domain over an array is resolved above.
+                PgType::Array { .. } => text,
+                elem => PgType::Array {
+                    elem: Box::new(elem),
+                    dims: ndims.max(1) as usize,
+                },
+            }
+        }
+        _ if info.name == "citext" => PgType::Text,
+        _ => text,
+    }
+}
+
+/// numeric(p,s) → Decimal128 where it fits exactly, otherwise exact text.
+fn numeric_type(typmod: i32, numeric: NumericAs) -> PgType {
+    let text = PgType::AsText {
+        cast: TextCast::Plain,
+    };
+    if typmod < 4 || numeric == NumericAs::Text {
+        return text;
+    }
+    let t = typmod - 4;
+    let precision = (t >> 16) & 0xffff;
+    // The scale is an 11-bit signed field (PostgreSQL 15 allows negative scales).
+    let raw_scale = t & 0x7ff;
+    let scale = if raw_scale & 0x400 != 0 {
+        raw_scale - 0x800
+    } else {
+        raw_scale
+    };
+    if (1..=38).contains(&precision) && (0..=precision).contains(&scale) {
+        PgType::Decimal {
+            precision: precision as u8,
+            scale: scale as i8,
+        }
+    } else {
+        text
+    }
+}
+
+impl PgType {
+    /// The Arrow type a column of this type becomes.
+    pub fn arrow_type(&self) -> DataType {
+        match self {
+            PgType::Int2 => DataType::Int16,
+            PgType::Int4 => DataType::Int32,
+            PgType::Int8 => DataType::Int64,
+            PgType::Float4 => DataType::Float32,
+            PgType::Float8 => DataType::Float64,
+            PgType::Bool => DataType::Boolean,
+            PgType::Decimal { precision, scale } => DataType::Decimal128(*precision, *scale),
+            PgType::Text
+            | PgType::Json
+            | PgType::Jsonb
+            | PgType::Uuid
+            | PgType::Inet { .. }
+            | PgType::AsText { .. } => DataType::Utf8,
+            PgType::Bytea => DataType::Binary,
+            PgType::Date => DataType::Date32,
+            PgType::Time => DataType::Time64(TimeUnit::Microsecond),
+            PgType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
+            PgType::Timestamptz => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            PgType::Array { elem, dims } => {
+                let mut t = elem.arrow_type();
+                for _ in 0..*dims {
+                    t = DataType::List(Arc::new(elem_field(t)));
+                }
+                t
+            }
+        }
+    }
+
+    /// The Arrow field of a column named `name` (JSON columns carry the canonical JSON
+    /// extension type, so Parquet writes its JSON logical type).
+    pub fn arrow_field(&self, name: &str) -> Field {
+        let field = Field::new(name, self.arrow_type(), true);
+        if matches!(self, PgType::Json | PgType::Jsonb) {
+            field.with_extension_type(arrow_schema::extension::Json::default())
+        } else {
+            field
+        }
+    }
+
+    /// The expression the COPY query selects for column `ident` (already quoted).
+    pub fn select_expr(&self, ident: &str) -> String {
+        match self.text_cast() {
+            None => ident.to_string(),
+            Some((cast, is_array)) => {
+                let brackets = if is_array { "[]" } else { "" };
+                match cast {
+                    TextCast::Plain => format!("{ident}::text{brackets}"),
+                    TextCast::Money => format!("{ident}::numeric{brackets}::text{brackets}"),
+                }
+            }
+        }
+    }
+
+    fn text_cast(&self) -> Option<(TextCast, bool)> {
+        match self {
+            PgType::AsText { cast } => Some((*cast, false)),
+            PgType::Array { elem, .. } => elem.text_cast().map(|(c, _)| (c, true)),
+            _ => None,
+        }
+    }
+
+    /// A short name for reports (`check`, `inspect`).
+    pub fn describe(&self) -> String {
+        match self {
+            PgType::AsText {
+                cast: TextCast::Money,
+            } => "money as text".into(),
+            PgType::AsText { .. } => "text form".into(),
+            PgType::Array { elem, dims } => format!("{}-D array of {}", dims, elem.describe()),
+            other => format!("{other:?}").to_lowercase(),
+        }
+    }
+}
+
+fn elem_field(t: DataType) -> Field {
+    Field::new("item", t, true)
+}
+
+/// A value that cannot be represented in its Arrow column: a data error (`[errors].data`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataError(pub String);
+
+fn malformed(what: &str, len: usize) -> DataError {
+    DataError(format!("malformed binary {what} value ({len} bytes)"))
+}
+
+/// An Arrow builder for one column, fed with the column's binary COPY values.
+pub enum ColumnBuilder {
+    Int16(Int16Builder),
+    Int32(Int32Builder),
+    Int64(Int64Builder),
+    Float32(Float32Builder),
+    Float64(Float64Builder),
+    Bool(BooleanBuilder),
+    Decimal(Decimal128Builder, i8),
+    Utf8(StringBuilder),
+    Jsonb(StringBuilder),
+    Uuid(StringBuilder),
+    Inet(StringBuilder),
+    Binary(BinaryBuilder),
+    Date(Date32Builder),
+    Time(Time64MicrosecondBuilder),
+    Timestamp(TimestampMicrosecondBuilder),
+    List(Box<ListBuilder>),
+}
+
+/// A list column: offsets and validity of its own, elements in a child builder.
+pub struct ListBuilder {
+    field: FieldRef,
+    offsets: Vec<i32>,
+    nulls: NullBufferBuilder,
+    child: ColumnBuilder,
+    child_len: i32,
+}
+
+impl ColumnBuilder {
+    /// A builder for `t`, sized for `rows` values.
+    pub fn new(t: &PgType, rows: usize) -> ColumnBuilder {
+        match t {
+            PgType::Int2 => ColumnBuilder::Int16(Int16Builder::with_capacity(rows)),
+            PgType::Int4 => ColumnBuilder::Int32(Int32Builder::with_capacity(rows)),
+            PgType::Int8 => ColumnBuilder::Int64(Int64Builder::with_capacity(rows)),
+            PgType::Float4 => ColumnBuilder::Float32(Float32Builder::with_capacity(rows)),
+            PgType::Float8 => ColumnBuilder::Float64(Float64Builder::with_capacity(rows)),
+            PgType::Bool => ColumnBuilder::Bool(BooleanBuilder::with_capacity(rows)),
+            PgType::Decimal { precision, scale } => ColumnBuilder::Decimal(
+                Decimal128Builder::with_capacity(rows)
+                    .with_data_type(DataType::Decimal128(*precision, *scale)),
+                *scale,
+            ),
+            PgType::Text | PgType::Json | PgType::AsText { .. } => {
+                ColumnBuilder::Utf8(StringBuilder::with_capacity(rows, rows * 16))
+            }
+            PgType::Jsonb => ColumnBuilder::Jsonb(StringBuilder::with_capacity(rows, rows * 32)),
+            PgType::Uuid => ColumnBuilder::Uuid(StringBuilder::with_capacity(rows, rows * 36)),
+            PgType::Inet { .. } => {
+                ColumnBuilder::Inet(StringBuilder::with_capacity(rows, rows * 16))
+            }
+            PgType::Bytea => ColumnBuilder::Binary(BinaryBuilder::with_capacity(rows, rows * 16)),
+            PgType::Date => ColumnBuilder::Date(Date32Builder::with_capacity(rows)),
+            PgType::Time => ColumnBuilder::Time(Time64MicrosecondBuilder::with_capacity(rows)),
+            PgType::Timestamp => {
+                ColumnBuilder::Timestamp(TimestampMicrosecondBuilder::with_capacity(rows))
+            }
+            PgType::Timestamptz => ColumnBuilder::Timestamp(
+                TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC"),
+            ),
+            PgType::Array { elem, dims } => {
+                let inner = if *dims > 1 {
+                    PgType::Array {
+                        elem: elem.clone(),
+                        dims: dims - 1,
+                    }
+                } else {
+                    (**elem).clone()
+                };
+                ColumnBuilder::List(Box::new(ListBuilder {
+                    field: Arc::new(elem_field(inner.arrow_type())),
+                    offsets: vec![0],
+                    nulls: NullBufferBuilder::new(rows),
+                    child: ColumnBuilder::new(&inner, rows),
+                    child_len: 0,
+                }))
+            }
+        }
+    }
+
+    /// Appends one binary COPY value (`None` is SQL NULL).
+    ///
+    /// On a [`DataError`] nothing was appended; the caller appends a NULL in its place.
+    pub fn append(&mut self, value: Option<&[u8]>) -> Result<(), DataError> {
+        let Some(v) = value else {
+            self.append_null();
+            return Ok(());
+        };
+        match self {
+            ColumnBuilder::Int16(b) => b.append_value(i16::from_be_bytes(fixed(v, "smallint")?)),
+            ColumnBuilder::Int32(b) => b.append_value(i32::from_be_bytes(fixed(v, "integer")?)),
+            ColumnBuilder::Int64(b) => b.append_value(i64::from_be_bytes(fixed(v, "bigint")?)),
+            ColumnBuilder::Float32(b) => b.append_value(f32::from_be_bytes(fixed(v, "real")?)),
+            ColumnBuilder::Float64(b) => {
+                b.append_value(f64::from_be_bytes(fixed(v, "double precision")?))
+            }
+            ColumnBuilder::Bool(b) => b.append_value(fixed::<1>(v, "boolean")?[0] != 0),
+            ColumnBuilder::Decimal(b, scale) => b.append_value(decode_numeric(v, *scale)?),
+            ColumnBuilder::Utf8(b) => b.append_value(utf8(v)?),
+            ColumnBuilder::Jsonb(b) => match v.split_first() {
+                Some((1, json)) => b.append_value(utf8(json)?),
+                _ => return Err(malformed("jsonb", v.len())),
+            },
+            ColumnBuilder::Uuid(b) => {
+                let id = uuid::Uuid::from_slice(v).map_err(|_| malformed("uuid", v.len()))?;
+                b.append_value(
+                    id.hyphenated()
+                        .encode_lower(&mut uuid::Uuid::encode_buffer()),
+                )
+            }
+            ColumnBuilder::Inet(b) => b.append_value(inet_text(v)?),
+            ColumnBuilder::Binary(b) => b.append_value(v),
+            ColumnBuilder::Date(b) => {
+                let days = i32::from_be_bytes(fixed(v, "date")?);
+                b.append_value(match days {
+                    i32::MAX | i32::MIN => days,
+                    d => d
+                        .checked_add(PG_EPOCH_DAYS)
+                        .ok_or_else(|| DataError("date outside the Arrow range".into()))?,
+                })
+            }
+            ColumnBuilder::Time(b) => b.append_value(i64::from_be_bytes(fixed(v, "time")?)),
+            ColumnBuilder::Timestamp(b) => {
+                let micros = i64::from_be_bytes(fixed(v, "timestamp")?);
+                b.append_value(match micros {
+                    i64::MAX | i64::MIN => micros,
+                    m => m
+                        .checked_add(PG_EPOCH_MICROS)
+                        .ok_or_else(|| DataError("timestamp outside the Arrow range".into()))?,
+                })
+            }
+            ColumnBuilder::List(l) => l.append_array(v)?,
+        }
+        Ok(())
+    }
+
+    /// Appends SQL NULL.
+    pub fn append_null(&mut self) {
+        match self {
+            ColumnBuilder::Int16(b) => b.append_null(),
+            ColumnBuilder::Int32(b) => b.append_null(),
+            ColumnBuilder::Int64(b) => b.append_null(),
+            ColumnBuilder::Float32(b) => b.append_null(),
+            ColumnBuilder::Float64(b) => b.append_null(),
+            ColumnBuilder::Bool(b) => b.append_null(),
+            ColumnBuilder::Decimal(b, _) => b.append_null(),
+            ColumnBuilder::Utf8(b)
+            | ColumnBuilder::Jsonb(b)
+            | ColumnBuilder::Uuid(b)
+            | ColumnBuilder::Inet(b) => b.append_null(),
+            ColumnBuilder::Binary(b) => b.append_null(),
+            ColumnBuilder::Date(b) => b.append_null(),
+            ColumnBuilder::Time(b) => b.append_null(),
+            ColumnBuilder::Timestamp(b) => b.append_null(),
+            ColumnBuilder::List(l) => {
+                l.offsets.push(l.child_len);
+                l.nulls.append_null();
+            }
+        }
+    }
+
+    /// Builds the array of everything appended so far and starts empty again.
+    pub fn finish(&mut self) -> ArrayRef {
+        match self {
+            ColumnBuilder::Int16(b) => Arc::new(b.finish()),
+            ColumnBuilder::Int32(b) => Arc::new(b.finish()),
+            ColumnBuilder::Int64(b) => Arc::new(b.finish()),
+            ColumnBuilder::Float32(b) => Arc::new(b.finish()),
+            ColumnBuilder::Float64(b) => Arc::new(b.finish()),
+            ColumnBuilder::Bool(b) => Arc::new(b.finish()),
+            ColumnBuilder::Decimal(b, _) => Arc::new(b.finish()),
+            ColumnBuilder::Utf8(b)
+            | ColumnBuilder::Jsonb(b)
+            | ColumnBuilder::Uuid(b)
+            | ColumnBuilder::Inet(b) => Arc::new(b.finish()),
+            ColumnBuilder::Binary(b) => Arc::new(b.finish()),
+            ColumnBuilder::Date(b) => Arc::new(b.finish()),
+            ColumnBuilder::Time(b) => Arc::new(b.finish()),
+            ColumnBuilder::Timestamp(b) => Arc::new(b.finish()),
+            ColumnBuilder::List(l) => l.finish(),
+        }
+    }
+
+    /// Number of values appended since the last finish.
+    pub fn len(&self) -> usize {
+        match self {
+            ColumnBuilder::Int16(b) => b.len(),
+            ColumnBuilder::Int32(b) => b.len(),
+            ColumnBuilder::Int64(b) => b.len(),
+            ColumnBuilder::Float32(b) => b.len(),
+            ColumnBuilder::Float64(b) => b.len(),
+            ColumnBuilder::Bool(b) => b.len(),
+            ColumnBuilder::Decimal(b, _) => b.len(),
+            ColumnBuilder::Utf8(b)
+            | ColumnBuilder::Jsonb(b)
+            | ColumnBuilder::Uuid(b)
+            | ColumnBuilder::Inet(b) => b.len(),
+            ColumnBuilder::Binary(b) => b.len(),
+            ColumnBuilder::Date(b) => b.len(),
+            ColumnBuilder::Time(b) => b.len(),
+            ColumnBuilder::Timestamp(b) => b.len(),
+            ColumnBuilder::List(l) => l.offsets.len() - 1,
+        }
+    }
+
+    /// True when nothing was appended since the last finish.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl ListBuilder {
+    /// Appends one binary array value: `ndim`, flags, element oid, (size, lower bound) per
+    /// dimension, then every element as length + bytes in row-major order.
+    fn append_array(&mut self, v: &[u8]) -> Result<(), DataError> {
+        let mut r = Reader { buf: v, pos: 0 };
+        let ndim = r.i32()?;
+        let _has_nulls = r.i32()?;
+        let _elem_oid = r.i32()?;
+        let declared = self.depth();
+        if ndim == 0 {
+            // An empty array of any declared dimensionality is an empty outer list.
+            self.offsets.push(self.child_len);
+            self.nulls.append_non_null();
+            return Ok(());
+        }
+        if ndim as usize != declared {
+            return Err(DataError(format!(
+                "array with {ndim} dimensions in a column declared with {declared}"
+            )));
+        }
+        let mut dims = Vec::with_capacity(ndim as usize);
+        for _ in 0..ndim {
+            let size = r.i32()?;
+            let _lower = r.i32()?;
+            if size < 0 {
+                return Err(malformed("array", v.len()));
+            }
+            dims.push(size as usize);
+        }
+        // Validate the whole value before appending, so a bad value leaves no trace.
+        let mut check = r.clone();
+        let count: usize = dims.iter().product();
+        for _ in 0..count {
+            check.element()?;
+        }
+        self.append_dims(&dims, &mut r)
+    }
+
+    fn depth(&self) -> usize {
+        match &self.child {
+            ColumnBuilder::List(inner) => 1 + inner.depth(),
+            _ => 1,
+        }
+    }
+
+    fn append_dims(&mut self, dims: &[usize], r: &mut Reader<'_>) -> Result<(), DataError> {
+        for _ in 0..dims[0] {
+            match &mut self.child {
+                ColumnBuilder::List(inner) if dims.len() > 1 => inner.append_dims(&dims[1..], r)?,
+                leaf => {
+                    let elem = r.element()?;
+                    if let Err(e) = leaf.append(elem) {
+                        leaf.append_null();
+                        return Err(e);
+                    }
+                }
+            }
+            self.child_len += 1;
+        }
+        self.offsets.push(self.child_len);
+        self.nulls.append_non_null();
+        Ok(())
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        let offsets = std::mem::replace(&mut self.offsets, vec![0]);
+        self.child_len = 0;
+        let values = self.child.finish();
+        let offsets = OffsetBuffer::new(ScalarBuffer::from(offsets));
+        Arc::new(ListArray::new(
+            self.field.clone(),
+            offsets,
+            values,
+            self.nulls.finish(),
+        ))
+    }
+}
+
+/// A cursor over a binary value.
+#[derive(Clone)]
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn i32(&mut self) -> Result<i32, DataError> {
+        let b = self
+            .buf
+            .get(self.pos..self.pos + 4)
+            .ok_or_else(|| malformed("array", self.buf.len()))?;
+        self.pos += 4;
+        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn element(&mut self) -> Result<Option<&'a [u8]>, DataError> {
+        let len = self.i32()?;
+        if len < 0 {
+            return Ok(None);
+        }
+        let end = self.pos + len as usize;
+        let b = self
+            .buf
+            .get(self.pos..end)
+            .ok_or_else(|| malformed("array", self.buf.len()))?;
+        self.pos = end;
+        Ok(Some(b))
+    }
+}
+
+/// Binary inet/cidr (family, bits, is_cidr, length, address) → the output function's text:
+/// the address, `/bits` unless it covers the whole address (always for cidr).
+fn inet_text(v: &[u8]) -> Result<String, DataError> {
+    let bad = || malformed("inet", v.len());
+    let (&[family, bits, is_cidr, len], addr) = v.split_first_chunk::<4>().ok_or_else(bad)?;
+    let (text, max) = match (family, len, addr.len()) {
+        (2, 4, 4) => (
+            std::net::Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]).to_string(),
+            32,
+        ),
+        (3, 16, 16) => {
+            let mut octets = [0u8; 16];
+            octets.copy_from_slice(addr);
+            let ip = std::net::Ipv6Addr::from(octets);
+            let s = ip.segments();
+            // PostgreSQL writes IPv4-compatible addresses (::a.b.c.d) with a dotted tail.
+            let text = if s[..6].iter().all(|&w| w == 0) && s[6] != 0 {
+                format!("::{}.{}.{}.{}", addr[12], addr[13], addr[14], addr[15])
+            } else {
+                ip.to_string()
+            };
+            (text, 128)
+        }
+        _ => return Err(bad()),
+    };
+    Ok(if bits != max || is_cidr != 0 {
+        format!("{text}/{bits}")
+    } else {
+        text
+    })
+}
+
+fn fixed<const N: usize>(v: &[u8], what: &str) -> Result<[u8; N], DataError> {
+    v.try_into().map_err(|_| malformed(what, v.len()))
+}
+
+fn utf8(v: &[u8]) -> Result<&str, DataError> {
+    std::str::from_utf8(v).map_err(|e| DataError(format!("invalid UTF-8 in text value: {e}")))
+}
+
+/// Binary numeric → the unscaled i128 of a Decimal128 with `scale`.
+///
+/// Layout: ndigits, weight, sign, dscale (all i16), then ndigits base-10000 digits; digit `i`
+/// is worth 10000^(weight - i).
+fn decode_numeric(v: &[u8], scale: i8) -> Result<i128, DataError> {
+    let head = |i: usize| -> Result<i16, DataError> {
+        v.get(i * 2..i * 2 + 2)
+            .map(|b| i16::from_be_bytes([b[0], b[1]]))
+            .ok_or_else(|| malformed("numeric", v.len()))
+    };
+    let ndigits = head(0)?;
+    let weight = head(1)? as i32;
+    let sign = head(2)? as u16;
+    match sign {
+        0x0000 | 0x4000 => {}
+        0xC000 => {
+            return Err(DataError(
+                "NaN cannot be stored in a decimal column (set numeric = \"text\" for this table)"
+                    .into(),
+            ));
+        }
+        _ => {
+            return Err(DataError(
+                "infinity cannot be stored in a decimal column (set numeric = \"text\" for this table)"
+                    .into(),
+            ));
+        }
+    }
+    let overflow = || DataError("numeric value does not fit its declared precision".into());
+    let mut acc: i128 = 0;
+    for i in 0..ndigits.max(0) as usize {
+        let digit = head(4 + i)? as i128;
+        let exp = 4 * (weight - i as i32) + scale as i32;
+        let part = if exp >= 0 {
+            10i128
+                .checked_pow(exp as u32)
+                .and_then(|p| p.checked_mul(digit))
+                .ok_or_else(overflow)?
+        } else if exp > -4 {
+            digit / 10i128.pow((-exp) as u32)
+        } else {
+            0
+        };
+        acc = acc.checked_add(part).ok_or_else(overflow)?;
+    }
+    Ok(if sign == 0x4000 { -acc } else { acc })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numeric_bytes(ndigits: i16, weight: i16, sign: u16, dscale: i16, digits: &[i16]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for x in [ndigits, weight, sign as i16, dscale] {
+            v.extend_from_slice(&x.to_be_bytes());
+        }
+        for d in digits {
+            v.extend_from_slice(&d.to_be_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn numeric_scales() {
+        // 12345.678 as numeric(10,3): digits [1, 2345, 6780], weight 1
+        let v = numeric_bytes(3, 1, 0, 3, &[1, 2345, 6780]);
+        assert_eq!(decode_numeric(&v, 3).unwrap(), 12_345_678);
+        let v = numeric_bytes(3, 1, 0x4000, 3, &[1, 2345, 6780]);
+        assert_eq!(decode_numeric(&v, 3).unwrap(), -12_345_678);
+        // 0.05 as numeric(4,2): digits [500], weight -1
+        let v = numeric_bytes(1, -1, 0, 2, &[500]);
+        assert_eq!(decode_numeric(&v, 2).unwrap(), 5);
+        // zero
+        let v = numeric_bytes(0, 0, 0, 2, &[]);
+        assert_eq!(decode_numeric(&v, 2).unwrap(), 0);
+        let nan = numeric_bytes(0, 0, 0xC000, 0, &[]);
+        assert!(decode_numeric(&nan, 2).is_err());
+    }
+
+    #[test]
+    fn numeric_typmods() {
+        let tm = |p: i32, s: i32| ((p << 16) | (s & 0x7ff)) + 4;
+        assert_eq!(
+            numeric_type(tm(12, 2), NumericAs::Decimal),
+            PgType::Decimal {
+                precision: 12,
+                scale: 2
+            }
+        );
+        assert!(matches!(
+            numeric_type(tm(40, 2), NumericAs::Decimal),
+            PgType::AsText { .. }
+        ));
+        assert!(matches!(
+            numeric_type(tm(5, -2), NumericAs::Decimal),
+            PgType::AsText { .. }
+        ));
+        assert!(matches!(
+            numeric_type(-1, NumericAs::Decimal),
+            PgType::AsText { .. }
+        ));
+        assert!(matches!(
+            numeric_type(tm(12, 2), NumericAs::Text),
+            PgType::AsText { .. }
+        ));
+    }
+
+    #[test]
+    fn select_exprs() {
+        let money = PgType::AsText {
+            cast: TextCast::Money,
+        };
+        assert_eq!(money.select_expr("\"m\""), "\"m\"::numeric::text");
+        let arr = PgType::Array {
+            elem: Box::new(PgType::AsText {
+                cast: TextCast::Plain,
+            }),
+            dims: 2,
+        };
+        assert_eq!(arr.select_expr("\"a\""), "\"a\"::text[]");
+        assert_eq!(PgType::Int4.select_expr("\"i\""), "\"i\"");
+    }
+}

@@ -1,0 +1,38 @@
+//! File targets: Parquet encoding, the DMS object layout, and the object stores files are
+//! written to (local folders now; S3 behind the same trait).
+
+pub mod layout;
+pub mod local;
+pub mod parquet;
+
+use std::io::{self, Write};
+
+/// An object as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Key relative to the store's root, `/`-separated.
+    pub key: String,
+    pub size: u64,
+}
+
+/// Where objects are written. Objects appear atomically: only a completed writer is visible.
+pub trait ObjectStore: Send + Sync {
+    /// Starts writing `key`; nothing is visible there until [`ObjectWriter::complete`].
+    fn create(&self, key: &str) -> io::Result<Box<dyn ObjectWriter>>;
+    /// Every complete object whose key starts with `prefix`, sorted by key.
+    fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>>;
+    /// The whole object.
+    fn get(&self, key: &str) -> io::Result<bytes::Bytes>;
+    /// Removes an object; a missing one is not an error.
+    fn delete(&self, key: &str) -> io::Result<()>;
+    /// Where this store points, for messages.
+    fn describe(&self) -> String;
+}
+
+/// An object being written.
+pub trait ObjectWriter: Write + Send {
+    /// Makes the object visible under its key; returns its size.
+    fn complete(self: Box<Self>) -> io::Result<u64>;
+    /// Drops what was written; nothing becomes visible.
+    fn abort(self: Box<Self>);
+}

@@ -1,0 +1,3 @@
+//! Sinks: where batches go. Each takes batches and reports back once they are durable.
+
+pub mod files;

@@ -1,0 +1,418 @@
+//! The full load: every selected table read from one exported snapshot, `load.parallel` at a
+//! time, each through COPY → Arrow → Parquet with reading and encoding overlapped, table
+//! states and events kept as it goes, and the error policies applied.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arrow::record_batch::RecordBatch;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+use super::plan::TablePlan;
+use super::progress::Progress;
+use super::{Discovered, discover, state_store, target_store};
+use crate::config::{self, Compression, DataErrorPolicy, Pipeline, TableErrorPolicy};
+use crate::error::Error;
+use crate::notify::{EventKind, Notifier};
+use crate::pg::connect::{Source, describe_error};
+use crate::pg::copy::{CopyError, RowError, run_copy};
+use crate::pg::import_snapshot;
+use crate::sink::files::parquet::{Codec, FileSettings, LoadWriter, WriteError, WrittenFile};
+use crate::sink::files::{ObjectStore, layout};
+use crate::state::{StateStore, TableRecord, TableState, TaskRecord};
+
+/// How a run was asked to behave.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Draw progress bars (stderr is a terminal).
+    pub progress: bool,
+}
+
+/// How a run ended (when it did not fail as a whole).
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub tables: usize,
+    pub tables_in_error: usize,
+    pub rows: u64,
+}
+
+/// Why one table's load did not complete.
+#[derive(Debug, Clone)]
+struct TableFailure {
+    error: String,
+    remedy: String,
+    /// The data policy said stop-task.
+    stop_task: bool,
+}
+
+struct Loaded {
+    rows: u64,
+    files: Vec<WrittenFile>,
+    data_errors: u64,
+    seconds: f64,
+}
+
+/// Everything the table loaders share.
+struct Ctx {
+    pipeline: Pipeline,
+    source: Source,
+    snapshot_id: String,
+    store: Arc<dyn ObjectStore>,
+    state: StateStore,
+    record: Mutex<TaskRecord>,
+    notifier: Notifier,
+    progress: Progress,
+    permits: Semaphore,
+    load_time: i64,
+}
+
+impl Ctx {
+    /// Changes one table's record and persists the task record.
+    fn update(&self, table: &str, f: impl FnOnce(&mut TableRecord)) {
+        let Ok(mut record) = self.record.lock() else {
+            return;
+        };
+        if let Some(r) = record.tables.get_mut(table) {
+            f(r);
+        }
+        if let Err(e) = self.state.save(&record) {
+            tracing::error!("cannot save the table state: {e}");
+        }
+    }
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Runs a `full-load` pipeline once.
+pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, Error> {
+    config::unsupported(p)?;
+    let store: Arc<dyn ObjectStore> = Arc::new(target_store(p)?);
+    let state = state_store(p)?;
+    let Discovered {
+        source,
+        snapshot,
+        plans,
+        ..
+    } = discover(p).await?;
+    let _lease = state
+        .acquire_lease(&p.name)
+        .map_err(|e| Error::Startup(e.to_string()))?;
+
+    // Start-up is over: from here on godwit writes.
+    let notifier = Notifier::open(&p.name, &p.notify.events_file).map_err(|e| {
+        Error::Startup(format!(
+            "cannot open the events file {}: {e}",
+            p.notify.events_file.display()
+        ))
+    })?;
+    let started = Instant::now();
+    let record = TaskRecord {
+        pipeline: p.name.clone(),
+        mode: p.mode.as_str().to_string(),
+        state: "running".into(),
+        started_at: now(),
+        stopped_at: None,
+        snapshot: Some(snapshot.id().to_string()),
+        last_error: None,
+        tables: plans
+            .iter()
+            .map(|pl| (pl.key(), TableRecord::new(pl.table.estimated_rows)))
+            .collect(),
+    };
+    state
+        .save(&record)
+        .map_err(|e| Error::Runtime(e.to_string()))?;
+    notifier.emit(EventKind::TaskStarted {
+        mode: p.mode.as_str().into(),
+        tables: plans.len(),
+    });
+    notifier.emit(EventKind::FullLoadStarted {
+        tables: plans.len(),
+        snapshot: snapshot.id().into(),
+    });
+
+    let ctx = Arc::new(Ctx {
+        pipeline: p.clone(),
+        source,
+        snapshot_id: snapshot.id().to_string(),
+        store,
+        state,
+        record: Mutex::new(record),
+        notifier,
+        progress: Progress::new(opts.progress),
+        permits: Semaphore::new(p.load.parallel),
+        load_time: chrono::Utc::now().timestamp_micros(),
+    });
+    let tables = plans.len();
+    let mut set = JoinSet::new();
+    for plan in plans {
+        set.spawn(load_one(ctx.clone(), plan));
+    }
+    let mut rows = 0;
+    let mut in_error = 0;
+    let mut fatal = None;
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok(Ok(n)) => rows += n,
+            Ok(Err(failure)) => {
+                in_error += 1;
+                let stop = failure.stop_task || p.errors.table == TableErrorPolicy::StopTask;
+                if stop && fatal.is_none() {
+                    fatal = Some(failure.error);
+                    set.abort_all();
+                }
+            }
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => {
+                fatal.get_or_insert_with(|| format!("a table loader crashed: {e}"));
+                set.abort_all();
+            }
+        }
+    }
+    // Every worker has imported the snapshot and finished; the exporting transaction can end.
+    let _ = snapshot.release().await;
+    let seconds = started.elapsed().as_secs_f64();
+    let final_state = if fatal.is_some() { "failed" } else { "stopped" };
+    if let Ok(mut record) = ctx.record.lock() {
+        record.state = final_state.into();
+        record.stopped_at = Some(now());
+        record.last_error = fatal.clone();
+        if let Err(e) = ctx.state.save(&record) {
+            tracing::error!("cannot save the task state: {e}");
+        }
+    }
+    if let Some(error) = fatal {
+        ctx.notifier.emit(EventKind::TaskFailed {
+            error: error.clone(),
+        });
+        return Err(Error::Runtime(error));
+    }
+    ctx.notifier.emit(EventKind::FullLoadCompleted {
+        tables,
+        rows,
+        seconds,
+    });
+    ctx.notifier.emit(EventKind::TaskStopped {
+        seconds,
+        tables_in_error: in_error,
+    });
+    Ok(RunSummary {
+        tables,
+        tables_in_error: in_error,
+        rows,
+    })
+}
+
+/// Loads one table when a permit is free, and records the outcome.
+async fn load_one(ctx: Arc<Ctx>, plan: TablePlan) -> Result<u64, TableFailure> {
+    let _permit = ctx.permits.acquire().await;
+    let key = plan.key();
+    ctx.update(&key, |r| {
+        r.state = TableState::FullLoad;
+        r.load_started_at = Some(now());
+        r.last_error = None;
+        r.remedy = None;
+    });
+    let rows = Arc::new(AtomicU64::new(0));
+    let bar = ctx
+        .progress
+        .table(&key, plan.table.estimated_rows, rows.clone());
+    match load_table(&ctx, &plan, rows).await {
+        Ok(done) => {
+            let bytes = done.files.iter().map(|f| f.bytes).sum();
+            ctx.update(&key, |r| {
+                r.state = TableState::Completed;
+                r.full_load_rows = done.rows;
+                r.full_load_bytes = bytes;
+                r.files = done.files.clone();
+                r.data_errors = done.data_errors;
+                r.load_completed_at = Some(now());
+                r.load_seconds = Some(done.seconds);
+            });
+            bar.finish(done.rows, "loaded");
+            ctx.notifier.emit(EventKind::TableLoaded {
+                table: key,
+                rows: done.rows,
+                bytes,
+                files: done.files.len(),
+                seconds: done.seconds,
+                data_errors: done.data_errors,
+            });
+            Ok(done.rows)
+        }
+        Err(failure) => {
+            let stop = failure.stop_task || ctx.pipeline.errors.table == TableErrorPolicy::StopTask;
+            let policy = if stop { "stop-task" } else { "suspend-table" };
+            ctx.update(&key, |r| {
+                r.state = TableState::Error;
+                r.last_error = Some(failure.error.clone());
+                r.remedy = Some(failure.remedy.clone());
+            });
+            bar.finish(0, "error");
+            ctx.notifier.emit(EventKind::TableError {
+                table: key,
+                error: failure.error.clone(),
+                policy: policy.into(),
+                remedy: failure.remedy.clone(),
+            });
+            Err(failure)
+        }
+    }
+}
+
+fn codec(c: Compression) -> Codec {
+    match c {
+        Compression::Zstd => Codec::Zstd,
+        Compression::Snappy => Codec::Snappy,
+        Compression::Gzip => Codec::Gzip,
+        Compression::None => Codec::None,
+    }
+}
+
+/// COPY on its own connection inside the shared snapshot, encoding on a blocking thread.
+async fn load_table(
+    ctx: &Ctx,
+    plan: &TablePlan,
+    rows: Arc<AtomicU64>,
+) -> Result<Loaded, TableFailure> {
+    let started = Instant::now();
+    let table = plan.table.name.to_string();
+    let retry = "fix the cause and run the pipeline again";
+    let failure = |error: String, remedy: &str| TableFailure {
+        error,
+        remedy: remedy.to_string(),
+        stop_task: false,
+    };
+    let client = ctx
+        .source
+        .connect()
+        .await
+        .map_err(|e| failure(e.to_string(), retry))?;
+    import_snapshot(&client, &ctx.snapshot_id)
+        .await
+        .map_err(|e| failure(describe_error(&e, &ctx.source.display), retry))?;
+
+    let target = &ctx.pipeline.target;
+    let settings = FileSettings {
+        codec: codec(target.compression),
+        row_group_bytes: target.row_group_bytes as usize,
+        max_file_size: target.max_file_size,
+        include_op: target.include_op_for_full_load,
+        timestamp_column: target.timestamp_column.clone(),
+    };
+    let mut writer = LoadWriter::new(
+        ctx.store.clone(),
+        plan.table.name.clone(),
+        None,
+        &plan.copy.schema(),
+        settings,
+        ctx.load_time,
+    );
+    let (tx, mut rx) = mpsc::channel::<RecordBatch>(2);
+    let commit = Arc::new(AtomicBool::new(false));
+    let commit_seen = commit.clone();
+    let encoder = tokio::task::spawn_blocking(move || -> Result<Vec<WrittenFile>, WriteError> {
+        while let Some(batch) = rx.blocking_recv() {
+            if let Err(e) = writer.write(&batch) {
+                writer.abort();
+                return Err(e);
+            }
+        }
+        if commit_seen.load(Ordering::SeqCst) {
+            writer.finish()
+        } else {
+            writer.abort();
+            Ok(Vec::new())
+        }
+    });
+
+    let policy = ctx.pipeline.errors.clone();
+    let data_errors = AtomicU64::new(0);
+    let stop_task = AtomicBool::new(false);
+    let mut on_error = |e: RowError| -> Result<(), String> {
+        let n = data_errors.fetch_add(1, Ordering::Relaxed) + 1;
+        let what = format!(
+            "data error in {table} at {} (column {}): {}",
+            e.key, e.column, e.error.0
+        );
+        if policy.data_escalation_count > 0 && n >= policy.data_escalation_count {
+            return Err(format!(
+                "{what}; {n} data errors reached data_escalation_count"
+            ));
+        }
+        match policy.data {
+            DataErrorPolicy::IgnoreRecord => Ok(()),
+            DataErrorPolicy::LogError => {
+                tracing::warn!(table = %table, row = e.row, key = %e.key, column = %e.column,
+                    "{what}; the row was skipped ([errors] data = \"log-error\")");
+                Ok(())
+            }
+            DataErrorPolicy::SuspendTable => Err(what),
+            DataErrorPolicy::StopTask => {
+                stop_task.store(true, Ordering::Relaxed);
+                Err(what)
+            }
+        }
+    };
+    let copied = run_copy(&client, plan.copy.clone(), tx.clone(), &rows, &mut on_error).await;
+    if copied.is_ok() {
+        commit.store(true, Ordering::SeqCst);
+    }
+    drop(tx);
+    let encoded = encoder
+        .await
+        .map_err(|e| failure(format!("the encoder of {table} crashed: {e}"), retry))?;
+    let data_remedy = "fix the value in the source (or set numeric = \"text\" for NaN in numeric columns), then run again";
+    let loaded = match (copied, encoded) {
+        (Ok(n), Ok(files)) => (n, files),
+        (_, Err(e)) => return Err(failure(e.to_string(), retry)),
+        (Err(CopyError::Aborted(msg)), _) => {
+            return Err(TableFailure {
+                error: msg,
+                remedy: data_remedy.into(),
+                stop_task: stop_task.load(Ordering::Relaxed),
+            });
+        }
+        (Err(CopyError::Postgres(e)), _) => {
+            let remedy = match e.as_db_error().map(|d| d.code().code()) {
+                Some("42501") => "grant SELECT on the table to godwit's user",
+                _ => retry,
+            };
+            return Err(failure(describe_error(&e, &ctx.source.display), remedy));
+        }
+        (Err(e), _) => return Err(failure(e.to_string(), retry)),
+    };
+    let _ = client.batch_execute("COMMIT").await;
+    remove_stale_files(ctx.store.as_ref(), plan, &loaded.1)
+        .map_err(|e| failure(format!("removing old load files of {table}: {e}"), retry))?;
+    Ok(Loaded {
+        rows: loaded.0,
+        files: loaded.1,
+        data_errors: data_errors.load(Ordering::Relaxed),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// A reload replaces the previous load: load files this load did not write are removed,
+/// only after the new ones are complete.
+fn remove_stale_files(
+    store: &dyn ObjectStore,
+    plan: &TablePlan,
+    written: &[WrittenFile],
+) -> std::io::Result<()> {
+    let prefix = layout::table_prefix(&plan.table.name);
+    for object in store.list(&prefix)? {
+        let name = &object.key[prefix.len()..];
+        if !name.contains('/')
+            && layout::is_load_file(name)
+            && !written.iter().any(|w| w.key == object.key)
+        {
+            store.delete(&object.key)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! Orchestration: start-up checks that fail fast (exit 2), the table state machine, the
+//! full-load scheduler and the error policies.
+
+pub mod full_load;
+pub mod plan;
+pub mod progress;
+
+use std::path::PathBuf;
+
+use crate::config::{Pipeline, StateUrl, TargetUrl};
+use crate::error::Error;
+use crate::pg::Snapshot;
+use crate::pg::catalog;
+use crate::pg::connect::Source;
+use crate::sink::files::local::LocalStore;
+use crate::state::StateStore;
+use plan::TablePlan;
+
+/// The source, opened and inside the load's snapshot, with every selected table planned.
+pub struct Discovered {
+    pub source: Source,
+    pub snapshot: Snapshot,
+    pub server_version: String,
+    pub plans: Vec<TablePlan>,
+}
+
+/// Connects, exports a snapshot and plans every selected table. Every failure here is a
+/// start-up failure: exit 2, nothing written.
+pub async fn discover(p: &Pipeline) -> Result<Discovered, Error> {
+    let source = Source::from_url(p.source.url.expose())
+        .map_err(|e| Error::Config(p.error_at("source.url", e.to_string())))?;
+    let client = source
+        .connect()
+        .await
+        .map_err(|e| Error::Startup(e.to_string()))?;
+    let pg_err = |what: &str, e: tokio_postgres::Error| {
+        Error::Startup(format!(
+            "{what} on {}: {}",
+            source.display,
+            crate::pg::connect::describe_error(&e, &source.display)
+        ))
+    };
+    let server_version: String = client
+        .query_one("SHOW server_version", &[])
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| pg_err("reading the server version", e))?;
+    let snapshot = Snapshot::export(client)
+        .await
+        .map_err(|e| pg_err("exporting a snapshot", e))?;
+    let types = catalog::load_types(snapshot.client())
+        .await
+        .map_err(|e| pg_err("reading pg_type", e))?;
+    let tables = catalog::discover(snapshot.client(), &|s, t| p.tables.selects(s, t))
+        .await
+        .map_err(|e| pg_err("reading the catalog", e))?;
+    if tables.is_empty() {
+        let include: Vec<_> = p.tables.include.iter().map(|t| t.as_str()).collect();
+        let exclude: Vec<_> = p.tables.exclude.iter().map(|t| t.as_str()).collect();
+        return Err(Error::Config(
+            p.error_at(
+                "tables.include",
+                format!(
+                    "no table of {} matched include {include:?} minus exclude {exclude:?}",
+                    source.display
+                ),
+            )
+            .with_hint(
+                "patterns are schema.table globs matched case-sensitively; list the tables with psql \\dt *.*",
+            ),
+        ));
+    }
+    let mut plans = Vec::with_capacity(tables.len());
+    for table in tables {
+        let name = table.name.clone();
+        let settings_key = p
+            .tables
+            .settings_key(&name.schema, &name.name)
+            .unwrap_or_else(|| "tables".into());
+        let plan = plan::plan_table(p, table, &types).map_err(|msg| {
+            Error::Config(p.error_at(&format!("{settings_key}.exclude_columns"), msg))
+        })?;
+        if let Some(w) = &plan.settings.where_clause {
+            check_where(&snapshot, &plan, w)
+                .await
+                .map_err(|msg| Error::Config(p.error_at(&format!("{settings_key}.where"), msg)))?;
+        }
+        plans.push(plan);
+    }
+    Ok(Discovered {
+        source,
+        snapshot,
+        server_version,
+        plans,
+    })
+}
+
+/// Runs the table's filter once on no rows, so a typo fails at start-up, not mid-load.
+async fn check_where(snapshot: &Snapshot, plan: &TablePlan, w: &str) -> Result<(), String> {
+    let c = snapshot.client();
+    c.batch_execute("SAVEPOINT godwit_where")
+        .await
+        .map_err(|e| e.to_string())?;
+    let probe = format!(
+        "SELECT 1 FROM {} WHERE ({w}) LIMIT 0",
+        plan.table.name.quoted()
+    );
+    let result = c.simple_query(&probe).await;
+    c.batch_execute("ROLLBACK TO SAVEPOINT godwit_where")
+        .await
+        .map_err(|e| e.to_string())?;
+    result.map(|_| ()).map_err(|e| {
+        let detail = e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_else(|| e.to_string());
+        format!(
+            "the filter `{w}` does not work on {}: {detail}",
+            plan.table.name
+        )
+    })
+}
+
+/// The folder the target writes to (file targets only, for now).
+pub fn target_store(p: &Pipeline) -> Result<LocalStore, Error> {
+    match &p.target.url {
+        TargetUrl::File(dir) => Ok(LocalStore::new(dir.clone())),
+        other => Err(Error::Config(p.error_at(
+            "target.url",
+            format!("target {other} is not supported yet by this godwit version"),
+        ))),
+    }
+}
+
+/// The state store of the pipeline.
+pub fn state_store(p: &Pipeline) -> Result<StateStore, Error> {
+    match &p.state.url {
+        StateUrl::File(dir) => Ok(StateStore::new(PathBuf::from(dir))),
+        other => Err(Error::Config(p.error_at(
+            "state.url",
+            format!("state url {other} is not supported yet by this godwit version"),
+        ))),
+    }
+}

@@ -1,0 +1,182 @@
+//! Shared test helpers: the private services started by `scripts/services.sh` (run the tests
+//! through `scripts/test`), a fresh database per test, running the real `godwit` binary, and
+//! reading back what it wrote.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use tokio_postgres::{Client, NoTls};
+
+/// Connection facts of the test PostgreSQL.
+#[derive(Clone)]
+pub struct Pg {
+    pub host: String,
+    pub port: String,
+    pub user: String,
+    pub password: String,
+}
+
+pub fn pg() -> Pg {
+    let get = |k: &str| {
+        std::env::var(k).unwrap_or_else(|_| {
+            panic!("{k} is not set: run the tests through scripts/test, which starts the services")
+        })
+    };
+    Pg {
+        host: get("GODWIT_PG_HOST"),
+        port: get("GODWIT_PG_PORT"),
+        user: get("GODWIT_PG_USER"),
+        password: get("GODWIT_PG_PASSWORD"),
+    }
+}
+
+impl Pg {
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "postgres://{}:{}@{}:{}/{db}?sslmode=disable",
+            self.user, self.password, self.host, self.port
+        )
+    }
+
+    pub async fn connect(&self, db: &str) -> Client {
+        let (client, conn) = tokio_postgres::connect(&self.url(db), NoTls)
+            .await
+            .expect("connect to the test PostgreSQL");
+        tokio::spawn(conn);
+        client
+            .batch_execute("SET TimeZone = 'UTC'; SET extra_float_digits = 3; SET IntervalStyle = 'iso_8601'; SET DateStyle = 'ISO'")
+            .await
+            .unwrap();
+        client
+    }
+
+    /// A new, empty database (dropped first if a previous run left it).
+    pub async fn fresh_db(&self, name: &str) -> Client {
+        let admin = self.connect("postgres").await;
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        self.connect(name).await
+    }
+}
+
+/// A scratch folder for one test's pipeline file and output.
+pub struct Work {
+    pub dir: tempfile::TempDir,
+}
+
+impl Work {
+    pub fn new() -> Work {
+        Work {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn out(&self) -> PathBuf {
+        self.path().join("out")
+    }
+
+    /// Writes `pipeline.toml`; `{out}` in the text becomes the output folder.
+    pub fn pipeline(&self, text: &str) -> PathBuf {
+        let path = self.path().join("pipeline.toml");
+        let text = text.replace("{out}", &self.out().display().to_string());
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Runs the godwit binary in this folder.
+    pub fn godwit(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_godwit"));
+        cmd.current_dir(self.path())
+            .args(args)
+            .env("GODWIT_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run godwit")
+    }
+}
+
+/// stdout + stderr, for assertions and failure messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Asserts a successful run and returns its output text.
+pub fn assert_ok(o: &Output) -> String {
+    let t = text(o);
+    assert_eq!(o.status.code(), Some(0), "godwit failed:\n{t}");
+    t
+}
+
+/// Every Parquet file under `dir`, relative names sorted.
+pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+        if let Ok(entries) = std::fs::read_dir(d) {
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "parquet") {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    walk(dir, &mut out);
+    out.sort();
+    out
+}
+
+/// All batches of one Parquet file.
+pub fn read_parquet(path: &Path) -> Vec<RecordBatch> {
+    let file = std::fs::File::open(path).unwrap();
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect()
+}
+
+/// All batches of a table's full load (`<out>/<schema>/<table>/LOAD*.parquet`).
+pub fn read_table(out: &Path, schema: &str, table: &str) -> Vec<RecordBatch> {
+    let dir = out.join(schema).join(table);
+    let files: Vec<_> = parquet_files(&dir)
+        .into_iter()
+        .filter(|p| p.parent() == Some(dir.as_path()))
+        .collect();
+    assert!(!files.is_empty(), "no Parquet files in {}", dir.display());
+    files.iter().flat_map(|f| read_parquet(f)).collect()
+}
+
+/// Total rows of some batches.
+pub fn rows(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(|b| b.num_rows()).sum()
+}
+
+/// The events file's lines as JSON.
+pub fn events(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
