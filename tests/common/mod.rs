@@ -156,6 +156,15 @@ pub fn read_parquet(path: &Path) -> Vec<RecordBatch> {
         .collect()
 }
 
+/// The Arrow schema stored in a Parquet file (also for files without rows).
+pub fn parquet_schema(path: &Path) -> arrow::datatypes::SchemaRef {
+    let file = std::fs::File::open(path).unwrap();
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .schema()
+        .clone()
+}
+
 /// All batches of a table's full load (`<out>/<schema>/<table>/LOAD*.parquet`).
 pub fn read_table(out: &Path, schema: &str, table: &str) -> Vec<RecordBatch> {
     let dir = out.join(schema).join(table);

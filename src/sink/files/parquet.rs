@@ -116,8 +116,20 @@ impl LoadWriter {
         }
     }
 
-    /// Appends one batch of table rows.
+    /// Appends one batch of table rows, in slices, so files are cut close to `max_file_size`
+    /// whatever the batch size.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), WriteError> {
+        const SLICE_ROWS: usize = 8192;
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let len = SLICE_ROWS.min(batch.num_rows() - offset);
+            self.write_slice(&batch.slice(offset, len))?;
+            offset += len;
+        }
+        Ok(())
+    }
+
+    fn write_slice(&mut self, batch: &RecordBatch) -> Result<(), WriteError> {
         if let Some(cur) = &self.current {
             let size = cur.writer.bytes_written() as u64 + cur.writer.in_progress_size() as u64;
             if size >= self.settings.max_file_size {
