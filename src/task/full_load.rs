@@ -312,7 +312,7 @@ async fn load_table(
         settings,
         ctx.load_time,
     );
-    let (tx, mut rx) = mpsc::channel::<RecordBatch>(2);
+    let (tx, mut rx) = mpsc::channel::<RecordBatch>(1);
     let commit = Arc::new(AtomicBool::new(false));
     let commit_seen = commit.clone();
     let encoder = tokio::task::spawn_blocking(move || -> Result<Vec<WrittenFile>, WriteError> {

@@ -76,6 +76,8 @@ pub struct LoadWriter {
     load_time: i64,
     next_number: u32,
     current: Option<Current>,
+    /// Arrow bytes written into the row group in progress.
+    row_group_input: usize,
     files: Vec<WrittenFile>,
 }
 
@@ -112,24 +114,30 @@ impl LoadWriter {
             load_time,
             next_number: 1,
             current: None,
+            row_group_input: 0,
             files: Vec::new(),
         }
     }
 
-    /// Appends one batch of table rows, in slices, so files are cut close to `max_file_size`
-    /// whatever the batch size.
+    /// Appends one batch of table rows, in slices, so row groups and files are cut close to
+    /// their sizes whatever the batch size.
+    ///
+    /// A row group is cut once `row_group_bytes` of Arrow data went into it (or its encoded
+    /// form reached that size): what is held in memory is bounded by the data, not the table.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), WriteError> {
         const SLICE_ROWS: usize = 8192;
+        let rows = batch.num_rows().max(1);
+        let bytes_per_row = batch.get_array_memory_size() / rows;
         let mut offset = 0;
         while offset < batch.num_rows() {
             let len = SLICE_ROWS.min(batch.num_rows() - offset);
-            self.write_slice(&batch.slice(offset, len))?;
+            self.write_slice(&batch.slice(offset, len), len * bytes_per_row)?;
             offset += len;
         }
         Ok(())
     }
 
-    fn write_slice(&mut self, batch: &RecordBatch) -> Result<(), WriteError> {
+    fn write_slice(&mut self, batch: &RecordBatch, input_bytes: usize) -> Result<(), WriteError> {
         if let Some(cur) = &self.current {
             let size = cur.writer.bytes_written() as u64 + cur.writer.in_progress_size() as u64;
             if size >= self.settings.max_file_size {
@@ -149,8 +157,12 @@ impl LoadWriter {
         };
         cur.writer.write(&batch).map_err(parquet_err)?;
         cur.rows += batch.num_rows() as u64;
-        if cur.writer.in_progress_size() >= row_group_bytes {
+        self.row_group_input += input_bytes;
+        if self.row_group_input >= row_group_bytes
+            || cur.writer.in_progress_size() >= row_group_bytes
+        {
             cur.writer.flush().map_err(parquet_err)?;
+            self.row_group_input = 0;
         }
         Ok(())
     }
@@ -198,6 +210,7 @@ impl LoadWriter {
         let Some(cur) = self.current.take() else {
             return Ok(());
         };
+        self.row_group_input = 0;
         let key = cur.key;
         let object = cur
             .writer
