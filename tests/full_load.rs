@@ -175,6 +175,14 @@ where = "keep""#,
     assert_eq!(no_key["details"]["rows"], 1001);
     assert_eq!(no_key["pipeline"], "fl");
 
+    // inspect reads back what landed.
+    let inspect = assert_ok(&work.godwit(&["inspect", pipeline.to_str().unwrap()], &[]));
+    assert!(
+        inspect.contains("public.no_key: 1 objects, 1001 rows"),
+        "{inspect}"
+    );
+    assert!(inspect.contains("sample:"), "{inspect}");
+
     // Status agrees.
     let status = work.godwit(&["status", pipeline.to_str().unwrap(), "--json"], &[]);
     let status: Value = serde_json::from_slice(&status.stdout).unwrap();

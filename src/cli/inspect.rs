@@ -3,6 +3,11 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::error::ArrowError;
 use arrow::util::pretty::pretty_format_batches;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -76,13 +81,37 @@ pub fn execute(path: &str, table: Option<&str>, sample_rows: usize) -> Result<i3
                 .with_batch_size(sample_rows.max(1))
                 .build()
                 .map_err(|e| Error::Runtime(e.to_string()))?;
-            if let Some(Ok(batch)) = reader.into_iter().next() {
-                let batch = batch.slice(0, batch.num_rows().min(sample_rows));
-                if let Ok(text) = pretty_format_batches(&[batch]) {
-                    println!("  sample:\n{text}");
+            if let Some(batch) = reader.into_iter().next() {
+                let sample = batch
+                    .and_then(|b| displayable(&b.slice(0, b.num_rows().min(sample_rows))))
+                    .and_then(|b| pretty_format_batches(&[b]));
+                match sample {
+                    Ok(text) => println!("  sample:\n{text}"),
+                    Err(e) => println!("  sample: cannot be shown: {e}"),
                 }
             }
         }
     }
     Ok(0)
+}
+
+/// The batch with `UTC` timestamps given as the `+00:00` offset, which Arrow's pretty printer
+/// can show without a time-zone database.
+fn displayable(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        match field.data_type() {
+            DataType::Timestamp(unit, Some(_)) => {
+                let t = DataType::Timestamp(*unit, Some("+00:00".into()));
+                columns.push(arrow::compute::cast(column, &t)?);
+                fields.push(Field::new(field.name(), t, true));
+            }
+            _ => {
+                columns.push(column.clone());
+                fields.push(field.as_ref().clone());
+            }
+        }
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
 }

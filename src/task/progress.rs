@@ -71,8 +71,16 @@ impl Progress {
         };
         let bar = multi.add(ProgressBar::new(estimated_rows.max(1)));
         let style = ProgressStyle::with_template(
-            "{prefix:30!} {bar:30} {human_pos:>12} rows {per_sec:>14} ETA {eta}",
+            "{prefix:30!} {bar:30} {human_pos:>12} rows {rate:>12} ETA {eta}",
         )
+        .map(|st| {
+            st.with_key(
+                "rate",
+                |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.0} rows/s", state.per_sec());
+                },
+            )
+        })
         .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
         bar.set_prefix(table.to_string());
