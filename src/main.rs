@@ -130,12 +130,12 @@ fn main() -> ExitCode {
                 cli::run::execute(&pipeline).await
             }
             Command::Check { pipeline, json } => cli::check::execute(&pipeline, json).await,
-            Command::Status { pipeline, json } => cli::status::execute(&pipeline, json),
+            Command::Status { pipeline, json } => cli::status::execute(&pipeline, json).await,
             Command::Inspect {
                 pipeline,
                 table,
                 rows,
-            } => cli::inspect::execute(&pipeline, table.as_deref(), rows),
+            } => cli::inspect::execute(&pipeline, table.as_deref(), rows).await,
             Command::Reload { .. } | Command::Drop { .. } => Err(godwit::Error::Startup(
                 "reload and drop are not supported yet by this godwit version".into(),
             )),

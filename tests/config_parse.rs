@@ -1887,12 +1887,6 @@ fn unsupported_features_are_refused_with_line_and_key() {
             "mode = \"full-load-and-cdc\" is not supported yet",
         ),
         (
-            with("[target]\nurl = \"s3://shop-lake/x\"\n"),
-            5,
-            "target.url",
-            "url = \"s3://shop-lake/x\" is not supported yet",
-        ),
-        (
             with("[target]\nformat = \"csv\"\n"),
             5,
             "target.format",
@@ -1916,12 +1910,6 @@ fn unsupported_features_are_refused_with_line_and_key() {
             "tables.\"public.orders\".partitions",
             "partitions = 8 is not supported yet",
         ),
-        (
-            with("[state]\nurl = \"s3://shop-lake/state\"\n"),
-            5,
-            "state.url",
-            "url = \"s3://shop-lake/state\" is not supported yet",
-        ),
     ];
     let mut failures = Vec::new();
     for (text, line, key, needle) in &cases {
@@ -1944,6 +1932,7 @@ fn supported_settings_pass_unsupported() {
             "[target]\nurl = \"file:///srv/lake\"\nformat = \"parquet\"\ncompression = \"gzip\"\n",
         ),
         with("[notify]\nsns_topic_arn = \"\"\n[state]\nurl = \"file://./state\"\n"),
+        with("[target]\nurl = \"s3://shop-lake/x\"\n[state]\nurl = \"s3://shop-lake/state\"\n"),
         format!("name = \"shop\"\nmode = \"full-load\"\n{}", &HEAD[14..]),
     ] {
         let p = ok(&text);

@@ -124,29 +124,21 @@ pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
         }
         Err(e) => report.add("source", "error", e.to_string()),
     }
-    match target_store(&p) {
-        Ok(store) => match writable(store.root()) {
-            Ok(()) => report.add(
-                "target",
-                "ok",
-                format!("{} is writable", store.root().display()),
-            ),
-            Err(e) => report.add(
-                "target",
-                "error",
-                format!("{}: {e}", store.root().display()),
-            ),
+    match target_store(&p).await {
+        Ok(store) => match store.probe().await {
+            Ok(msg) => report.add("target", "ok", msg),
+            Err(e) => report.add("target", "error", format!("{}: {e}", store.describe())),
         },
         Err(e) => report.add("target", "error", e.to_string()),
     }
-    match state_store(&p) {
-        Ok(state) => match state.lease_holder() {
+    match state_store(&p).await {
+        Ok(state) => match state.lease_holder().await {
             Some(holder) => report.add(
                 "lease",
                 "warning",
                 format!("a run holds the lease now ({holder}); a second run would exit 2"),
             ),
-            None => report.add("lease", "ok", "free"),
+            None => report.add("lease", "ok", format!("free ({})", state.describe())),
         },
         Err(e) => report.add("state", "error", e.to_string()),
     }
@@ -183,22 +175,4 @@ fn print_report(r: &Report) {
         }
     }
     println!("{}", if r.ok { "check passed" } else { "check FAILED" });
-}
-
-/// Whether files can be created where the target points (the folder or its nearest
-/// existing parent), without leaving anything behind.
-fn writable(dir: &std::path::Path) -> std::io::Result<()> {
-    let mut probe_dir = dir;
-    while !probe_dir.exists() {
-        match probe_dir.parent() {
-            Some(p) if !p.as_os_str().is_empty() => probe_dir = p,
-            _ => {
-                probe_dir = std::path::Path::new(".");
-                break;
-            }
-        }
-    }
-    let probe = probe_dir.join(format!(".godwit-check-{}", std::process::id()));
-    std::fs::write(&probe, b"")?;
-    std::fs::remove_file(&probe)
 }

@@ -13,14 +13,14 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 
 use crate::error::Error;
-use crate::sink::files::ObjectStore;
 use crate::task::target_store;
 
-pub fn execute(path: &str, table: Option<&str>, sample_rows: usize) -> Result<i32, Error> {
+pub async fn execute(path: &str, table: Option<&str>, sample_rows: usize) -> Result<i32, Error> {
     let p = super::load_pipeline(path)?;
-    let store = target_store(&p)?;
+    let store = target_store(&p).await?;
     let objects = store
         .list("")
+        .await
         .map_err(|e| Error::Runtime(format!("listing {}: {e}", store.describe())))?;
     let mut by_table: BTreeMap<String, Vec<_>> = BTreeMap::new();
     for o in objects {
@@ -52,6 +52,7 @@ pub fn execute(path: &str, table: Option<&str>, sample_rows: usize) -> Result<i3
         for o in &objects {
             let data = store
                 .get(&o.key)
+                .await
                 .map_err(|e| Error::Runtime(format!("reading {}: {e}", o.key)))?;
             let reader = SerializedFileReader::new(data.clone())
                 .map_err(|e| Error::Runtime(format!("{}: not a Parquet file: {e}", o.key)))?;

@@ -3,10 +3,13 @@
 use crate::error::Error;
 use crate::task::state_store;
 
-pub fn execute(path: &str, json: bool) -> Result<i32, Error> {
+pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
     let p = super::load_pipeline(path)?;
-    let store = state_store(&p)?;
-    let record = store.load().map_err(|e| Error::Runtime(e.to_string()))?;
+    let store = state_store(&p).await?;
+    let record = store
+        .load()
+        .await
+        .map_err(|e| Error::Runtime(e.to_string()))?;
     let Some(record) = record else {
         if json {
             println!(
@@ -17,7 +20,7 @@ pub fn execute(path: &str, json: bool) -> Result<i32, Error> {
             println!(
                 "pipeline {}: never run (no state in {})",
                 p.name,
-                store.dir().display()
+                store.describe()
             );
         }
         return Ok(0);

@@ -1050,13 +1050,6 @@ pub(crate) fn unsupported(p: &Pipeline) -> R<()> {
             "use mode = \"full-load\" for now",
         ));
     }
-    if let TargetUrl::S3 { .. } = &p.target.url {
-        return Err(refuse(
-            "target.url",
-            &format!("\"{}\"", p.target.url),
-            "write to a local directory for now: url = \"file://./out\"",
-        ));
-    }
     if p.target.format == Format::Csv {
         return Err(refuse(
             "target.format",
@@ -1090,13 +1083,6 @@ pub(crate) fn unsupported(p: &Pipeline) -> R<()> {
                 "remove `partitions` (each table is loaded as one segment for now)",
             ));
         }
-    }
-    if let StateUrl::S3 { .. } = &p.state.url {
-        return Err(refuse(
-            "state.url",
-            &format!("\"{}\"", p.state.url),
-            "keep state in a local directory for now: [state] url = \"file://./godwit-state\"",
-        ));
     }
     Ok(())
 }

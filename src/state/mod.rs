@@ -1,10 +1,10 @@
 //! Task and table states with their statistics (SPEC §7), stored beside the target under
 //! `_godwit/state`, and the lease that keeps two runs of one pipeline apart.
 
+pub mod local;
+pub mod s3;
+
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, Write};
-use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -120,114 +120,81 @@ pub enum StateError {
     },
 }
 
-/// A local state folder.
-pub struct StateStore {
-    dir: PathBuf,
+/// Where a pipeline's state lives: a local folder or an S3 prefix.
+pub enum StateStore {
+    Local(local::LocalState),
+    S3(s3::S3State),
 }
 
-/// Held while a run owns the pipeline; released when dropped (or when the process dies).
-pub struct Lease {
-    _file: File,
+/// Held while a run owns the pipeline. Release it with [`Lease::release`]; a lease that is
+/// only dropped is released in the background (local: at once; S3: best effort).
+pub enum Lease {
+    Local(local::LocalLease),
+    S3(s3::S3Lease),
+}
+
+impl Lease {
+    pub async fn release(self) {
+        match self {
+            Lease::Local(l) => drop(l),
+            Lease::S3(l) => l.release().await,
+        }
+    }
 }
 
 impl StateStore {
-    pub fn new(dir: impl Into<PathBuf>) -> StateStore {
-        StateStore { dir: dir.into() }
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    fn io(&self, source: std::io::Error) -> StateError {
-        StateError::Io {
-            path: self.dir.display().to_string(),
-            source,
+    /// Where the state is, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            StateStore::Local(l) => format!("file://{}", l.dir().display()),
+            StateStore::S3(s) => s.describe(),
         }
     }
 
     /// Takes the pipeline's lease, or says who holds it.
-    pub fn acquire_lease(&self, pipeline: &str) -> Result<Lease, StateError> {
-        fs::create_dir_all(&self.dir).map_err(|e| self.io(e))?;
-        let path = self.dir.join("lease");
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| self.io(e))?;
-        match file.try_lock() {
-            Ok(()) => {
-                let holder = serde_json::json!({
-                    "host": gethostname::gethostname().to_string_lossy(),
-                    "pid": std::process::id(),
-                    "since": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                });
-                file.set_len(0).map_err(|e| self.io(e))?;
-                file.rewind().map_err(|e| self.io(e))?;
-                writeln!(file, "{holder}").map_err(|e| self.io(e))?;
-                file.flush().map_err(|e| self.io(e))?;
-                Ok(Lease { _file: file })
-            }
-            Err(fs::TryLockError::WouldBlock) => {
-                let mut text = String::new();
-                let _ = file.read_to_string(&mut text);
-                Err(StateError::LeaseHeld {
-                    pipeline: pipeline.to_string(),
-                    path: path.display().to_string(),
-                    holder: describe_holder(&text),
-                })
-            }
-            Err(fs::TryLockError::Error(e)) => Err(self.io(e)),
+    pub async fn acquire_lease(&self, pipeline: &str) -> Result<Lease, StateError> {
+        match self {
+            StateStore::Local(l) => l.acquire_lease(pipeline).map(Lease::Local),
+            StateStore::S3(s) => s.acquire_lease(pipeline).await.map(Lease::S3),
         }
     }
 
     /// Who holds the lease right now, if anyone (without taking it or creating anything).
-    pub fn lease_holder(&self) -> Option<String> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(self.dir.join("lease"))
-            .ok()?;
-        match file.try_lock() {
-            Ok(()) => None,
-            Err(_) => {
-                let mut text = String::new();
-                let _ = file.read_to_string(&mut text);
-                Some(describe_holder(&text))
-            }
+    pub async fn lease_holder(&self) -> Option<String> {
+        match self {
+            StateStore::Local(l) => l.lease_holder(),
+            StateStore::S3(s) => s.lease_holder().await,
         }
     }
 
     /// The stored task record, if any run wrote one.
-    pub fn load(&self) -> Result<Option<TaskRecord>, StateError> {
-        let path = self.dir.join("task.json");
-        match fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|source| StateError::Corrupt {
-                        path: path.display().to_string(),
-                        source,
-                    })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.io(e)),
+    pub async fn load(&self) -> Result<Option<TaskRecord>, StateError> {
+        match self {
+            StateStore::Local(l) => l.load(),
+            StateStore::S3(s) => s.load().await,
         }
     }
 
-    /// Replaces the stored record atomically (write, fsync, rename).
-    pub fn save(&self, record: &TaskRecord) -> Result<(), StateError> {
-        fs::create_dir_all(&self.dir).map_err(|e| self.io(e))?;
-        let path = self.dir.join("task.json");
-        let temp = self.dir.join(format!(".task.json.{}", std::process::id()));
-        let bytes = serde_json::to_vec_pretty(record).unwrap_or_default();
-        let mut f = File::create(&temp).map_err(|e| self.io(e))?;
-        f.write_all(&bytes).map_err(|e| self.io(e))?;
-        f.sync_all().map_err(|e| self.io(e))?;
-        fs::rename(&temp, &path).map_err(|e| self.io(e))
+    /// Replaces the stored record.
+    pub async fn save(&self, record: &TaskRecord) -> Result<(), StateError> {
+        match self {
+            StateStore::Local(l) => l.save(record),
+            StateStore::S3(s) => s.save(record).await,
+        }
     }
+}
+
+/// The lease holder's identity: host, pid, start (and, for S3, when it expires).
+fn holder_json(expires_at: Option<i64>) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "host": gethostname::gethostname().to_string_lossy(),
+        "pid": std::process::id(),
+        "since": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    });
+    if let Some(e) = expires_at {
+        v["expires_at"] = e.into();
+    }
+    v
 }
 
 /// "pid N on HOST since TIME" from the lease file's JSON.
@@ -242,23 +209,4 @@ fn describe_holder(text: &str) -> String {
             )
         })
         .unwrap_or_else(|_| "another process".into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lease_is_exclusive_and_names_the_holder() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::new(dir.path());
-        let lease = store.acquire_lease("p").unwrap();
-        let err = store.acquire_lease("p").err().unwrap().to_string();
-        assert!(
-            err.contains(&format!("pid {}", std::process::id())),
-            "{err}"
-        );
-        drop(lease);
-        store.acquire_lease("p").unwrap();
-    }
 }

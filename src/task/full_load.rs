@@ -2,12 +2,12 @@
 //! time, each through COPY → Arrow → Parquet with reading and encoding overlapped, table
 //! states and events kept as it goes, and the error policies applied.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arrow::record_batch::RecordBatch;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use super::plan::TablePlan;
@@ -70,14 +70,12 @@ struct Ctx {
 
 impl Ctx {
     /// Changes one table's record and persists the task record.
-    fn update(&self, table: &str, f: impl FnOnce(&mut TableRecord)) {
-        let Ok(mut record) = self.record.lock() else {
-            return;
-        };
+    async fn update(&self, table: &str, f: impl FnOnce(&mut TableRecord)) {
+        let mut record = self.record.lock().await;
         if let Some(r) = record.tables.get_mut(table) {
             f(r);
         }
-        if let Err(e) = self.state.save(&record) {
+        if let Err(e) = self.state.save(&record).await {
             tracing::error!("cannot save the table state: {e}");
         }
     }
@@ -90,16 +88,17 @@ fn now() -> String {
 /// Runs a `full-load` pipeline once.
 pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, Error> {
     config::unsupported(p)?;
-    let store: Arc<dyn ObjectStore> = Arc::new(target_store(p)?);
-    let state = state_store(p)?;
+    let store = target_store(p).await?;
+    let state = state_store(p).await?;
     let Discovered {
         source,
         snapshot,
         plans,
         ..
     } = discover(p).await?;
-    let _lease = state
+    let lease = state
         .acquire_lease(&p.name)
+        .await
         .map_err(|e| Error::Startup(e.to_string()))?;
 
     // Start-up is over: from here on godwit writes.
@@ -123,9 +122,10 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, Error> {
             .map(|pl| (pl.key(), TableRecord::new(pl.table.estimated_rows)))
             .collect(),
     };
-    state
-        .save(&record)
-        .map_err(|e| Error::Runtime(e.to_string()))?;
+    if let Err(e) = state.save(&record).await {
+        lease.release().await;
+        return Err(Error::Runtime(e.to_string()));
+    }
     notifier.emit(EventKind::TaskStarted {
         mode: p.mode.as_str().into(),
         tables: plans.len(),
@@ -177,14 +177,16 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, Error> {
     let _ = snapshot.release().await;
     let seconds = started.elapsed().as_secs_f64();
     let final_state = if fatal.is_some() { "failed" } else { "stopped" };
-    if let Ok(mut record) = ctx.record.lock() {
+    {
+        let mut record = ctx.record.lock().await;
         record.state = final_state.into();
         record.stopped_at = Some(now());
         record.last_error = fatal.clone();
-        if let Err(e) = ctx.state.save(&record) {
+        if let Err(e) = ctx.state.save(&record).await {
             tracing::error!("cannot save the task state: {e}");
         }
     }
+    lease.release().await;
     if let Some(error) = fatal {
         ctx.notifier.emit(EventKind::TaskFailed {
             error: error.clone(),
@@ -216,7 +218,8 @@ async fn load_one(ctx: Arc<Ctx>, plan: TablePlan) -> Result<u64, TableFailure> {
         r.load_started_at = Some(now());
         r.last_error = None;
         r.remedy = None;
-    });
+    })
+    .await;
     let rows = Arc::new(AtomicU64::new(0));
     let bar = ctx
         .progress
@@ -232,7 +235,8 @@ async fn load_one(ctx: Arc<Ctx>, plan: TablePlan) -> Result<u64, TableFailure> {
                 r.data_errors = done.data_errors;
                 r.load_completed_at = Some(now());
                 r.load_seconds = Some(done.seconds);
-            });
+            })
+            .await;
             bar.finish(done.rows, "loaded");
             ctx.notifier.emit(EventKind::TableLoaded {
                 table: key,
@@ -251,7 +255,8 @@ async fn load_one(ctx: Arc<Ctx>, plan: TablePlan) -> Result<u64, TableFailure> {
                 r.state = TableState::Error;
                 r.last_error = Some(failure.error.clone());
                 r.remedy = Some(failure.remedy.clone());
-            });
+            })
+            .await;
             bar.finish(0, "error");
             ctx.notifier.emit(EventKind::TableError {
                 table: key,
@@ -388,6 +393,7 @@ async fn load_table(
     };
     let _ = client.batch_execute("COMMIT").await;
     remove_stale_files(ctx.store.as_ref(), plan, &loaded.1)
+        .await
         .map_err(|e| failure(format!("removing old load files of {table}: {e}"), retry))?;
     Ok(Loaded {
         rows: loaded.0,
@@ -399,19 +405,19 @@ async fn load_table(
 
 /// A reload replaces the previous load: load files this load did not write are removed,
 /// only after the new ones are complete.
-fn remove_stale_files(
+async fn remove_stale_files(
     store: &dyn ObjectStore,
     plan: &TablePlan,
     written: &[WrittenFile],
 ) -> std::io::Result<()> {
     let prefix = layout::table_prefix(&plan.table.name);
-    for object in store.list(&prefix)? {
+    for object in store.list(&prefix).await? {
         let name = &object.key[prefix.len()..];
         if !name.contains('/')
             && layout::is_load_file(name)
             && !written.iter().any(|w| w.key == object.key)
         {
-            store.delete(&object.key)?;
+            store.delete(&object.key).await?;
         }
     }
     Ok(())

@@ -6,14 +6,19 @@ pub mod plan;
 pub mod progress;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use crate::config::{Pipeline, StateUrl, TargetUrl};
+use crate::config::{Pipeline, Sse, StateUrl, TargetUrl};
 use crate::error::Error;
 use crate::pg::Snapshot;
 use crate::pg::catalog;
 use crate::pg::connect::Source;
+use crate::sink::files::ObjectStore;
 use crate::sink::files::local::LocalStore;
+use crate::sink::files::s3::{Encryption, S3Settings, S3Store};
 use crate::state::StateStore;
+use crate::state::local::LocalState;
+use crate::state::s3::S3State;
 use plan::TablePlan;
 
 /// The source, opened and inside the load's snapshot, with every selected table planned.
@@ -121,24 +126,44 @@ async fn check_where(snapshot: &Snapshot, plan: &TablePlan, w: &str) -> Result<(
     })
 }
 
-/// The folder the target writes to (file targets only, for now).
-pub fn target_store(p: &Pipeline) -> Result<LocalStore, Error> {
+/// The S3 settings of the target section for `bucket`/`prefix`.
+fn s3_settings(p: &Pipeline, bucket: &str, prefix: &str) -> S3Settings {
+    let t = &p.target;
+    S3Settings {
+        bucket: bucket.to_string(),
+        prefix: prefix.trim_matches('/').to_string(),
+        endpoint: t.endpoint.clone(),
+        encryption: match t.sse {
+            Sse::None => Encryption::None,
+            Sse::Aes256 => Encryption::Aes256,
+            Sse::Kms => Encryption::Kms {
+                key_id: t.kms_key_id.clone(),
+            },
+        },
+        expected_bucket_owner: t.expected_bucket_owner.clone(),
+    }
+}
+
+/// Where the target writes: a local folder or an S3 prefix.
+pub async fn target_store(p: &Pipeline) -> Result<Arc<dyn ObjectStore>, Error> {
     match &p.target.url {
-        TargetUrl::File(dir) => Ok(LocalStore::new(dir.clone())),
-        other => Err(Error::Config(p.error_at(
+        TargetUrl::File(dir) => Ok(Arc::new(LocalStore::new(dir.clone()))),
+        TargetUrl::S3 { bucket, prefix } => {
+            Ok(Arc::new(S3Store::new(s3_settings(p, bucket, prefix)).await))
+        }
+        TargetUrl::None => Err(Error::Config(p.error_at(
             "target.url",
-            format!("target {other} is not supported yet by this godwit version"),
+            "target \"none\" (cache only) is not supported yet by this godwit version",
         ))),
     }
 }
 
 /// The state store of the pipeline.
-pub fn state_store(p: &Pipeline) -> Result<StateStore, Error> {
+pub async fn state_store(p: &Pipeline) -> Result<StateStore, Error> {
     match &p.state.url {
-        StateUrl::File(dir) => Ok(StateStore::new(PathBuf::from(dir))),
-        other => Err(Error::Config(p.error_at(
-            "state.url",
-            format!("state url {other} is not supported yet by this godwit version"),
+        StateUrl::File(dir) => Ok(StateStore::Local(LocalState::new(PathBuf::from(dir)))),
+        StateUrl::S3 { bucket, prefix } => Ok(StateStore::S3(S3State::new(
+            S3Store::new(s3_settings(p, bucket, prefix)).await,
         ))),
     }
 }

@@ -28,6 +28,7 @@ impl LocalStore {
 
 const TEMP_MARK: &str = ".godwit-tmp";
 
+#[async_trait::async_trait]
 impl ObjectStore for LocalStore {
     fn create(&self, key: &str) -> io::Result<Box<dyn ObjectWriter>> {
         let path = self.path(key);
@@ -43,7 +44,7 @@ impl ObjectStore for LocalStore {
         }))
     }
 
-    fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
+    async fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
         let mut out = Vec::new();
         // Walk from the deepest folder the prefix names, then filter by the whole prefix.
         let dir_part = prefix.rfind('/').map(|i| &prefix[..i]).unwrap_or("");
@@ -53,11 +54,11 @@ impl ObjectStore for LocalStore {
         Ok(out)
     }
 
-    fn get(&self, key: &str) -> io::Result<bytes::Bytes> {
+    async fn get(&self, key: &str) -> io::Result<bytes::Bytes> {
         fs::read(self.path(key)).map(bytes::Bytes::from)
     }
 
-    fn delete(&self, key: &str) -> io::Result<()> {
+    async fn delete(&self, key: &str) -> io::Result<()> {
         match fs::remove_file(self.path(key)) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             other => other,
@@ -66,6 +67,24 @@ impl ObjectStore for LocalStore {
 
     fn describe(&self) -> String {
         format!("file://{}", self.root.display())
+    }
+
+    async fn probe(&self) -> io::Result<String> {
+        // The folder, or its nearest existing parent, must take a file.
+        let mut dir = self.root.as_path();
+        while !dir.exists() {
+            match dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => dir = p,
+                _ => {
+                    dir = Path::new(".");
+                    break;
+                }
+            }
+        }
+        let probe = dir.join(format!(".godwit-check-{}", std::process::id()));
+        fs::write(&probe, b"")?;
+        fs::remove_file(&probe)?;
+        Ok(format!("{} is writable", self.root.display()))
     }
 }
 
@@ -136,22 +155,22 @@ impl ObjectWriter for LocalWriter {
 mod tests {
     use super::*;
 
-    #[test]
-    fn objects_appear_only_when_complete() {
+    #[tokio::test]
+    async fn objects_appear_only_when_complete() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path());
         let mut w = store.create("s/t/LOAD00000001.parquet").unwrap();
         w.write_all(b"hello").unwrap();
-        assert!(store.list("s/t/").unwrap().is_empty());
+        assert!(store.list("s/t/").await.unwrap().is_empty());
         assert_eq!(w.complete().unwrap(), 5);
-        let listed = store.list("s/t/").unwrap();
+        let listed = store.list("s/t/").await.unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].key, "s/t/LOAD00000001.parquet");
         let w = store.create("s/t/LOAD00000002.parquet").unwrap();
         w.abort();
-        assert_eq!(store.list("").unwrap().len(), 1);
+        assert_eq!(store.list("").await.unwrap().len(), 1);
         assert_eq!(
-            &store.get("s/t/LOAD00000001.parquet").unwrap()[..],
+            &store.get("s/t/LOAD00000001.parquet").await.unwrap()[..],
             b"hello"
         );
     }

@@ -4,6 +4,7 @@
 pub mod layout;
 pub mod local;
 pub mod parquet;
+pub mod s3;
 
 use std::io::{self, Write};
 
@@ -16,17 +17,22 @@ pub struct ObjectInfo {
 }
 
 /// Where objects are written. Objects appear atomically: only a completed writer is visible.
+#[async_trait::async_trait]
 pub trait ObjectStore: Send + Sync {
-    /// Starts writing `key`; nothing is visible there until [`ObjectWriter::complete`].
+    /// Starts writing `key`; nothing is visible there until [`ObjectWriter::complete`]. The
+    /// writer blocks while it stores data: use it from a blocking thread, inside the runtime.
     fn create(&self, key: &str) -> io::Result<Box<dyn ObjectWriter>>;
     /// Every complete object whose key starts with `prefix`, sorted by key.
-    fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>>;
+    async fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>>;
     /// The whole object.
-    fn get(&self, key: &str) -> io::Result<bytes::Bytes>;
+    async fn get(&self, key: &str) -> io::Result<bytes::Bytes>;
     /// Removes an object; a missing one is not an error.
-    fn delete(&self, key: &str) -> io::Result<()>;
+    async fn delete(&self, key: &str) -> io::Result<()>;
     /// Where this store points, for messages.
     fn describe(&self) -> String;
+    /// Checks that objects can be written here without leaving anything behind; says what
+    /// was checked.
+    async fn probe(&self) -> io::Result<String>;
 }
 
 /// An object being written.
