@@ -3,6 +3,8 @@
 //! reading back what it wrote.
 #![allow(dead_code)]
 
+pub mod type_cases;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

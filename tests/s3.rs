@@ -1,0 +1,312 @@
+//! The S3 target against moto: the whole type suite read back with aws-sdk-s3, multipart
+//! uploads of large files with nothing left dangling, encryption headers as stored, and the
+//! state and lease kept in the bucket.
+
+mod common;
+
+use std::collections::HashMap;
+
+use arrow::record_batch::RecordBatch;
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+use common::type_cases;
+use common::*;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+fn endpoint() -> String {
+    std::env::var("GODWIT_S3_ENDPOINT").expect("GODWIT_S3_ENDPOINT from scripts/services.sh")
+}
+
+async fn s3() -> Client {
+    godwit::sink::files::s3::client(Some(&endpoint())).await
+}
+
+/// A new, empty bucket.
+async fn bucket(client: &Client, name: &str) -> String {
+    let _ = client.create_bucket().bucket(name).send().await;
+    let listed = client.list_objects_v2().bucket(name).send().await.unwrap();
+    for o in listed.contents() {
+        client
+            .delete_object()
+            .bucket(name)
+            .key(o.key().unwrap())
+            .send()
+            .await
+            .unwrap();
+    }
+    name.to_string()
+}
+
+/// Every object under `prefix`: key → bytes.
+async fn objects(client: &Client, bucket: &str, prefix: &str) -> HashMap<String, Bytes> {
+    let mut out = HashMap::new();
+    let listed = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .send()
+        .await
+        .unwrap();
+    for o in listed.contents() {
+        let key = o.key().unwrap().to_string();
+        let body = client
+            .get_object()
+            .bucket(bucket)
+            .key(&key)
+            .send()
+            .await
+            .unwrap()
+            .body
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes();
+        out.insert(key, body);
+    }
+    out
+}
+
+/// The batches of every `LOAD*.parquet` object of a table.
+fn table_batches(objects: &HashMap<String, Bytes>, prefix: &str, table: &str) -> Vec<RecordBatch> {
+    let dir = format!("{prefix}/public/{table}/");
+    let mut keys: Vec<_> = objects
+        .keys()
+        .filter(|k| k.starts_with(&dir) && k[dir.len()..].starts_with("LOAD"))
+        .collect();
+    keys.sort();
+    assert!(!keys.is_empty(), "no objects under {dir}");
+    keys.iter()
+        .flat_map(|k| {
+            ParquetRecordBatchReaderBuilder::try_new(objects[*k].clone())
+                .unwrap()
+                .build()
+                .unwrap()
+                .map(|b| b.unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn s3_pipeline(
+    db_url: &str,
+    bucket: &str,
+    include: &str,
+    extra_target: &str,
+    extra: &str,
+) -> String {
+    format!(
+        r#"name = "s3t"
+mode = "full-load"
+[source]
+url = "{db_url}"
+[tables]
+include = {include}
+[target]
+url = "s3://{bucket}/lake"
+endpoint = "{}"
+{extra_target}
+{extra}"#,
+        endpoint()
+    )
+}
+
+#[tokio::test]
+async fn the_type_suite_passes_through_s3() {
+    let pg = pg();
+    let db = pg.fresh_db("godwit_s3_types").await;
+    type_cases::seed(&db).await;
+    let client = s3().await;
+    let b = bucket(&client, "types-suite").await;
+    let work = Work::new();
+    let pipeline = work.pipeline(&s3_pipeline(
+        &pg.url("godwit_s3_types"),
+        &b,
+        r#"["public.*"]"#,
+        "",
+        type_cases::PIPELINE_EXTRA,
+    ));
+    assert_ok(&work.godwit(&["run", pipeline.to_str().unwrap()], &[]));
+    let all = objects(&client, &b, "lake/").await;
+    let failures = type_cases::compare(&db, &|t| table_batches(&all, "lake", t)).await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // State lives in the bucket; the lease was released.
+    assert!(all.contains_key("lake/_godwit/state/task.json"));
+    assert!(!all.contains_key("lake/_godwit/state/lease"));
+    let status = work.godwit(&["status", pipeline.to_str().unwrap(), "--json"], &[]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        status["tables"]["public.t_int8"]["state"],
+        "Table completed"
+    );
+    // Nothing was written locally but the events file.
+    assert!(!work.out().exists());
+}
+
+#[tokio::test]
+async fn large_files_go_up_in_parts_encrypted_and_complete() {
+    let pg = pg();
+    let db = pg.fresh_db("godwit_s3_big").await;
+    // ~25 MiB of text that does not compress.
+    db.batch_execute(
+        "CREATE TABLE blob (id int PRIMARY KEY, body text);
+         INSERT INTO blob SELECT i, md5(i::text) || md5((-i)::text) || md5((i * 7)::text) || md5((i * 13)::text)
+                                 || md5((i * 17)::text) || md5((i * 19)::text) || md5((i * 23)::text) || md5((i * 29)::text)
+           FROM generate_series(1, 100000) i;",
+    )
+    .await
+    .unwrap();
+    let client = s3().await;
+    let b = bucket(&client, "big-files").await;
+    let work = Work::new();
+    let pipeline = work.pipeline(&s3_pipeline(
+        &pg.url("godwit_s3_big"),
+        &b,
+        r#"["public.blob"]"#,
+        "compression = \"none\"\nsse = \"aes256\"",
+        "",
+    ));
+    assert_ok(&work.godwit(&["run", pipeline.to_str().unwrap()], &[]));
+    let key = "lake/public/blob/LOAD00000001.parquet";
+    let head = client
+        .head_object()
+        .bucket(&b)
+        .key(key)
+        .send()
+        .await
+        .unwrap();
+    assert!(head.content_length().unwrap() > 16 << 20, "{head:?}");
+    // A multipart upload's ETag ends in -<parts>.
+    assert!(
+        head.e_tag().unwrap().contains('-'),
+        "not multipart: {head:?}"
+    );
+    assert_eq!(
+        head.server_side_encryption(),
+        Some(&aws_sdk_s3::types::ServerSideEncryption::Aes256)
+    );
+    let uploads = client
+        .list_multipart_uploads()
+        .bucket(&b)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        uploads.uploads().is_empty(),
+        "dangling uploads: {uploads:?}"
+    );
+    let all = objects(&client, &b, "lake/public/").await;
+    let batches = table_batches(&all, "lake", "blob");
+    assert_eq!(rows(&batches), 100_000);
+    let total: i64 = db
+        .query_one("SELECT sum(length(body))::bigint FROM blob", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let got: usize = batches
+        .iter()
+        .map(|b| {
+            use arrow::array::AsArray;
+            b.column(1)
+                .as_string::<i32>()
+                .iter()
+                .map(|s| s.unwrap().len())
+                .sum::<usize>()
+        })
+        .sum();
+    assert_eq!(got as i64, total);
+}
+
+#[tokio::test]
+async fn kms_encryption_is_requested_on_every_object() {
+    let pg = pg();
+    let db = pg.fresh_db("godwit_s3_kms").await;
+    db.batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);")
+        .await
+        .unwrap();
+    let client = s3().await;
+    let b = bucket(&client, "kms-files").await;
+    let key_id = "arn:aws:kms:us-east-1:123456789012:key/11111111-2222-3333-4444-555555555555";
+    let work = Work::new();
+    let pipeline = work.pipeline(&s3_pipeline(
+        &pg.url("godwit_s3_kms"),
+        &b,
+        r#"["public.t"]"#,
+        &format!("sse = \"aws:kms\"\nkms_key_id = \"{key_id}\""),
+        "",
+    ));
+    assert_ok(&work.godwit(&["run", pipeline.to_str().unwrap()], &[]));
+    for key in [
+        "lake/public/t/LOAD00000001.parquet",
+        "lake/_godwit/state/task.json",
+    ] {
+        let head = client
+            .head_object()
+            .bucket(&b)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            head.server_side_encryption(),
+            Some(&aws_sdk_s3::types::ServerSideEncryption::AwsKms),
+            "{key}"
+        );
+        assert_eq!(head.ssekms_key_id(), Some(key_id), "{key}");
+    }
+}
+
+#[tokio::test]
+async fn a_held_s3_lease_stops_a_second_run() {
+    let pg = pg();
+    let db = pg.fresh_db("godwit_s3_lease").await;
+    db.batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);")
+        .await
+        .unwrap();
+    let client = s3().await;
+    let b = bucket(&client, "lease-test").await;
+    // A live holder on another host.
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    client
+        .put_object()
+        .bucket(&b)
+        .key("lake/_godwit/state/lease")
+        .body(
+            format!(r#"{{"host":"other-host","pid":4242,"since":"2026-11-27T00:00:00Z","expires_at":{expires}}}"#)
+                .into_bytes()
+                .into(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let work = Work::new();
+    let pipeline = work.pipeline(&s3_pipeline(
+        &pg.url("godwit_s3_lease"),
+        &b,
+        r#"["public.t"]"#,
+        "",
+        "",
+    ));
+    let out = work.godwit(&["run", pipeline.to_str().unwrap()], &[]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("pid 4242 on other-host"), "{t}");
+    // An expired lease is taken over.
+    client
+        .put_object()
+        .bucket(&b)
+        .key("lake/_godwit/state/lease")
+        .body(
+            r#"{"host":"other-host","pid":4242,"since":"2026-11-27T00:00:00Z","expires_at":1}"#
+                .as_bytes()
+                .to_vec()
+                .into(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_ok(&work.godwit(&["run", pipeline.to_str().unwrap()], &[]));
+}
