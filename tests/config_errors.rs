@@ -146,7 +146,6 @@ fn missing_variable_is_named_and_nothing_is_written() {
 fn not_yet_supported_settings_are_refused_not_ignored() {
     let cases = [
         ("mode = \"cdc\"\n", "mode"),
-        ("[target]\nformat = \"csv\"\n", "target.format"),
         ("[tables.\"public.t\"]\npartitions = 4\n", "partitions"),
     ];
     for (extra, key) in cases {

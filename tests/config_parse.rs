@@ -1887,12 +1887,6 @@ fn unsupported_features_are_refused_with_line_and_key() {
             "mode = \"full-load-and-cdc\" is not supported yet",
         ),
         (
-            with("[target]\nformat = \"csv\"\n"),
-            5,
-            "target.format",
-            "format = \"csv\" is not supported yet",
-        ),
-        (
             cache_with("table = \"public.users\"\ntype = \"hash\"\nkey = \"u:{id}\"\n"),
             4,
             "cache",

@@ -28,7 +28,8 @@ pub async fn execute(path: &str, table: Option<&str>, sample_rows: usize) -> Res
         let (Some(schema), Some(name), Some(_)) = (parts.next(), parts.next(), parts.next()) else {
             continue;
         };
-        if schema == "_godwit" || !o.key.ends_with(".parquet") {
+        let known = [".parquet", ".csv", ".csv.gz"];
+        if schema == "_godwit" || !known.iter().any(|x| o.key.ends_with(x)) {
             continue;
         }
         by_table
@@ -49,11 +50,23 @@ pub async fn execute(path: &str, table: Option<&str>, sample_rows: usize) -> Res
         let total_bytes: u64 = objects.iter().map(|o| o.size).sum();
         let mut lines = Vec::new();
         let mut first = None;
+        let mut first_csv = None;
         for o in &objects {
             let data = store
                 .get(&o.key)
                 .await
                 .map_err(|e| Error::Runtime(format!("reading {}: {e}", o.key)))?;
+            if !o.key.ends_with(".parquet") {
+                let text = csv_text(&o.key, &data)?;
+                // Rows, not lines: a quoted value may hold line breaks.
+                let rows = text.matches('\n').count() as i64;
+                total_rows += rows;
+                lines.push(format!("    {}  ~{} lines  {} bytes", o.key, rows, o.size));
+                if first_csv.is_none() {
+                    first_csv = Some(text);
+                }
+                continue;
+            }
             let reader = SerializedFileReader::new(data.clone())
                 .map_err(|e| Error::Runtime(format!("{}: not a Parquet file: {e}", o.key)))?;
             let rows = reader.metadata().file_metadata().num_rows();
@@ -69,6 +82,12 @@ pub async fn execute(path: &str, table: Option<&str>, sample_rows: usize) -> Res
         );
         for l in lines {
             println!("{l}");
+        }
+        if let Some(text) = first_csv {
+            println!("  sample:");
+            for line in text.lines().take(sample_rows) {
+                println!("    {line}");
+            }
         }
         if let Some(data) = first {
             let builder = ParquetRecordBatchReaderBuilder::try_new(data)
@@ -115,4 +134,17 @@ fn displayable(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
         }
     }
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}
+
+/// A CSV object's text (gunzipped for `.csv.gz`).
+fn csv_text(key: &str, data: &bytes::Bytes) -> Result<String, Error> {
+    use std::io::Read;
+    let mut text = String::new();
+    let result = if key.ends_with(".gz") {
+        flate2::read::GzDecoder::new(&data[..]).read_to_string(&mut text)
+    } else {
+        (&data[..]).read_to_string(&mut text)
+    };
+    result.map_err(|e| Error::Runtime(format!("{key}: {e}")))?;
+    Ok(text)
 }

@@ -1050,13 +1050,6 @@ pub(crate) fn unsupported(p: &Pipeline) -> R<()> {
             "use mode = \"full-load\" for now",
         ));
     }
-    if p.target.format == Format::Csv {
-        return Err(refuse(
-            "target.format",
-            "\"csv\"",
-            "use format = \"parquet\" for now",
-        ));
-    }
     if p.cache.is_some() {
         let line = p.spans.line("cache");
         return Err(ConfigError::new(

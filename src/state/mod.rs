@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::sink::files::parquet::WrittenFile;
+use crate::sink::files::writer::WrittenFile;
 
 /// A table's state, in DMS words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,13 +13,16 @@ use tokio::task::JoinSet;
 use super::plan::TablePlan;
 use super::progress::Progress;
 use super::{Discovered, discover, state_store, target_store};
-use crate::config::{self, Compression, DataErrorPolicy, Pipeline, TableErrorPolicy};
+use crate::config::{self, Compression, DataErrorPolicy, Format, Pipeline, TableErrorPolicy};
 use crate::error::Error;
 use crate::notify::{EventKind, Notifier};
 use crate::pg::connect::{Source, describe_error};
 use crate::pg::copy::{CopyError, RowError, run_copy};
 use crate::pg::import_snapshot;
-use crate::sink::files::parquet::{Codec, FileSettings, LoadWriter, WriteError, WrittenFile};
+use crate::sink::files::csv::CsvOptions;
+use crate::sink::files::writer::{
+    Codec, FileFormat, FileSettings, LoadWriter, WriteError, WrittenFile,
+};
 use crate::sink::files::{ObjectStore, layout};
 use crate::state::{StateStore, TableRecord, TableState, TaskRecord};
 
@@ -302,9 +305,20 @@ async fn load_table(
         .map_err(|e| failure(describe_error(&e, &ctx.source.display), retry))?;
 
     let target = &ctx.pipeline.target;
+    let format = match target.format {
+        Format::Parquet => FileFormat::Parquet {
+            codec: codec(target.compression),
+            row_group_bytes: target.row_group_bytes as usize,
+        },
+        Format::Csv => FileFormat::Csv(CsvOptions {
+            delimiter: target.csv_delimiter,
+            null_value: target.csv_null_value.clone(),
+            header: target.csv_header,
+            gzip: target.compression == Compression::Gzip,
+        }),
+    };
     let settings = FileSettings {
-        codec: codec(target.compression),
-        row_group_bytes: target.row_group_bytes as usize,
+        format,
         max_file_size: target.max_file_size,
         include_op: target.include_op_for_full_load,
         timestamp_column: target.timestamp_column.clone(),

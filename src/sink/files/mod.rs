@@ -1,10 +1,12 @@
 //! File targets: Parquet encoding, the DMS object layout, and the object stores files are
 //! written to (local folders now; S3 behind the same trait).
 
+pub mod csv;
 pub mod layout;
 pub mod local;
 pub mod parquet;
 pub mod s3;
+pub mod writer;
 
 use std::io::{self, Write};
 
