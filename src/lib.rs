@@ -16,6 +16,7 @@
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod faults;
 pub mod notify;
 pub mod pg;
 pub mod sink;

@@ -42,6 +42,9 @@ enum Command {
         /// Stop cleanly after this long (e.g. 10m).
         #[arg(long)]
         max_duration: Option<String>,
+        /// Test crash point: abort right after the N-th completed object.
+        #[arg(long, hide = true)]
+        crash_after_objects: Option<u64>,
     },
     /// Validate the file and every prerequisite without moving data.
     Check {
@@ -121,7 +124,9 @@ fn main() -> ExitCode {
                 pipeline,
                 once: _,
                 max_duration,
+                crash_after_objects,
             } => {
+                godwit::faults::crash_after_objects(crash_after_objects.unwrap_or(0));
                 if max_duration.is_some() {
                     return Err(godwit::Error::Startup(
                         "--max-duration is not supported yet by this godwit version (it applies to CDC)".into(),

@@ -1898,12 +1898,6 @@ fn unsupported_features_are_refused_with_line_and_key() {
             "notify.sns_topic_arn",
             "sns_topic_arn = \"arn:aws:sns:eu-west-1:123456789012:ev\" is not supported yet",
         ),
-        (
-            with("[tables.\"public.orders\"]\nnumeric = \"text\"\npartitions = 8\n"),
-            6,
-            "tables.\"public.orders\".partitions",
-            "partitions = 8 is not supported yet",
-        ),
     ];
     let mut failures = Vec::new();
     for (text, line, key, needle) in &cases {

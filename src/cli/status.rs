@@ -72,6 +72,18 @@ pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
             t.data_errors,
             t.last_lsn.as_deref().unwrap_or("-")
         );
+        for seg in &t.segments {
+            println!(
+                "    segment {}/{} (blocks {}..{}): {}, {} rows, {} files",
+                seg.number,
+                t.segments.len(),
+                seg.start,
+                seg.end.map(|e| e.to_string()).unwrap_or_default(),
+                seg.state.as_str(),
+                seg.rows,
+                seg.files.len()
+            );
+        }
         if let Some(e) = &t.last_error {
             println!("    error: {e}");
             if let Some(r) = &t.remedy {

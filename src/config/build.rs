@@ -1067,15 +1067,5 @@ pub(crate) fn unsupported(p: &Pipeline) -> R<()> {
             "leave it empty for now: events still go to the events file and the log",
         ));
     }
-    for (pattern, s) in &p.tables.settings {
-        if s.partitions > 1 {
-            let key = format!("{}.partitions", join("tables", pattern.as_str()));
-            return Err(refuse(
-                &key,
-                &s.partitions.to_string(),
-                "remove `partitions` (each table is loaded as one segment for now)",
-            ));
-        }
-    }
     Ok(())
 }

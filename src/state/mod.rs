@@ -58,6 +58,24 @@ pub struct TableRecord {
     pub load_started_at: Option<String>,
     pub load_completed_at: Option<String>,
     pub load_seconds: Option<f64>,
+    /// Parallel segments of the load (empty when read as one stream).
+    #[serde(default)]
+    pub segments: Vec<SegmentRecord>,
+    /// The table's storage/write fingerprint when its load started (see `pg::catalog`).
+    #[serde(default)]
+    pub fingerprint: String,
+}
+
+/// One parallel segment of a table's load.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SegmentRecord {
+    pub number: u32,
+    /// Heap blocks `[start, end)`; `end` none for the last segment.
+    pub start: u64,
+    pub end: Option<u64>,
+    pub state: TableState,
+    pub rows: u64,
+    pub files: Vec<WrittenFile>,
 }
 
 impl TableRecord {
@@ -78,6 +96,8 @@ impl TableRecord {
             load_started_at: None,
             load_completed_at: None,
             load_seconds: None,
+            segments: Vec::new(),
+            fingerprint: String::new(),
         }
     }
 }

@@ -10,7 +10,7 @@ use arrow::record_batch::RecordBatch;
 use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-use super::plan::TablePlan;
+use super::plan::{Segment, TablePlan};
 use super::progress::Progress;
 use super::{Discovered, discover, state_store, target_store};
 use crate::config::{self, Compression, DataErrorPolicy, Format, Pipeline, TableErrorPolicy};
@@ -24,7 +24,7 @@ use crate::sink::files::writer::{
     Codec, FileFormat, FileSettings, LoadWriter, WriteError, WrittenFile,
 };
 use crate::sink::files::{ObjectStore, layout};
-use crate::state::{StateStore, TableRecord, TableState, TaskRecord};
+use crate::state::{SegmentRecord, StateStore, TableRecord, TableState, TaskRecord};
 
 /// How a run was asked to behave.
 #[derive(Debug, Clone, Default)]
@@ -54,7 +54,6 @@ struct Loaded {
     rows: u64,
     files: Vec<WrittenFile>,
     data_errors: u64,
-    seconds: f64,
 }
 
 /// Everything the table loaders share.
@@ -105,6 +104,24 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, Error> {
         .map_err(|e| Error::Startup(e.to_string()))?;
 
     // Start-up is over: from here on godwit writes.
+    match store.cleanup_incomplete().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("removed {n} incomplete objects an interrupted run left"),
+        Err(e) => tracing::warn!("cannot clean up after an interrupted run: {e}"),
+    }
+    let previous = match state.load().await {
+        Ok(p) => p,
+        Err(e) => {
+            lease.release().await;
+            return Err(Error::Runtime(e.to_string()));
+        }
+    };
+    // A run that did not end cleanly is resumed: what it completed is kept where the table
+    // did not change since. A run that ended takes a new snapshot and reloads everything.
+    let resumable = previous
+        .filter(|r| r.state != "stopped")
+        .map(|r| r.tables)
+        .unwrap_or_default();
     let notifier = Notifier::open(&p.name, &p.notify.events_file).map_err(|e| {
         Error::Startup(format!(
             "cannot open the events file {}: {e}",
@@ -122,7 +139,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, Error> {
         last_error: None,
         tables: plans
             .iter()
-            .map(|pl| (pl.key(), TableRecord::new(pl.table.estimated_rows)))
+            .map(|pl| (pl.key(), initial_record(pl, resumable.get(&pl.key()))))
             .collect(),
     };
     if let Err(e) = state.save(&record).await {
@@ -153,7 +170,13 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, Error> {
     let tables = plans.len();
     let mut set = JoinSet::new();
     for plan in plans {
-        set.spawn(load_one(ctx.clone(), plan));
+        let kept = record_of(&ctx, &plan.key()).await;
+        if kept.state == TableState::Completed {
+            tracing::info!(table = %plan.key(), "kept: loaded completely by the interrupted run");
+            set.spawn(async move { Ok(kept.full_load_rows) });
+            continue;
+        }
+        set.spawn(load_one(ctx.clone(), plan, kept));
     }
     let mut rows = 0;
     let mut in_error = 0;
@@ -212,10 +235,47 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, Error> {
     })
 }
 
-/// Loads one table when a permit is free, and records the outcome.
-async fn load_one(ctx: Arc<Ctx>, plan: TablePlan) -> Result<u64, TableFailure> {
-    let _permit = ctx.permits.acquire().await;
+/// The record a table starts this run with: the interrupted run's, where the table did not
+/// change since (its completed segments are kept), or a fresh one.
+fn initial_record(plan: &TablePlan, previous: Option<&TableRecord>) -> TableRecord {
+    if let Some(prev) = previous
+        && prev.fingerprint == plan.table.fingerprint
+        && !plan.table.fingerprint.is_empty()
+        && (prev.state == TableState::Completed
+            || (!plan.segments.is_empty() && prev.segments.len() == plan.segments.len()))
+    {
+        let mut r = prev.clone();
+        r.estimated_rows = plan.table.estimated_rows;
+        if r.state != TableState::Completed {
+            r.state = TableState::BeforeLoad;
+        }
+        return r;
+    }
+    let mut r = TableRecord::new(plan.table.estimated_rows);
+    r.fingerprint = plan.table.fingerprint.clone();
+    r.segments = plan
+        .segments
+        .iter()
+        .map(|s| SegmentRecord {
+            number: s.number,
+            start: s.start,
+            end: s.end,
+            state: TableState::BeforeLoad,
+            rows: 0,
+            files: Vec::new(),
+        })
+        .collect();
+    r
+}
+
+async fn record_of(ctx: &Ctx, table: &str) -> TableRecord {
+    ctx.record.lock().await.tables[table].clone()
+}
+
+/// Loads one table (each of its segments when a permit is free) and records the outcome.
+async fn load_one(ctx: Arc<Ctx>, plan: TablePlan, start: TableRecord) -> Result<u64, TableFailure> {
     let key = plan.key();
+    let started = Instant::now();
     ctx.update(&key, |r| {
         r.state = TableState::FullLoad;
         r.load_started_at = Some(now());
@@ -223,33 +283,117 @@ async fn load_one(ctx: Arc<Ctx>, plan: TablePlan) -> Result<u64, TableFailure> {
         r.remedy = None;
     })
     .await;
-    let rows = Arc::new(AtomicU64::new(0));
+    let rows = Arc::new(AtomicU64::new(start.segments.iter().map(|s| s.rows).sum()));
     let bar = ctx
         .progress
         .table(&key, plan.table.estimated_rows, rows.clone());
-    match load_table(&ctx, &plan, rows).await {
-        Ok(done) => {
-            let bytes = done.files.iter().map(|f| f.bytes).sum();
+    // The units of work: every segment not completed yet, or the whole table.
+    let pending: Vec<Option<Segment>> = if start.segments.is_empty() {
+        vec![None]
+    } else {
+        start
+            .segments
+            .iter()
+            .filter(|s| s.state != TableState::Completed)
+            .map(|s| {
+                Some(Segment {
+                    number: s.number,
+                    start: s.start,
+                    end: s.end,
+                })
+            })
+            .collect()
+    };
+    let plan = Arc::new(plan);
+    let mut units = JoinSet::new();
+    for segment in pending {
+        let (ctx, plan, rows) = (ctx.clone(), plan.clone(), rows.clone());
+        units.spawn(async move {
+            let _permit = ctx.permits.acquire().await;
+            let done = load_table(&ctx, &plan, segment.as_ref(), rows).await?;
+            if let Some(seg) = segment {
+                ctx.update(&plan.key(), |r| {
+                    if let Some(s) = r.segments.iter_mut().find(|s| s.number == seg.number) {
+                        s.state = TableState::Completed;
+                        s.rows = done.rows;
+                        s.files = done.files.clone();
+                    }
+                })
+                .await;
+            }
+            Ok::<Loaded, TableFailure>(done)
+        });
+    }
+    let mut loaded = Vec::new();
+    let mut failure = None;
+    while let Some(joined) = units.join_next().await {
+        match joined {
+            Ok(Ok(done)) => loaded.push(done),
+            Ok(Err(f)) => {
+                failure.get_or_insert(f);
+                units.abort_all();
+            }
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => {
+                failure.get_or_insert(TableFailure {
+                    error: format!("a loader of {key} crashed: {e}"),
+                    remedy: "run the pipeline again".into(),
+                    stop_task: false,
+                });
+                units.abort_all();
+            }
+        }
+    }
+    let outcome = match failure {
+        Some(f) => Err(f),
+        None => {
+            // Every file of the load: this run's and the segments kept from an interrupted one.
+            let record = record_of(&ctx, &key).await;
+            let files: Vec<WrittenFile> = if record.segments.is_empty() {
+                loaded.iter().flat_map(|l| l.files.clone()).collect()
+            } else {
+                record
+                    .segments
+                    .iter()
+                    .flat_map(|s| s.files.clone())
+                    .collect()
+            };
+            match remove_stale_files(ctx.store.as_ref(), &plan, &files).await {
+                Ok(()) => Ok(files),
+                Err(e) => Err(TableFailure {
+                    error: format!("removing old load files of {key}: {e}"),
+                    remedy: "fix the cause and run the pipeline again".into(),
+                    stop_task: false,
+                }),
+            }
+        }
+    };
+    match outcome {
+        Ok(files) => {
+            let bytes = files.iter().map(|f| f.bytes).sum();
+            let total_rows: u64 = files.iter().map(|f| f.rows).sum();
+            let data_errors: u64 = loaded.iter().map(|l| l.data_errors).sum();
+            let seconds = started.elapsed().as_secs_f64();
             ctx.update(&key, |r| {
                 r.state = TableState::Completed;
-                r.full_load_rows = done.rows;
+                r.full_load_rows = total_rows;
                 r.full_load_bytes = bytes;
-                r.files = done.files.clone();
-                r.data_errors = done.data_errors;
+                r.files = files.clone();
+                r.data_errors += data_errors;
                 r.load_completed_at = Some(now());
-                r.load_seconds = Some(done.seconds);
+                r.load_seconds = Some(seconds);
             })
             .await;
-            bar.finish(done.rows, "loaded");
+            bar.finish(total_rows, "loaded");
             ctx.notifier.emit(EventKind::TableLoaded {
                 table: key,
-                rows: done.rows,
+                rows: total_rows,
                 bytes,
-                files: done.files.len(),
-                seconds: done.seconds,
-                data_errors: done.data_errors,
+                files: files.len(),
+                seconds,
+                data_errors,
             });
-            Ok(done.rows)
+            Ok(total_rows)
         }
         Err(failure) => {
             let stop = failure.stop_task || ctx.pipeline.errors.table == TableErrorPolicy::StopTask;
@@ -285,9 +429,9 @@ fn codec(c: Compression) -> Codec {
 async fn load_table(
     ctx: &Ctx,
     plan: &TablePlan,
+    segment: Option<&Segment>,
     rows: Arc<AtomicU64>,
 ) -> Result<Loaded, TableFailure> {
-    let started = Instant::now();
     let table = plan.table.name.to_string();
     let retry = "fix the cause and run the pipeline again";
     let failure = |error: String, remedy: &str| TableFailure {
@@ -326,7 +470,7 @@ async fn load_table(
     let mut writer = LoadWriter::new(
         ctx.store.clone(),
         plan.table.name.clone(),
-        None,
+        segment.map(|s| s.number),
         &plan.copy.schema(),
         settings,
         ctx.load_time,
@@ -377,7 +521,14 @@ async fn load_table(
             }
         }
     };
-    let copied = run_copy(&client, plan.copy.clone(), tx.clone(), &rows, &mut on_error).await;
+    let copied = run_copy(
+        &client,
+        plan.copy_for(segment),
+        tx.clone(),
+        &rows,
+        &mut on_error,
+    )
+    .await;
     if copied.is_ok() {
         commit.store(true, Ordering::SeqCst);
     }
@@ -406,14 +557,10 @@ async fn load_table(
         (Err(e), _) => return Err(failure(e.to_string(), retry)),
     };
     let _ = client.batch_execute("COMMIT").await;
-    remove_stale_files(ctx.store.as_ref(), plan, &loaded.1)
-        .await
-        .map_err(|e| failure(format!("removing old load files of {table}: {e}"), retry))?;
     Ok(Loaded {
         rows: loaded.0,
         files: loaded.1,
         data_errors: data_errors.load(Ordering::Relaxed),
-        seconds: started.elapsed().as_secs_f64(),
     })
 }
 

@@ -13,7 +13,24 @@ use crate::pg::types::{self, NumericAs, PgType};
 pub struct TablePlan {
     pub table: Table,
     pub settings: TableSettings,
+    /// The COPY of the whole table (segments add a ctid range to it).
     pub copy: CopySpec,
+    /// The SELECT's `FROM …` part and the user's filter, to build segment statements.
+    from: String,
+    select: String,
+    filter: Option<String>,
+    /// Parallel segments; empty when the table is read as one stream.
+    pub segments: Vec<Segment>,
+}
+
+/// One parallel segment of a table: heap blocks `[start, end)` (the last one open-ended, so
+/// pages added since the size was read are not missed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// 1-based, as in `SEGMENT<n>_LOAD…`.
+    pub number: u32,
+    pub start: u64,
+    pub end: Option<u64>,
 }
 
 impl TablePlan {
@@ -21,6 +38,45 @@ impl TablePlan {
     pub fn key(&self) -> String {
         self.table.name.to_string()
     }
+
+    /// The COPY of one segment (or of the whole table).
+    pub fn copy_for(&self, segment: Option<&Segment>) -> CopySpec {
+        let Some(seg) = segment else {
+            return self.copy.clone();
+        };
+        let mut conds = vec![format!("ctid >= '({},0)'::tid", seg.start)];
+        if let Some(end) = seg.end {
+            conds.push(format!("ctid < '({end},0)'::tid"));
+        }
+        if let Some(w) = &self.filter {
+            conds.push(format!("({w})"));
+        }
+        CopySpec {
+            statement: format!(
+                "COPY (SELECT {} FROM {} WHERE {}) TO STDOUT (FORMAT binary)",
+                self.select,
+                self.from,
+                conds.join(" AND ")
+            ),
+            ..self.copy.clone()
+        }
+    }
+}
+
+/// Splits `pages` heap blocks into `n` ctid ranges of about equal size. No COUNT, no NTILE:
+/// the relation size is all it needs.
+pub fn segments(pages: u64, n: u32) -> Vec<Segment> {
+    if n <= 1 {
+        return Vec::new();
+    }
+    let per = pages.div_ceil(n as u64).max(1);
+    (0..n)
+        .map(|i| Segment {
+            number: i + 1,
+            start: per * i as u64,
+            end: (i + 1 < n).then_some(per * (i as u64 + 1)),
+        })
+        .collect()
 }
 
 /// Plans one table. Errors are problems of the pipeline file (an excluded column that does
@@ -68,14 +124,14 @@ pub fn plan_table(p: &Pipeline, table: Table, types_: &Types) -> Result<TablePla
     // A partitioned root reads all its partitions; a plain table reads only itself (its
     // inheritance children are tables of their own).
     let only = if table.partitioned { "" } else { "ONLY " };
-    let filter = settings
-        .where_clause
-        .as_ref()
-        .map(|w| format!(" WHERE ({w})"))
-        .unwrap_or_default();
+    let from = format!("{only}{}", table.name.quoted());
+    let filter = settings.where_clause.clone();
     let statement = format!(
-        "COPY (SELECT {select} FROM {only}{}{filter}) TO STDOUT (FORMAT binary)",
-        table.name.quoted()
+        "COPY (SELECT {select} FROM {from}{}) TO STDOUT (FORMAT binary)",
+        filter
+            .as_ref()
+            .map(|w| format!(" WHERE ({w})"))
+            .unwrap_or_default()
     );
     let key_columns = table
         .key
@@ -83,6 +139,10 @@ pub fn plan_table(p: &Pipeline, table: Table, types_: &Types) -> Result<TablePla
         .filter_map(|k| columns.iter().position(|(name, _)| name == k))
         .collect();
     Ok(TablePlan {
+        segments: segments(table.pages, settings.partitions),
+        from,
+        select,
+        filter,
         copy: CopySpec {
             statement,
             columns,
@@ -93,4 +153,25 @@ pub fn plan_table(p: &Pipeline, table: Table, types_: &Types) -> Result<TablePla
         table,
         settings,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_cover_every_block_once() {
+        assert!(segments(100, 1).is_empty());
+        let s = segments(10, 4);
+        assert_eq!(s.len(), 4);
+        assert_eq!((s[0].start, s[0].end), (0, Some(3)));
+        assert_eq!((s[3].start, s[3].end), (9, None));
+        for w in s.windows(2) {
+            assert_eq!(w[0].end, Some(w[1].start));
+        }
+        // An empty table still gets its segments (the last one reads anything added since).
+        let s = segments(0, 3);
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[2].end, None);
+    }
 }

@@ -639,10 +639,7 @@ pub type TextRow = (i32, Option<String>);
 
 /// Compares every case table as text rows (id, value) — how CSV files carry them: scalars in
 /// PostgreSQL's text form, arrays as JSON.
-pub async fn compare_text(
-    db: &Client,
-    read: &dyn Fn(&str) -> Vec<TextRow>,
-) -> Vec<String> {
+pub async fn compare_text(db: &Client, read: &dyn Fn(&str) -> Vec<TextRow>) -> Vec<String> {
     let mut failures = Vec::new();
     for case in cases() {
         let (expr, cmp) = if case.expr == ARRAY || case.expr.contains("numeric") {

@@ -69,6 +69,29 @@ impl ObjectStore for LocalStore {
         format!("file://{}", self.root.display())
     }
 
+    async fn cleanup_incomplete(&self) -> io::Result<usize> {
+        fn sweep(dir: &Path) -> io::Result<usize> {
+            let mut n = 0;
+            let entries = match fs::read_dir(dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+                Err(e) => return Err(e),
+            };
+            for entry in entries {
+                let entry = entry?;
+                let path = entry.path();
+                if entry.file_type()?.is_dir() {
+                    n += sweep(&path)?;
+                } else if entry.file_name().to_string_lossy().ends_with(TEMP_MARK) {
+                    fs::remove_file(&path)?;
+                    n += 1;
+                }
+            }
+            Ok(n)
+        }
+        sweep(&self.root)
+    }
+
     async fn probe(&self) -> io::Result<String> {
         // The folder, or its nearest existing parent, must take a file.
         let mut dir = self.root.as_path();

@@ -35,6 +35,9 @@ pub trait ObjectStore: Send + Sync {
     /// Checks that objects can be written here without leaving anything behind; says what
     /// was checked.
     async fn probe(&self) -> io::Result<String>;
+    /// Removes what an interrupted run may have left half-written (temporary files,
+    /// incomplete multipart uploads); returns how many. Call only while holding the lease.
+    async fn cleanup_incomplete(&self) -> io::Result<usize>;
 }
 
 /// An object being written.

@@ -368,6 +368,28 @@ impl ObjectStore for S3Store {
         }
     }
 
+    async fn cleanup_incomplete(&self) -> io::Result<usize> {
+        let s = &self.inner.settings;
+        let listed = self
+            .inner
+            .client
+            .list_multipart_uploads()
+            .bucket(&s.bucket)
+            .prefix(self.full_key(""))
+            .set_expected_bucket_owner(s.expected_bucket_owner.clone())
+            .send()
+            .await
+            .map_err(|e| sdk_error(&format!("listing uploads in s3://{}", s.bucket), e))?;
+        let mut n = 0;
+        for u in listed.uploads() {
+            if let (Some(key), Some(id)) = (u.key(), u.upload_id()) {
+                self.inner.abort(key, id).await;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     async fn probe(&self) -> io::Result<String> {
         self.check_bucket().await?;
         let key = format!("_godwit/.check-{}", std::process::id());

@@ -245,6 +245,7 @@ impl LoadWriter {
             key: key.clone(),
             source,
         })?;
+        crate::faults::object_completed();
         self.files.push(WrittenFile {
             key,
             rows: cur.rows,
