@@ -310,3 +310,107 @@ async fn a_held_s3_lease_stops_a_second_run() {
         .unwrap();
     assert_ok(&work.godwit(&["run", pipeline.to_str().unwrap()], &[]));
 }
+
+#[tokio::test]
+async fn killed_during_a_multipart_upload_leaves_nothing_dangling() {
+    let pg = pg();
+    let db = pg.fresh_db("godwit_s3_kill").await;
+    db.batch_execute(
+        "CREATE TABLE blob (id bigint PRIMARY KEY, body text);
+         INSERT INTO blob SELECT i, md5(i::text) || md5((-i)::text) || md5((i * 7)::text) || md5((i * 13)::text)
+                                 || md5((i * 17)::text) || md5((i * 19)::text) || md5((i * 23)::text) || md5((i * 29)::text)
+           FROM generate_series(1, 60000) i;",
+    )
+    .await
+    .unwrap();
+    let client = s3().await;
+    let b = bucket(&client, "kill-upload").await;
+    let work = Work::new();
+    // Small row groups so the file streams into the upload while COPY is still reading.
+    let pipeline = work.pipeline(&s3_pipeline(
+        &pg.url("godwit_s3_kill"),
+        &b,
+        r#"["public.blob"]"#,
+        "compression = \"none\"\nrow_group_bytes = \"2MiB\"",
+        "[tables.\"public.blob\"]\nwhere = \"id % 1000 <> 0 OR pg_sleep(0.05) IS NOT NULL\"",
+    ));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_godwit"))
+        .current_dir(work.path())
+        .args(["run", pipeline.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let uploads = client
+            .list_multipart_uploads()
+            .bucket(&b)
+            .send()
+            .await
+            .unwrap();
+        if !uploads.uploads().is_empty() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("no upload was ever in progress");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let dangling = client
+        .list_multipart_uploads()
+        .bucket(&b)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !dangling.uploads().is_empty(),
+        "the kill left an upload behind"
+    );
+    assert!(
+        client
+            .head_object()
+            .bucket(&b)
+            .key("lake/public/blob/LOAD00000001.parquet")
+            .send()
+            .await
+            .is_err(),
+        "a partial object became visible"
+    );
+
+    assert_ok(&work.godwit(&["run", pipeline.to_str().unwrap()], &[]));
+    let uploads = client
+        .list_multipart_uploads()
+        .bucket(&b)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        uploads.uploads().is_empty(),
+        "dangling uploads: {uploads:?}"
+    );
+    let all = objects(&client, &b, "lake/public/").await;
+    let mut keys: Vec<_> = all.keys().cloned().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec!["lake/public/blob/LOAD00000001.parquet".to_string()]
+    );
+    let batches = table_batches(&all, "lake", "blob");
+    let mut ids: Vec<i64> = batches
+        .iter()
+        .flat_map(|b| {
+            use arrow::array::AsArray;
+            b.column(0)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .iter()
+                .map(|v| v.unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, (1..=60_000).collect::<Vec<_>>());
+}
