@@ -414,3 +414,50 @@ async fn killed_during_a_multipart_upload_leaves_nothing_dangling() {
     ids.sort();
     assert_eq!(ids, (1..=60_000).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn pipeline_files_can_be_read_from_s3() {
+    let pg = pg();
+    let db = pg.fresh_db("godwit_s3_pipeline").await;
+    db.batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2), (3);")
+        .await
+        .unwrap();
+    let client = s3().await;
+    let b = bucket(&client, "pipelines").await;
+    let work = Work::new();
+    let text_ = s3_pipeline(&pg.url("godwit_s3_pipeline"), &b, r#"["public.t"]"#, "", "");
+    client
+        .put_object()
+        .bucket(&b)
+        .key("conf/good.toml")
+        .body(text_.clone().into_bytes().into())
+        .send()
+        .await
+        .unwrap();
+    let env = [("AWS_ENDPOINT_URL", endpoint())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let url = format!("s3://{b}/conf/good.toml");
+    assert_ok(&work.godwit(&["run", &url], &env));
+    let all = objects(&client, &b, "lake/public/").await;
+    assert_eq!(rows(&table_batches(&all, "lake", "t")), 3);
+
+    // Errors name the S3 URL, line and key; a missing object is a start-up error.
+    client
+        .put_object()
+        .bucket(&b)
+        .key("conf/bad.toml")
+        .body(format!("{text_}[load]\nparallel = 0\n").into_bytes().into())
+        .send()
+        .await
+        .unwrap();
+    let bad = work.godwit(&["check", &format!("s3://{b}/conf/bad.toml")], &env);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        text(&bad).contains(&format!("s3://{b}/conf/bad.toml:"))
+            && text(&bad).contains("load.parallel"),
+        "{}",
+        text(&bad)
+    );
+    let missing = work.godwit(&["run", &format!("s3://{b}/conf/none.toml")], &env);
+    assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));
+}

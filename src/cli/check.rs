@@ -53,7 +53,7 @@ impl Report {
 }
 
 pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
-    let p = super::load_pipeline(path)?;
+    let p = super::load_pipeline(path).await?;
     let mut report = Report {
         pipeline: p.name.clone(),
         ok: true,

@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::task::target_store;
 
 pub async fn execute(path: &str, table: Option<&str>, sample_rows: usize) -> Result<i32, Error> {
-    let p = super::load_pipeline(path)?;
+    let p = super::load_pipeline(path).await?;
     let store = target_store(&p).await?;
     let objects = store
         .list("")

@@ -10,13 +10,43 @@ use std::path::Path;
 
 use crate::config::{self, Pipeline};
 use crate::error::Error;
+use crate::sink::files::s3;
 
-/// Reads and validates the pipeline file named on the command line.
-pub fn load_pipeline(path: &str) -> Result<Pipeline, Error> {
-    if path.starts_with("s3://") {
+/// Reads and validates the pipeline file named on the command line: a local path, or an
+/// `s3://bucket/key` URL read with the standard AWS credential chain (and `AWS_ENDPOINT_URL`
+/// for S3-compatible stores).
+pub async fn load_pipeline(path: &str) -> Result<Pipeline, Error> {
+    let Some(rest) = path.strip_prefix("s3://") else {
+        return Ok(config::load(Path::new(path))?);
+    };
+    let Some((bucket, key)) = rest
+        .split_once('/')
+        .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+    else {
         return Err(Error::Startup(format!(
-            "{path}: reading pipeline files from S3 is not supported yet by this godwit version; use a local path"
+            "{path}: write the pipeline URL as s3://bucket/path/to/pipeline.toml"
         )));
-    }
-    Ok(config::load(Path::new(path))?)
+    };
+    let client = s3::client(None).await;
+    let object = client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| {
+            Error::Startup(format!(
+                "{path}: cannot read the pipeline file: {}",
+                aws_sdk_s3::error::DisplayErrorContext(e)
+            ))
+        })?;
+    let bytes = object
+        .body
+        .collect()
+        .await
+        .map_err(|e| Error::Startup(format!("{path}: cannot read the pipeline file: {e}")))?
+        .into_bytes();
+    let text = String::from_utf8(bytes.to_vec())
+        .map_err(|_| Error::Startup(format!("{path}: the pipeline file is not UTF-8 text")))?;
+    Ok(config::parse(&text, path)?)
 }

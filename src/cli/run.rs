@@ -8,7 +8,7 @@ use crate::task::full_load::{self, RunOptions};
 
 /// Runs the pipeline; returns 0, or 3 when a table ended in `Table error`.
 pub async fn execute(path: &str) -> Result<i32, Error> {
-    let p = super::load_pipeline(path)?;
+    let p = super::load_pipeline(path).await?;
     let opts = RunOptions {
         progress: std::io::stderr().is_terminal(),
     };

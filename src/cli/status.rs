@@ -4,7 +4,7 @@ use crate::error::Error;
 use crate::task::state_store;
 
 pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
-    let p = super::load_pipeline(path)?;
+    let p = super::load_pipeline(path).await?;
     let store = state_store(&p).await?;
     let record = store
         .load()
