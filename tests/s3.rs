@@ -461,3 +461,107 @@ async fn pipeline_files_can_be_read_from_s3() {
     let missing = work.godwit(&["run", &format!("s3://{b}/conf/none.toml")], &env);
     assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));
 }
+
+/// The owner-checking proxy of `tests/fixtures/owner_proxy.py` in front of moto; killed on drop.
+struct OwnerProxy {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for OwnerProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn owner_proxy(owner: &str) -> OwnerProxy {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/owner_proxy.py");
+    let child = std::process::Command::new("python3")
+        .args([script, &port.to_string(), &endpoint(), owner])
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return OwnerProxy { child, url };
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the owner proxy did not start");
+}
+
+async fn proxy_stats(proxy: &OwnerProxy) -> serde_json::Value {
+    let text = std::process::Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import urllib.request; print(urllib.request.urlopen('{}/__proxy/stats').read().decode())",
+                proxy.url
+            ),
+        ])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&text.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn expected_bucket_owner_is_sent_on_every_request_and_a_wrong_one_is_refused() {
+    // moto ignores x-amz-expected-bucket-owner; a proxy in front of it answers as S3 does.
+    let pg = pg();
+    let db = pg.fresh_db("godwit_s3_owner").await;
+    db.batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);")
+        .await
+        .unwrap();
+    let client = s3().await;
+    let b = bucket(&client, "owned").await;
+    let proxy = owner_proxy("123456789012").await;
+    let with_owner = |owner: &str| {
+        s3_pipeline(
+            &pg.url("godwit_s3_owner"),
+            &b,
+            r#"["public.t"]"#,
+            &format!("expected_bucket_owner = \"{owner}\""),
+            "",
+        )
+        .replace(
+            &format!("endpoint = \"{}\"", endpoint()),
+            &format!("endpoint = \"{}\"", proxy.url),
+        )
+    };
+
+    let work = Work::new();
+    let path = work.pipeline(&with_owner("123456789012"));
+    assert_ok(&work.godwit(&["check", path.to_str().unwrap()], &[]));
+    assert_ok(&work.godwit(&["run", path.to_str().unwrap()], &[]));
+    let stats = proxy_stats(&proxy).await;
+    assert!(stats["requests"].as_u64().unwrap() >= 4, "{stats}");
+    assert_eq!(
+        stats["without_owner"], 0,
+        "a request went without the owner: {stats}"
+    );
+    let all = objects(&client, &b, "lake/public/").await;
+    assert_eq!(rows(&table_batches(&all, "lake", "t")), 2);
+
+    // Someone else's bucket: refused before anything is written.
+    let b2 = bucket(&client, "not-mine").await;
+    let work = Work::new();
+    let path = work.pipeline(
+        &with_owner("999999999999").replace(&format!("s3://{b}/"), &format!("s3://{b2}/")),
+    );
+    let out = work.godwit(&["run", path.to_str().unwrap()], &[]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("AccessDenied"), "{t}");
+    assert!(
+        objects(&client, &b2, "").await.is_empty(),
+        "something was written"
+    );
+    let check = work.godwit(&["check", path.to_str().unwrap()], &[]);
+    assert_eq!(check.status.code(), Some(2), "{}", text(&check));
+}
