@@ -482,14 +482,16 @@ async fn owner_proxy(owner: &str) -> OwnerProxy {
         .unwrap()
         .port();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/owner_proxy.py");
-    let child = std::process::Command::new("python3")
-        .args([script, &port.to_string(), &endpoint(), owner])
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
+    let proxy = OwnerProxy {
+        child: std::process::Command::new("python3")
+            .args([script, &port.to_string(), &endpoint(), owner])
+            .spawn()
+            .unwrap(),
+        url: format!("http://127.0.0.1:{port}"),
+    };
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return OwnerProxy { child, url };
+            return proxy;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
