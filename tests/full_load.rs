@@ -292,13 +292,7 @@ async fn a_second_run_while_one_holds_the_lease_exits_2_naming_the_holder() {
         r#"[tables."public.slow"]
 where = "pg_sleep(1.5) IS NOT NULL""#,
     ));
-    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_godwit"))
-        .current_dir(work.path())
-        .args(["run", pipeline.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = work.spawn_run(&pipeline);
     let lease = work.out().join("_godwit/state/lease");
     for _ in 0..100 {
         if std::fs::read_to_string(&lease).is_ok_and(|t| t.contains("pid")) {

@@ -8,7 +8,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use arrow::array::AsArray;
@@ -128,19 +127,6 @@ async fn four_segments_give_exactly_the_rows_of_one_stream() {
     assert!(t.contains("segment 4/4"), "status shows segments: {t}");
 }
 
-/// Starts a run in the background.
-fn spawn_run(work: &Work, pipeline: &Path, extra: &[&str]) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_godwit"))
-        .current_dir(work.path())
-        .arg("run")
-        .arg(pipeline)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
 fn task_json(work: &Work) -> serde_json::Value {
     std::fs::read(work.out().join("_godwit/state/task.json"))
         .ok()
@@ -178,7 +164,7 @@ async fn killed_during_copy_resumes_without_reloading_completed_segments() {
         "slow",
         "[tables.\"public.slow\"]\npartitions = 4\nwhere = \"id % 100 <> 0 OR pg_sleep(0.02) IS NOT NULL\"\n[load]\nparallel = 1\nbatch_rows = 1000",
     ));
-    let mut child = spawn_run(&work, &path, &[]);
+    let mut child = work.spawn_run(&path);
     // Wait until the first segment is recorded complete and the second is being read.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -334,13 +334,7 @@ async fn killed_during_a_multipart_upload_leaves_nothing_dangling() {
         "compression = \"none\"\nrow_group_bytes = \"2MiB\"",
         "[tables.\"public.blob\"]\nwhere = \"id % 1000 <> 0 OR pg_sleep(0.05) IS NOT NULL\"",
     ));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_godwit"))
-        .current_dir(work.path())
-        .args(["run", pipeline.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = work.spawn_run(&pipeline);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let uploads = client

@@ -111,6 +111,20 @@ impl Work {
     }
 }
 
+impl Work {
+    /// Starts `godwit run PIPELINE` in the background (output discarded).
+    pub fn spawn_run(&self, pipeline: &Path) -> std::process::Child {
+        Command::new(env!("CARGO_BIN_EXE_godwit"))
+            .current_dir(self.path())
+            .arg("run")
+            .arg(pipeline)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start godwit")
+    }
+}
+
 /// stdout + stderr, for assertions and failure messages.
 pub fn text(o: &Output) -> String {
     format!(
