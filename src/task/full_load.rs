@@ -68,6 +68,10 @@ struct Ctx {
     progress: Progress,
     permits: Semaphore,
     load_time: i64,
+    /// `batch_bytes` and `row_group_bytes` shared by the files written at once, so that
+    /// several parallel loads hold about as much memory as one would.
+    batch_bytes: u64,
+    row_group_bytes: usize,
 }
 
 impl Ctx {
@@ -165,6 +169,9 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, Error> {
         notifier,
         progress: Progress::new(opts.progress),
         permits: Semaphore::new(p.load.parallel),
+        batch_bytes: (p.load.batch_bytes / concurrent_writers(p, &plans) as u64).max(4 << 20),
+        row_group_bytes: (p.target.row_group_bytes as usize / concurrent_writers(p, &plans))
+            .max(16 << 20),
         load_time: chrono::Utc::now().timestamp_micros(),
     });
     let tables = plans.len();
@@ -416,6 +423,13 @@ async fn load_one(ctx: Arc<Ctx>, plan: TablePlan, start: TableRecord) -> Result<
     }
 }
 
+/// How many files are written at once: `load.parallel`, or fewer when there are fewer
+/// tables and segments. Batch and row-group sizes are shared among them.
+fn concurrent_writers(p: &Pipeline, plans: &[TablePlan]) -> usize {
+    let units: usize = plans.iter().map(|pl| pl.segments.len().max(1)).sum();
+    p.load.parallel.min(units).max(1)
+}
+
 fn codec(c: Compression) -> Codec {
     match c {
         Compression::Zstd => Codec::Zstd,
@@ -452,7 +466,7 @@ async fn load_table(
     let format = match target.format {
         Format::Parquet => FileFormat::Parquet {
             codec: codec(target.compression),
-            row_group_bytes: target.row_group_bytes as usize,
+            row_group_bytes: ctx.row_group_bytes,
         },
         Format::Csv => FileFormat::Csv(CsvOptions {
             delimiter: target.csv_delimiter,
@@ -521,14 +535,9 @@ async fn load_table(
             }
         }
     };
-    let copied = run_copy(
-        &client,
-        plan.copy_for(segment),
-        tx.clone(),
-        &rows,
-        &mut on_error,
-    )
-    .await;
+    let mut spec = plan.copy_for(segment);
+    spec.batch_bytes = ctx.batch_bytes;
+    let copied = run_copy(&client, spec, tx.clone(), &rows, &mut on_error).await;
     if copied.is_ok() {
         commit.store(true, Ordering::SeqCst);
     }
