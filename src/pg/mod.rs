@@ -4,6 +4,8 @@
 pub mod catalog;
 pub mod connect;
 pub mod copy;
+pub mod lsn;
+pub mod replication;
 pub mod types;
 
 use tokio_postgres::Client;
