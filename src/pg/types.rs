@@ -324,6 +324,8 @@ pub enum ColumnBuilder {
     Bool(BooleanBuilder),
     Decimal(Decimal128Builder, i8),
     Utf8(StringBuilder),
+    /// money: full load selects it as numeric text; pgoutput sends `$1,234.56`.
+    Money(StringBuilder),
     Jsonb(StringBuilder),
     Uuid(StringBuilder),
     Inet(StringBuilder),
@@ -358,6 +360,9 @@ impl ColumnBuilder {
                     .with_data_type(DataType::Decimal128(*precision, *scale)),
                 *scale,
             ),
+            PgType::AsText {
+                cast: TextCast::Money,
+            } => ColumnBuilder::Money(StringBuilder::with_capacity(rows, rows * 8)),
             PgType::Text | PgType::Json | PgType::AsText { .. } => {
                 ColumnBuilder::Utf8(StringBuilder::with_capacity(rows, rows * 16))
             }
@@ -413,7 +418,7 @@ impl ColumnBuilder {
             }
             ColumnBuilder::Bool(b) => b.append_value(fixed::<1>(v, "boolean")?[0] != 0),
             ColumnBuilder::Decimal(b, scale) => b.append_value(decode_numeric(v, *scale)?),
-            ColumnBuilder::Utf8(b) => b.append_value(utf8(v)?),
+            ColumnBuilder::Utf8(b) | ColumnBuilder::Money(b) => b.append_value(utf8(v)?),
             ColumnBuilder::Jsonb(b) => match v.split_first() {
                 Some((1, json)) => b.append_value(utf8(json)?),
                 _ => return Err(malformed("jsonb", v.len())),
@@ -451,6 +456,63 @@ impl ColumnBuilder {
         Ok(())
     }
 
+    /// Appends one value in PostgreSQL's text form (what pgoutput sends), giving the same
+    /// Arrow value as [`ColumnBuilder::append`] does for the binary form. The session must
+    /// have pinned `DateStyle=ISO`, `TimeZone=UTC`, `IntervalStyle=iso_8601`,
+    /// `extra_float_digits=3`, `bytea_output=hex`, `lc_monetary=C`.
+    ///
+    /// On a [`DataError`] nothing was appended; the caller appends a NULL in its place.
+    pub fn append_text(&mut self, v: &[u8]) -> Result<(), DataError> {
+        let s = utf8(v)?;
+        let bad = |what: &str| DataError(format!("{s:?} is not a valid {what}"));
+        match self {
+            ColumnBuilder::Int16(b) => b.append_value(s.parse().map_err(|_| bad("smallint"))?),
+            ColumnBuilder::Int32(b) => b.append_value(s.parse().map_err(|_| bad("integer"))?),
+            ColumnBuilder::Int64(b) => b.append_value(s.parse().map_err(|_| bad("bigint"))?),
+            ColumnBuilder::Float32(b) => {
+                b.append_value(parse_float(s).ok_or_else(|| bad("real"))? as f32)
+            }
+            ColumnBuilder::Float64(b) => {
+                b.append_value(parse_float(s).ok_or_else(|| bad("double precision"))?)
+            }
+            ColumnBuilder::Bool(b) => b.append_value(match s {
+                "t" => true,
+                "f" => false,
+                _ => return Err(bad("boolean")),
+            }),
+            ColumnBuilder::Decimal(b, scale) => b.append_value(text_numeric(s, *scale)?),
+            ColumnBuilder::Utf8(b)
+            | ColumnBuilder::Jsonb(b)
+            | ColumnBuilder::Uuid(b)
+            | ColumnBuilder::Inet(b) => b.append_value(s),
+            ColumnBuilder::Money(b) => b.append_value(s.replace(['$', ','], "")),
+            ColumnBuilder::Binary(b) => {
+                let hex = s.strip_prefix("\\x").ok_or_else(|| bad("bytea (hex)"))?;
+                b.append_value(decode_hex(hex).ok_or_else(|| bad("bytea (hex)"))?)
+            }
+            ColumnBuilder::Date(b) => b.append_value(match s {
+                "infinity" => i32::MAX,
+                "-infinity" => i32::MIN,
+                _ => {
+                    let (date, bc) = split_bc(s);
+                    i32::try_from(text_date(date, bc).ok_or_else(|| bad("date"))?)
+                        .map_err(|_| bad("date in range"))?
+                }
+            }),
+            ColumnBuilder::Time(b) => b.append_value(text_time(s).ok_or_else(|| bad("time"))?),
+            ColumnBuilder::Timestamp(b) => b.append_value(match s {
+                "infinity" => i64::MAX,
+                "-infinity" => i64::MIN,
+                _ => text_timestamp(s).ok_or_else(|| bad("timestamp"))?,
+            }),
+            ColumnBuilder::List(l) => {
+                let node = parse_array(s).ok_or_else(|| bad("array"))?;
+                l.append_text_array(&node)?
+            }
+        }
+        Ok(())
+    }
+
     /// Appends SQL NULL.
     pub fn append_null(&mut self) {
         match self {
@@ -462,6 +524,7 @@ impl ColumnBuilder {
             ColumnBuilder::Bool(b) => b.append_null(),
             ColumnBuilder::Decimal(b, _) => b.append_null(),
             ColumnBuilder::Utf8(b)
+            | ColumnBuilder::Money(b)
             | ColumnBuilder::Jsonb(b)
             | ColumnBuilder::Uuid(b)
             | ColumnBuilder::Inet(b) => b.append_null(),
@@ -487,6 +550,7 @@ impl ColumnBuilder {
             ColumnBuilder::Bool(b) => Arc::new(b.finish()),
             ColumnBuilder::Decimal(b, _) => Arc::new(b.finish()),
             ColumnBuilder::Utf8(b)
+            | ColumnBuilder::Money(b)
             | ColumnBuilder::Jsonb(b)
             | ColumnBuilder::Uuid(b)
             | ColumnBuilder::Inet(b) => Arc::new(b.finish()),
@@ -509,6 +573,7 @@ impl ColumnBuilder {
             ColumnBuilder::Bool(b) => b.len(),
             ColumnBuilder::Decimal(b, _) => b.len(),
             ColumnBuilder::Utf8(b)
+            | ColumnBuilder::Money(b)
             | ColumnBuilder::Jsonb(b)
             | ColumnBuilder::Uuid(b)
             | ColumnBuilder::Inet(b) => b.len(),
@@ -562,6 +627,48 @@ impl ListBuilder {
             check.element()?;
         }
         self.append_dims(&dims, &mut r)
+    }
+
+    /// Appends a parsed array literal (see [`parse_array`]).
+    fn append_text_array(&mut self, node: &ArrayNode) -> Result<(), DataError> {
+        let ArrayNode::List(items) = node else {
+            return Err(DataError("an array value that is not a list".into()));
+        };
+        if items.is_empty() {
+            self.offsets.push(self.child_len);
+            self.nulls.append_non_null();
+            return Ok(());
+        }
+        let declared = self.depth();
+        let depth = node.depth();
+        if depth != declared {
+            return Err(DataError(format!(
+                "array with {depth} dimensions in a column declared with {declared}"
+            )));
+        }
+        self.append_text_items(items)
+    }
+
+    fn append_text_items(&mut self, items: &[ArrayNode]) -> Result<(), DataError> {
+        for item in items {
+            match (&mut self.child, item) {
+                (ColumnBuilder::List(inner), ArrayNode::List(sub)) => {
+                    inner.append_text_items(sub)?
+                }
+                (leaf, ArrayNode::Leaf(None)) => leaf.append_null(),
+                (leaf, ArrayNode::Leaf(Some(text))) => {
+                    if let Err(e) = leaf.append_text(text.as_bytes()) {
+                        leaf.append_null();
+                        return Err(e);
+                    }
+                }
+                _ => return Err(DataError("a ragged array".into())),
+            }
+            self.child_len += 1;
+        }
+        self.offsets.push(self.child_len);
+        self.nulls.append_non_null();
+        Ok(())
     }
 
     fn depth(&self) -> usize {
@@ -666,6 +773,206 @@ fn inet_text(v: &[u8]) -> Result<String, DataError> {
     } else {
         text
     })
+}
+
+/// An array literal: nested lists of element texts (`None` for NULL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArrayNode {
+    Leaf(Option<String>),
+    List(Vec<ArrayNode>),
+}
+
+impl ArrayNode {
+    fn depth(&self) -> usize {
+        match self {
+            ArrayNode::Leaf(_) => 0,
+            ArrayNode::List(items) => 1 + items.first().map_or(0, ArrayNode::depth),
+        }
+    }
+}
+
+/// Parses PostgreSQL's array text (`{1,NULL,"a \"b\""}`, nested, optionally prefixed by
+/// `[1:2]=` bounds) with `,` as the delimiter.
+pub fn parse_array(s: &str) -> Option<ArrayNode> {
+    let s = match s.find("={") {
+        Some(i) if s.starts_with('[') => &s[i + 1..],
+        _ => s,
+    };
+    let mut chars = s.chars().peekable();
+    let node = parse_list(&mut chars)?;
+    chars.next().is_none().then_some(node)
+}
+
+fn parse_list(c: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Option<ArrayNode> {
+    if c.next()? != '{' {
+        return None;
+    }
+    let mut items = Vec::new();
+    if c.peek() == Some(&'}') {
+        c.next();
+        return Some(ArrayNode::List(items));
+    }
+    loop {
+        match c.peek()? {
+            '{' => items.push(parse_list(c)?),
+            '"' => {
+                c.next();
+                let mut v = String::new();
+                loop {
+                    match c.next()? {
+                        '\\' => v.push(c.next()?),
+                        '"' => break,
+                        ch => v.push(ch),
+                    }
+                }
+                items.push(ArrayNode::Leaf(Some(v)));
+            }
+            _ => {
+                let mut v = String::new();
+                while let Some(&ch) = c.peek() {
+                    if ch == ',' || ch == '}' {
+                        break;
+                    }
+                    if ch == '\\' {
+                        c.next();
+                        v.push(c.next()?);
+                        continue;
+                    }
+                    v.push(ch);
+                    c.next();
+                }
+                let v = v.trim().to_string();
+                items.push(ArrayNode::Leaf(if v == "NULL" { None } else { Some(v) }));
+            }
+        }
+        match c.next()? {
+            ',' => continue,
+            '}' => return Some(ArrayNode::List(items)),
+            _ => return None,
+        }
+    }
+}
+
+fn parse_float(s: &str) -> Option<f64> {
+    match s {
+        "NaN" => Some(f64::NAN),
+        "Infinity" => Some(f64::INFINITY),
+        "-Infinity" => Some(f64::NEG_INFINITY),
+        _ => s.parse().ok(),
+    }
+}
+
+/// Numeric text (`-12.50`) → the unscaled i128 of a Decimal128 with `scale`.
+fn text_numeric(s: &str, scale: i8) -> Result<i128, DataError> {
+    if s == "NaN" || s.ends_with("Infinity") {
+        return Err(DataError(format!(
+            "{s} cannot be stored in a decimal column (set numeric = \"text\" for this table)"
+        )));
+    }
+    let bad = || DataError(format!("{s:?} is not a valid numeric"));
+    let (neg, digits) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    if frac.len() > scale as usize || int.is_empty() && frac.is_empty() {
+        return Err(bad());
+    }
+    let mut acc: i128 = 0;
+    for ch in int
+        .chars()
+        .chain(frac.chars())
+        .chain(std::iter::repeat_n('0', scale as usize - frac.len()))
+    {
+        let d = ch.to_digit(10).ok_or_else(bad)? as i128;
+        acc = acc
+            .checked_mul(10)
+            .and_then(|a| a.checked_add(d))
+            .ok_or_else(bad)?;
+    }
+    Ok(if neg { -acc } else { acc })
+}
+
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// `text` without a trailing ` BC`, and whether it had one.
+fn split_bc(s: &str) -> (&str, bool) {
+    match s.strip_suffix(" BC") {
+        Some(rest) => (rest, true),
+        None => (s, false),
+    }
+}
+
+/// `YYYY-MM-DD` (with PostgreSQL's BC years) → days since 1970-01-01.
+fn text_date(s: &str, bc: bool) -> Option<i64> {
+    let mut parts = s.splitn(3, '-');
+    let y: i64 = parts.next()?.parse().ok()?;
+    let m: i64 = parts.next()?.parse().ok()?;
+    let d: i64 = parts.next()?.parse().ok()?;
+    let y = if bc { 1 - y } else { y };
+    Some(days_from_civil(y, m, d))
+}
+
+/// Proleptic Gregorian date → days since 1970-01-01, for any year.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `HH:MM:SS[.ffffff]` → microseconds.
+fn text_time(s: &str) -> Option<i64> {
+    let mut parts = s.splitn(3, ':');
+    let h: i64 = parts.next()?.parse().ok()?;
+    let m: i64 = parts.next()?.parse().ok()?;
+    let sec = parts.next()?;
+    let (whole, frac) = sec.split_once('.').unwrap_or((sec, ""));
+    let whole: i64 = whole.parse().ok()?;
+    if frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let micros: i64 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<6}").parse().ok()?
+    };
+    Some(((h * 60 + m) * 60 + whole) * 1_000_000 + micros)
+}
+
+/// `YYYY-MM-DD HH:MM:SS[.ffffff][+HH[:MM[:SS]]][ BC]` → microseconds since 1970 (UTC).
+fn text_timestamp(s: &str) -> Option<i64> {
+    let (s, bc) = split_bc(s);
+    let (date, rest) = s.split_once(' ')?;
+    let days = text_date(date, bc)?;
+    let (time, offset) = match rest.find(['+', '-']) {
+        Some(i) => (&rest[..i], Some(&rest[i..])),
+        None => (rest, None),
+    };
+    let mut micros = days
+        .checked_mul(86_400_000_000)?
+        .checked_add(text_time(time)?)?;
+    if let Some(off) = offset {
+        let sign = if off.starts_with('-') { -1 } else { 1 };
+        let mut secs = 0i64;
+        for (i, p) in off[1..].split(':').enumerate() {
+            let v: i64 = p.parse().ok()?;
+            secs += v * [3600, 60, 1].get(i)?;
+        }
+        micros -= sign * secs * 1_000_000;
+    }
+    Some(micros)
 }
 
 fn fixed<const N: usize>(v: &[u8], what: &str) -> Result<[u8; N], DataError> {
@@ -782,6 +1089,36 @@ mod tests {
             numeric_type(tm(12, 2), NumericAs::Text),
             PgType::AsText { .. }
         ));
+    }
+
+    #[test]
+    fn text_forms() {
+        assert_eq!(text_numeric("-12.5", 2).unwrap(), -1250);
+        assert_eq!(text_numeric("0.01", 2).unwrap(), 1);
+        assert!(text_numeric("NaN", 2).is_err());
+        assert!(text_numeric("1.234", 2).is_err());
+        assert_eq!(text_date("1970-01-01", false), Some(0));
+        assert_eq!(text_date("2000-01-01", false), Some(10_957));
+        assert_eq!(text_time("24:00:00"), Some(86_400_000_000));
+        assert_eq!(text_time("12:34:56.5"), Some(45_296_500_000));
+        assert_eq!(text_timestamp("1970-01-01 01:00:00+01"), Some(0));
+        assert_eq!(text_timestamp("1969-12-31 23:59:59.999999"), Some(-1));
+        assert_eq!(
+            parse_array(r#"{{1,NULL},{"a\"b",""}}"#),
+            Some(ArrayNode::List(vec![
+                ArrayNode::List(vec![
+                    ArrayNode::Leaf(Some("1".into())),
+                    ArrayNode::Leaf(None)
+                ]),
+                ArrayNode::List(vec![
+                    ArrayNode::Leaf(Some("a\"b".into())),
+                    ArrayNode::Leaf(Some(String::new()))
+                ]),
+            ]))
+        );
+        assert_eq!(parse_array("{}"), Some(ArrayNode::List(vec![])));
+        assert_eq!(parse_array("[0:1]={7,8}").map(|n| n.depth()), Some(1));
+        assert_eq!(parse_array("{1,2"), None);
     }
 
     #[test]
