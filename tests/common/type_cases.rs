@@ -23,8 +23,8 @@ pub enum Cmp {
 }
 
 pub struct Case {
-    table: &'static str,
-    ddl_type: &'static str,
+    pub table: &'static str,
+    pub ddl_type: &'static str,
     values: &'static [&'static str],
     /// SQL giving the expected text of `v`.
     expr: &'static str,
