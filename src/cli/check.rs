@@ -3,8 +3,9 @@
 
 use serde::Serialize;
 
-use crate::config;
+use crate::config::{self, CdcMode};
 use crate::error::Error;
+use crate::pg::replication::identity;
 use crate::task::{discover, state_store, target_store};
 
 #[derive(Debug, Serialize)]
@@ -28,6 +29,10 @@ struct TableReport {
     partitioned: bool,
     key: Vec<String>,
     select_privilege: bool,
+    /// The table's replica identity (and its partitions').
+    replica_identity: String,
+    /// Why CDC could not publish its UPDATE/DELETE safely, with the fix.
+    cdc_problem: Option<String>,
     columns: Vec<ColumnReport>,
 }
 
@@ -75,7 +80,23 @@ pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
                 ),
             );
             let c = d.snapshot.client();
+            let tables: Vec<_> = d.plans.iter().map(|pl| pl.table.clone()).collect();
+            let identities = identity::read(c, &tables).await.unwrap_or_default();
             for plan in &d.plans {
+                let idents = identities.get(&plan.table.oid).cloned().unwrap_or_default();
+                let cdc_problem = match plan.settings.cdc {
+                    CdcMode::InsertsOnly => None,
+                    CdcMode::All => identity::problem(
+                        &plan.table,
+                        &idents,
+                        plan.settings.where_clause.as_deref(),
+                    ),
+                };
+                if let Some(problem) = &cdc_problem
+                    && p.mode.has_cdc()
+                {
+                    report.add("identity", "error", problem.clone());
+                }
                 let privilege: bool = c
                     .query_one(
                         "SELECT has_table_privilege(c.oid, 'SELECT') FROM pg_class c WHERE c.oid = $1",
@@ -101,6 +122,14 @@ pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
                     partitioned: plan.table.partitioned,
                     key: plan.table.key.clone(),
                     select_privilege: privilege,
+                    replica_identity: idents
+                        .iter()
+                        .map(|i| i.describe())
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .into_iter()
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    cdc_problem,
                     columns: plan
                         .copy
                         .columns
@@ -170,6 +199,10 @@ fn print_report(r: &Report) {
                 format!(", key {}", t.key.join(", "))
             }
         );
+        println!("      replica identity: {}", t.replica_identity);
+        if let Some(p) = &t.cdc_problem {
+            println!("      for CDC: {p}");
+        }
         for c in &t.columns {
             println!("      {:<30} {:<32} → {}", c.name, c.pg_type, c.arrow_type);
         }

@@ -1,4 +1,5 @@
-//! Logical replication: the pgoutput protocol decoder (the slot, publication and stream
-//! client come with CDC).
+//! Logical replication: replica identity checks and the pgoutput protocol decoder (the slot,
+//! publication and stream client come with CDC).
 
+pub mod identity;
 pub mod pgoutput;
