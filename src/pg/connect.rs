@@ -14,7 +14,7 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Config, NoTls};
 
 /// Settings every godwit session pins, so values have one text form (SPEC §4).
-const SESSION_OPTIONS: &str = "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=iso_8601 -c extra_float_digits=3 -c lc_monetary=C";
+const SESSION_OPTIONS: &str = "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=iso_8601 -c extra_float_digits=3 -c lc_monetary=C -c bytea_output=hex";
 
 /// libpq's `sslmode` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +35,31 @@ pub enum ConnectError {
     Tls(String),
     #[error("{0}")]
     Postgres(String),
+}
+
+/// Connection facts for sessions tokio-postgres cannot open (replication). The password is
+/// not shown by `Debug`.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub dbname: String,
+    pub tls: TlsMode,
+    pub root_cert: Option<PathBuf>,
+    /// The pinned session settings, as startup `options`.
+    pub options: String,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}@{}:{}/{}",
+            self.user, self.host, self.port, self.dbname
+        )
+    }
 }
 
 /// A parsed source URL, ready to open connections.
@@ -114,6 +139,30 @@ impl Source {
 
     pub fn tls_mode(&self) -> TlsMode {
         self.tls
+    }
+
+    /// What a replication session needs to reach the same server as the same user.
+    pub fn endpoint(&self) -> Endpoint {
+        use tokio_postgres::config::Host;
+        let host = match self.config.get_hosts().first() {
+            Some(Host::Tcp(h)) => h.clone(),
+            Some(Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".into(),
+        };
+        Endpoint {
+            host,
+            port: self.config.get_ports().first().copied().unwrap_or(5432),
+            user: self.config.get_user().unwrap_or("postgres").to_string(),
+            password: self
+                .config
+                .get_password()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .unwrap_or_default(),
+            dbname: self.config.get_dbname().unwrap_or("postgres").to_string(),
+            tls: self.tls,
+            root_cert: self.root_cert.clone(),
+            options: SESSION_OPTIONS.to_string(),
+        }
     }
 
     /// Opens one connection with the session settings pinned; its driver runs on tokio.

@@ -1,0 +1,234 @@
+//! A replication session (`replication=database`) through the pgwire-replication crate:
+//! create a slot with an exported snapshot and keep the session open while the full load
+//! imports that snapshot, then stream pgoutput from the slot on the same session. The crate
+//! answers keepalives and sends status updates from its own task, also while godwit is
+//! back-pressured, so `wal_sender_timeout` never drops the session.
+
+use std::time::Duration;
+
+use pgwire_replication::client::ReplicationEvent;
+use pgwire_replication::config::{SslMode, TlsConfig};
+use pgwire_replication::{ReplicationClient, ReplicationConfig};
+
+use crate::pg::connect::{Endpoint, TlsMode};
+use crate::pg::lsn::Lsn;
+
+/// What can go wrong on a replication session.
+#[derive(Debug, thiserror::Error)]
+#[error("replication session on {endpoint}: {message}")]
+pub struct SessionError {
+    /// `user@host:port/db`, never the password.
+    endpoint: String,
+    message: String,
+}
+
+/// A slot just created, its snapshot still importable while this value lives.
+pub struct NewSlot {
+    client: ReplicationClient,
+    endpoint: Endpoint,
+    pub slot: String,
+    /// Changes after this point are streamed; everything before is in the snapshot.
+    pub consistent_point: Lsn,
+    /// The exported snapshot's name, for `SET TRANSACTION SNAPSHOT`.
+    pub snapshot: String,
+}
+
+/// One event of the stream, reduced to what godwit uses.
+#[derive(Debug, Clone)]
+pub enum StreamEvent {
+    Begin {
+        final_lsn: Lsn,
+        commit_time: i64,
+    },
+    /// A pgoutput message other than Begin/Commit (decode with `pgoutput::decode`).
+    Data {
+        data: bytes::Bytes,
+    },
+    Commit {
+        lsn: Lsn,
+        end_lsn: Lsn,
+        commit_time: i64,
+    },
+    /// The server's WAL end while nothing is pending.
+    KeepAlive {
+        wal_end: Lsn,
+    },
+}
+
+fn config(endpoint: &Endpoint, slot: &str, publication: &str) -> ReplicationConfig {
+    let ca = endpoint.root_cert.clone();
+    let tls = match endpoint.tls {
+        TlsMode::Disable => TlsConfig::disabled(),
+        TlsMode::Prefer => TlsConfig {
+            mode: SslMode::Prefer,
+            ..TlsConfig::disabled()
+        },
+        TlsMode::Require => TlsConfig::require(),
+        TlsMode::VerifyCa => TlsConfig::verify_ca(ca),
+        TlsMode::VerifyFull => TlsConfig::verify_full(ca),
+    };
+    ReplicationConfig::new(
+        endpoint.host.clone(),
+        endpoint.user.clone(),
+        endpoint.password.clone(),
+        endpoint.dbname.clone(),
+        slot,
+        publication,
+    )
+    .with_port(endpoint.port)
+    .with_tls(tls)
+    .with_options(endpoint.options.clone())
+    .with_application_name("godwit")
+    .with_status_interval(Duration::from_secs(1))
+    .with_buffer_size(4096)
+}
+
+fn err(endpoint: &Endpoint, message: impl std::fmt::Display) -> SessionError {
+    SessionError {
+        endpoint: format!("{endpoint:?}"),
+        message: message.to_string(),
+    }
+}
+
+impl NewSlot {
+    /// Creates logical slot `slot` (pgoutput) with an exported snapshot.
+    pub async fn create(
+        endpoint: &Endpoint,
+        slot: &str,
+        publication: &str,
+        temporary: bool,
+    ) -> Result<NewSlot, SessionError> {
+        let mut client = ReplicationClient::connect_gated(config(endpoint, slot, publication))
+            .await
+            .map_err(|e| err(endpoint, e))?;
+        let temp = if temporary { " TEMPORARY" } else { "" };
+        let rows = client
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {}{temp} LOGICAL pgoutput EXPORT_SNAPSHOT",
+                postgres_protocol::escape::escape_identifier(slot)
+            ))
+            .await
+            .map_err(|e| err(endpoint, e))?;
+        let row = rows
+            .first()
+            .ok_or_else(|| err(endpoint, "CREATE_REPLICATION_SLOT returned no row"))?;
+        let text = |i: usize| {
+            row.get(i)
+                .and_then(|v| v.as_ref())
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .ok_or_else(|| err(endpoint, format!("CREATE_REPLICATION_SLOT: no column {i}")))
+        };
+        let consistent_point = text(1)?.parse().map_err(|e: String| err(endpoint, e))?;
+        let snapshot = text(2)?;
+        Ok(NewSlot {
+            client,
+            endpoint: endpoint.clone(),
+            slot: slot.to_string(),
+            consistent_point,
+            snapshot,
+        })
+    }
+
+    /// Starts streaming from the slot on the same session (the snapshot is gone from here on).
+    pub async fn start(mut self) -> Result<Stream, SessionError> {
+        self.client
+            .start()
+            .await
+            .map_err(|e| err(&self.endpoint, e))?;
+        self.client
+            .wait_started()
+            .await
+            .map_err(|e| err(&self.endpoint, e))?;
+        Ok(Stream {
+            client: self.client,
+            endpoint: self.endpoint,
+        })
+    }
+}
+
+/// A running stream of changes.
+pub struct Stream {
+    client: ReplicationClient,
+    endpoint: Endpoint,
+}
+
+impl Stream {
+    /// Opens a stream on an existing slot.
+    pub async fn open(
+        endpoint: &Endpoint,
+        slot: &str,
+        publication: &str,
+    ) -> Result<Stream, SessionError> {
+        let mut client = ReplicationClient::connect(config(endpoint, slot, publication))
+            .await
+            .map_err(|e| err(endpoint, e))?;
+        client.wait_started().await.map_err(|e| err(endpoint, e))?;
+        Ok(Stream {
+            client,
+            endpoint: endpoint.clone(),
+        })
+    }
+
+    /// The next event; `None` when the stream ended.
+    pub async fn next(&mut self) -> Result<Option<StreamEvent>, SessionError> {
+        loop {
+            let ev = self
+                .client
+                .recv()
+                .await
+                .map_err(|e| err(&self.endpoint, e))?;
+            let Some(ev) = ev else {
+                return Ok(None);
+            };
+            let lsn = |l: pgwire_replication::Lsn| Lsn(l.as_u64());
+            let epoch = 946_684_800_000_000i64;
+            return Ok(Some(match ev {
+                ReplicationEvent::Begin {
+                    final_lsn,
+                    commit_time_micros,
+                    ..
+                } => StreamEvent::Begin {
+                    final_lsn: lsn(final_lsn),
+                    commit_time: commit_time_micros + epoch,
+                },
+                ReplicationEvent::XLogData { data, .. } => StreamEvent::Data { data },
+                ReplicationEvent::Commit {
+                    lsn: l,
+                    end_lsn,
+                    commit_time_micros,
+                } => StreamEvent::Commit {
+                    lsn: lsn(l),
+                    end_lsn: lsn(end_lsn),
+                    commit_time: commit_time_micros + epoch,
+                },
+                ReplicationEvent::KeepAlive { wal_end, .. } => StreamEvent::KeepAlive {
+                    wal_end: lsn(wal_end),
+                },
+                ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => continue,
+            }));
+        }
+    }
+
+    /// Confirms to the slot that everything up to `lsn` is durable everywhere.
+    pub fn confirm(&self, lsn: Lsn) {
+        self.client
+            .update_applied_lsn(pgwire_replication::Lsn::from_u64(lsn.0));
+    }
+
+    /// Ends the session once a status update has carried the last confirmed position (the
+    /// crate's stop does not send one itself).
+    pub async fn close(mut self) -> Result<(), SessionError> {
+        let metrics = self.client.metrics();
+        let sent = metrics.feedback_sent();
+        for _ in 0..150 {
+            if metrics.feedback_sent() > sent {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.client
+            .shutdown()
+            .await
+            .map_err(|e| err(&self.endpoint, e))
+    }
+}
