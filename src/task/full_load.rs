@@ -1,5 +1,5 @@
 //! The full load: every selected table read from one exported snapshot, `load.parallel` at a
-//! time, each through COPY → Arrow → Parquet with reading and encoding overlapped, table
+//! time, each through COPY → Arrow → Parquet or CSV with reading and encoding overlapped, table
 //! states and events kept as it goes, and the error policies applied.
 
 use std::sync::Arc;
