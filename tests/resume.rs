@@ -158,13 +158,19 @@ async fn killed_during_copy_resumes_without_reloading_completed_segments() {
     // resumed run sees the table as unchanged (which it is).
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let work = Work::new();
-    // One segment at a time, each slowed down, so the kill lands inside a COPY.
-    let path = work.pipeline(&pipeline(
+    // One segment at a time; the first is quick, the others crawl (a filter that is always
+    // true but sleeps), so the kill surely lands inside the second segment's COPY.
+    let settings =
+        "[tables.\"public.slow\"]\npartitions = 4\n[load]\nparallel = 1\nbatch_rows = 1000";
+    let slow_path = work.pipeline(&pipeline(
         &pg.url("godwit_kill_copy"),
         "slow",
-        "[tables.\"public.slow\"]\npartitions = 4\nwhere = \"id % 100 <> 0 OR pg_sleep(0.02) IS NOT NULL\"\n[load]\nparallel = 1\nbatch_rows = 1000",
+        &settings.replace(
+            "partitions = 4\n",
+            "partitions = 4\nwhere = \"id % 100 <> 0 OR pg_sleep(CASE WHEN id > 3200 THEN 1 ELSE 0.01 END) IS NOT NULL\"\n",
+        ),
     ));
-    let mut child = work.spawn_run(&path);
+    let mut child = work.spawn_run(&slow_path);
     // Wait until the first segment is recorded complete and the second is being read.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -187,6 +193,8 @@ async fn killed_during_copy_resumes_without_reloading_completed_segments() {
     let first = work.out().join("public/slow/SEGMENT1_LOAD00000001.parquet");
     let first_mtime = std::fs::metadata(&first).unwrap().modified().unwrap();
 
+    // The same pipeline without the slow filter (it selects every row either way).
+    let path = work.pipeline(&pipeline(&pg.url("godwit_kill_copy"), "slow", settings));
     let before = task_json(&work)["tables"]["public.slow"]["fingerprint"].clone();
     let second = assert_ok(&work.godwit(&["run", path.to_str().unwrap()], &[]));
     let after = task_json(&work)["tables"]["public.slow"]["fingerprint"].clone();

@@ -66,7 +66,7 @@ struct Ctx {
     record: Mutex<TaskRecord>,
     notifier: Notifier,
     progress: Progress,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     load_time: i64,
     /// `batch_bytes` and `row_group_bytes` shared by the files written at once, so that
     /// several parallel loads hold about as much memory as one would.
@@ -168,7 +168,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, Error> {
         record: Mutex::new(record),
         notifier,
         progress: Progress::new(opts.progress),
-        permits: Semaphore::new(p.load.parallel),
+        permits: Arc::new(Semaphore::new(p.load.parallel)),
         batch_bytes: (p.load.batch_bytes / concurrent_writers(p, &plans) as u64).max(4 << 20),
         row_group_bytes: (p.target.row_group_bytes as usize / concurrent_writers(p, &plans))
             .max(16 << 20),
@@ -314,9 +314,13 @@ async fn load_one(ctx: Arc<Ctx>, plan: TablePlan, start: TableRecord) -> Result<
     let plan = Arc::new(plan);
     let mut units = JoinSet::new();
     for segment in pending {
+        // Permits are taken in segment order, so segment 1 starts first.
+        let Ok(permit) = ctx.permits.clone().acquire_owned().await else {
+            break;
+        };
         let (ctx, plan, rows) = (ctx.clone(), plan.clone(), rows.clone());
         units.spawn(async move {
-            let _permit = ctx.permits.acquire().await;
+            let _permit = permit;
             let done = load_table(&ctx, &plan, segment.as_ref(), rows).await?;
             if let Some(seg) = segment {
                 ctx.update(&plan.key(), |r| {
