@@ -87,6 +87,18 @@ fn table_batches(objects: &HashMap<String, Bytes>, prefix: &str, table: &str) ->
         .collect()
 }
 
+/// `blob(id bigint, body text)` with `rows` rows of 256 characters that do not compress.
+async fn seed_blob(db: &tokio_postgres::Client, rows: i64) {
+    db.batch_execute(&format!(
+        "CREATE TABLE blob (id bigint PRIMARY KEY, body text);
+         INSERT INTO blob SELECT i, md5(i::text) || md5((-i)::text) || md5((i * 7)::text) || md5((i * 13)::text)
+                                 || md5((i * 17)::text) || md5((i * 19)::text) || md5((i * 23)::text) || md5((i * 29)::text)
+           FROM generate_series(1, {rows}) i;"
+    ))
+    .await
+    .unwrap();
+}
+
 fn s3_pipeline(
     db_url: &str,
     bucket: &str,
@@ -147,14 +159,7 @@ async fn large_files_go_up_in_parts_encrypted_and_complete() {
     let pg = pg();
     let db = pg.fresh_db("godwit_s3_big").await;
     // ~25 MiB of text that does not compress.
-    db.batch_execute(
-        "CREATE TABLE blob (id int PRIMARY KEY, body text);
-         INSERT INTO blob SELECT i, md5(i::text) || md5((-i)::text) || md5((i * 7)::text) || md5((i * 13)::text)
-                                 || md5((i * 17)::text) || md5((i * 19)::text) || md5((i * 23)::text) || md5((i * 29)::text)
-           FROM generate_series(1, 100000) i;",
-    )
-    .await
-    .unwrap();
+    seed_blob(&db, 100000).await;
     let client = s3().await;
     let b = bucket(&client, "big-files").await;
     let work = Work::new();
@@ -315,14 +320,7 @@ async fn a_held_s3_lease_stops_a_second_run() {
 async fn killed_during_a_multipart_upload_leaves_nothing_dangling() {
     let pg = pg();
     let db = pg.fresh_db("godwit_s3_kill").await;
-    db.batch_execute(
-        "CREATE TABLE blob (id bigint PRIMARY KEY, body text);
-         INSERT INTO blob SELECT i, md5(i::text) || md5((-i)::text) || md5((i * 7)::text) || md5((i * 13)::text)
-                                 || md5((i * 17)::text) || md5((i * 19)::text) || md5((i * 23)::text) || md5((i * 29)::text)
-           FROM generate_series(1, 60000) i;",
-    )
-    .await
-    .unwrap();
+    seed_blob(&db, 60000).await;
     let client = s3().await;
     let b = bucket(&client, "kill-upload").await;
     let work = Work::new();

@@ -159,6 +159,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, Error> {
         snapshot: snapshot.id().into(),
     });
 
+    let writers = concurrent_writers(p, &plans);
     let ctx = Arc::new(Ctx {
         pipeline: p.clone(),
         source,
@@ -169,9 +170,8 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, Error> {
         notifier,
         progress: Progress::new(opts.progress),
         permits: Arc::new(Semaphore::new(p.load.parallel)),
-        batch_bytes: (p.load.batch_bytes / concurrent_writers(p, &plans) as u64).max(4 << 20),
-        row_group_bytes: (p.target.row_group_bytes as usize / concurrent_writers(p, &plans))
-            .max(16 << 20),
+        batch_bytes: (p.load.batch_bytes / writers as u64).max(4 << 20),
+        row_group_bytes: (p.target.row_group_bytes as usize / writers).max(16 << 20),
         load_time: chrono::Utc::now().timestamp_micros(),
     });
     let tables = plans.len();

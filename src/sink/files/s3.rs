@@ -209,31 +209,30 @@ impl Inner {
         &self,
         req: aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder,
     ) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder {
+        let (sse, key) = self.sse();
+        req.set_server_side_encryption(sse).set_ssekms_key_id(key)
+    }
+
+    /// The `x-amz-server-side-encryption` value and KMS key id every object is written with.
+    fn sse(&self) -> (Option<ServerSideEncryption>, Option<String>) {
         match &self.settings.encryption {
-            Encryption::None => req,
-            Encryption::Aes256 => req.server_side_encryption(ServerSideEncryption::Aes256),
-            Encryption::Kms { key_id } => req
-                .server_side_encryption(ServerSideEncryption::AwsKms)
-                .set_ssekms_key_id(key_id.clone()),
+            Encryption::None => (None, None),
+            Encryption::Aes256 => (Some(ServerSideEncryption::Aes256), None),
+            Encryption::Kms { key_id } => (Some(ServerSideEncryption::AwsKms), key_id.clone()),
         }
     }
 
     async fn start_upload(&self, key: &str) -> io::Result<String> {
         let s = &self.settings;
-        let mut req = self
+        let (sse, kms_key) = self.sse();
+        let out = self
             .client
             .create_multipart_upload()
             .bucket(&s.bucket)
             .key(key)
-            .set_expected_bucket_owner(s.expected_bucket_owner.clone());
-        req = match &s.encryption {
-            Encryption::None => req,
-            Encryption::Aes256 => req.server_side_encryption(ServerSideEncryption::Aes256),
-            Encryption::Kms { key_id } => req
-                .server_side_encryption(ServerSideEncryption::AwsKms)
-                .set_ssekms_key_id(key_id.clone()),
-        };
-        let out = req
+            .set_expected_bucket_owner(s.expected_bucket_owner.clone())
+            .set_server_side_encryption(sse)
+            .set_ssekms_key_id(kms_key)
             .send()
             .await
             .map_err(|e| sdk_error(&format!("starting the upload of {key}"), e))?;
