@@ -13,6 +13,7 @@
 //! and the lease; [`notify`] events; [`task`] orchestration and error policies; [`cli`] one file per
 //! subcommand.
 
+pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod error;

@@ -36,7 +36,8 @@ enum Command {
     Run {
         /// Pipeline file (a path).
         pipeline: String,
-        /// Batch run: full load where due, then exit.
+        /// Batch run: the full load where due, then CDC up to the WAL position read when it
+        /// starts; confirm it to the slot and exit.
         #[arg(long)]
         once: bool,
         /// Stop cleanly after this long (e.g. 10m).
@@ -122,17 +123,21 @@ fn main() -> ExitCode {
         match args.command {
             Command::Run {
                 pipeline,
-                once: _,
+                once,
                 max_duration,
                 crash_after_objects,
             } => {
                 godwit::faults::crash_after_objects(crash_after_objects.unwrap_or(0));
-                if max_duration.is_some() {
-                    return Err(godwit::Error::Startup(
-                        "--max-duration is not supported yet by this godwit version (it applies to CDC)".into(),
-                    ));
-                }
-                cli::run::execute(&pipeline).await
+                let max_duration = match max_duration.as_deref().map(godwit::config::parse_duration)
+                {
+                    None => None,
+                    Some(Ok(d)) => Some(d),
+                    Some(Err(e)) => {
+                        eprintln!("error: --max-duration: {e}");
+                        return Ok(2);
+                    }
+                };
+                cli::run::execute(&pipeline, once, max_duration).await
             }
             Command::Check { pipeline, json } => cli::check::execute(&pipeline, json).await,
             Command::Status { pipeline, json } => cli::status::execute(&pipeline, json).await,
@@ -141,8 +146,9 @@ fn main() -> ExitCode {
                 table,
                 rows,
             } => cli::inspect::execute(&pipeline, table.as_deref(), rows).await,
-            Command::Reload { .. } | Command::Drop { .. } => Err(godwit::Error::Startup(
-                "reload and drop are not supported yet by this godwit version".into(),
+            Command::Drop { pipeline, yes } => cli::drop::execute(&pipeline, yes).await,
+            Command::Reload { .. } => Err(godwit::Error::Startup(
+                "reload is not supported yet by this godwit version".into(),
             )),
         }
     });

@@ -144,13 +144,10 @@ fn missing_variable_is_named_and_nothing_is_written() {
 
 #[test]
 fn not_yet_supported_settings_are_refused_not_ignored() {
-    let cases = [
-        ("mode = \"cdc\"\n", "mode"),
-        (
-            "[notify]\nsns_topic_arn = \"arn:aws:sns:us-east-1:123456789012:t\"\n",
-            "sns_topic_arn",
-        ),
-    ];
+    let cases = [(
+        "[notify]\nsns_topic_arn = \"arn:aws:sns:us-east-1:123456789012:t\"\n",
+        "sns_topic_arn",
+    )];
     for (extra, key) in cases {
         let work = Work::new();
         let text_ =

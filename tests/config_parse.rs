@@ -1872,21 +1872,6 @@ fn refused(text: &str) -> ConfigError {
 fn unsupported_features_are_refused_with_line_and_key() {
     let cases: Vec<(String, usize, &str, &str)> = vec![
         (
-            format!("name = \"shop\"\nmode = \"cdc\"\n{}", &HEAD[14..]),
-            2,
-            "mode",
-            "mode = \"cdc\" is not supported yet by this godwit version",
-        ),
-        (
-            format!(
-                "name = \"shop\"\nmode = \"full-load-and-cdc\"\n{}",
-                &HEAD[14..]
-            ),
-            2,
-            "mode",
-            "mode = \"full-load-and-cdc\" is not supported yet",
-        ),
-        (
             cache_with("table = \"public.users\"\ntype = \"hash\"\nkey = \"u:{id}\"\n"),
             4,
             "cache",

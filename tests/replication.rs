@@ -27,7 +27,7 @@ async fn slot_snapshot_and_stream_meet_without_gap_or_overlap() {
     let slot = NewSlot::create(
         &source.endpoint(),
         "godwit_repl_slot",
-        "godwit_repl_pub",
+        &["godwit_repl_pub".to_string()],
         false,
     )
     .await

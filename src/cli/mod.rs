@@ -2,6 +2,7 @@
 //! [`Error`](crate::Error) that `main` maps to one.
 
 pub mod check;
+pub mod drop;
 pub mod inspect;
 pub mod run;
 pub mod status;

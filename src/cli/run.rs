@@ -1,29 +1,30 @@
 //! `godwit run PIPELINE`: runs the pipeline per its mode.
 
 use std::io::IsTerminal;
+use std::time::Duration;
 
 use crate::config::Mode;
 use crate::error::Error;
+use crate::task::cdc::{self, CdcOptions};
 use crate::task::full_load::{self, RunOptions};
 
 /// Runs the pipeline; returns 0, or 3 when a table ended in `Table error`.
-pub async fn execute(path: &str) -> Result<i32, Error> {
+pub async fn execute(path: &str, once: bool, max_duration: Option<Duration>) -> Result<i32, Error> {
     let p = super::load_pipeline(path).await?;
-    let opts = RunOptions {
-        progress: std::io::stderr().is_terminal(),
-    };
-    match p.mode {
-        Mode::FullLoad => {
-            let summary = full_load::run(&p, opts).await?;
-            Ok(if summary.tables_in_error > 0 { 3 } else { 0 })
-        }
-        // `config::unsupported` refuses these before anything else happens.
+    let progress = std::io::stderr().is_terminal();
+    let summary = match p.mode {
+        Mode::FullLoad => full_load::run(&p, RunOptions { progress }).await?,
         Mode::Cdc | Mode::FullLoadAndCdc => {
-            crate::config::unsupported(&p)?;
-            Err(Error::Startup(format!(
-                "mode {} is not supported yet",
-                p.mode
-            )))
+            cdc::run(
+                &p,
+                CdcOptions {
+                    once,
+                    max_duration,
+                    progress,
+                },
+            )
+            .await?
         }
-    }
+    };
+    Ok(if summary.tables_in_error > 0 { 3 } else { 0 })
 }

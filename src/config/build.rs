@@ -1043,13 +1043,6 @@ pub(crate) fn unsupported(p: &Pipeline) -> R<()> {
         .with_key(key)
         .with_hint(hint)
     };
-    if p.mode != Mode::FullLoad {
-        return Err(refuse(
-            "mode",
-            &format!("\"{}\"", p.mode),
-            "use mode = \"full-load\" for now",
-        ));
-    }
     if p.cache.is_some() {
         let line = p.spans.line("cache");
         return Err(ConfigError::new(

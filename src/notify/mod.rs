@@ -54,6 +54,19 @@ pub enum EventKind {
         policy: String,
         remedy: String,
     },
+    TableTruncated {
+        table: String,
+        lsn: String,
+    },
+    CdcLag {
+        seconds: f64,
+        threshold_seconds: f64,
+    },
+    SlotUnhealthy {
+        slot: String,
+        reason: String,
+        remedy: String,
+    },
 }
 
 /// The JSON object of SPEC §6.
@@ -153,6 +166,39 @@ impl EventKind {
                 format!("{table}: {error} ({policy}); {remedy}"),
                 None,
                 json!({"error": error, "policy": policy, "remedy": remedy}),
+            ),
+            EventKind::TableTruncated { table, lsn } => (
+                "table.truncated",
+                Severity::Warning,
+                Some(table.clone()),
+                format!("{table} was truncated at {lsn}"),
+                None,
+                json!({"lsn": lsn}),
+            ),
+            EventKind::CdcLag {
+                seconds,
+                threshold_seconds,
+            } => (
+                "cdc.lag",
+                Severity::Warning,
+                None,
+                format!(
+                    "CDC is {seconds:.0}s behind the source (threshold {threshold_seconds:.0}s)"
+                ),
+                None,
+                json!({"seconds": seconds, "threshold_seconds": threshold_seconds}),
+            ),
+            EventKind::SlotUnhealthy {
+                slot,
+                reason,
+                remedy,
+            } => (
+                "slot.unhealthy",
+                Severity::Error,
+                None,
+                format!("replication slot {slot}: {reason}; {remedy}"),
+                None,
+                json!({"slot": slot, "reason": reason, "remedy": remedy}),
             ),
         };
         Event {

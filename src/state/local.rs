@@ -100,6 +100,14 @@ impl LocalState {
         }
     }
 
+    /// Removes the stored record (`godwit drop`).
+    pub fn remove(&self) -> Result<(), StateError> {
+        match fs::remove_file(self.dir.join("task.json")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(self.io(e)),
+            _ => Ok(()),
+        }
+    }
+
     /// Replaces the stored record atomically (write, fsync, rename).
     pub fn save(&self, record: &TaskRecord) -> Result<(), StateError> {
         fs::create_dir_all(&self.dir).map_err(|e| self.io(e))?;

@@ -64,6 +64,35 @@ pub struct TableRecord {
     /// The table's storage/write fingerprint when its load started (see `pg::catalog`).
     #[serde(default)]
     pub fingerprint: String,
+    /// CDC high-water mark: every change at or below it is in the target already.
+    #[serde(default)]
+    pub mark: Option<Mark>,
+}
+
+/// A position in the change stream: a transaction's commit LSN and the change's order in
+/// it (`_lsn`, `_seq` of the CDC files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Mark {
+    pub lsn: u64,
+    pub seq: u64,
+}
+
+/// What CDC created on the source and where it stands.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CdcRecord {
+    pub slot: String,
+    /// godwit created the slot (so `drop` removes it, and a missing one is an alarm).
+    pub slot_created: bool,
+    /// Publications godwit created (an existing one named in the file is never listed).
+    pub publications_created: Vec<String>,
+    /// The publications the stream reads.
+    pub publications: Vec<String>,
+    /// The initial full load from the slot's snapshot finished (full-load-and-cdc).
+    pub full_load_done: bool,
+    /// The slot's consistent point when godwit created it.
+    pub consistent_point: Option<String>,
+    /// The last position confirmed to the slot.
+    pub confirmed_lsn: Option<String>,
 }
 
 /// One parallel segment of a table's load.
@@ -98,6 +127,7 @@ impl TableRecord {
             load_seconds: None,
             segments: Vec::new(),
             fingerprint: String::new(),
+            mark: None,
         }
     }
 }
@@ -115,6 +145,9 @@ pub struct TaskRecord {
     pub last_error: Option<String>,
     /// Keyed by `schema.table`.
     pub tables: BTreeMap<String, TableRecord>,
+    /// CDC modes only.
+    #[serde(default)]
+    pub cdc: Option<CdcRecord>,
 }
 
 /// Errors of the state store.
@@ -192,6 +225,14 @@ impl StateStore {
         match self {
             StateStore::Local(l) => l.load(),
             StateStore::S3(s) => s.load().await,
+        }
+    }
+
+    /// Removes the stored record.
+    pub async fn remove(&self) -> Result<(), StateError> {
+        match self {
+            StateStore::Local(l) => l.remove(),
+            StateStore::S3(s) => s.remove().await,
         }
     }
 

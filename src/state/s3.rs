@@ -143,6 +143,15 @@ impl S3State {
             })
     }
 
+    /// Removes the stored record (`godwit drop`).
+    pub async fn remove(&self) -> Result<(), StateError> {
+        use crate::sink::files::ObjectStore;
+        self.store
+            .delete("task.json")
+            .await
+            .map_err(|e| io(&self.store, e))
+    }
+
     pub async fn save(&self, record: &TaskRecord) -> Result<(), StateError> {
         let bytes = serde_json::to_vec_pretty(record).unwrap_or_default();
         self.store

@@ -2,6 +2,7 @@
 //! time, each through COPY → Arrow → Parquet or CSV with reading and encoding overlapped, table
 //! states and events kept as it goes, and the error policies applied.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
@@ -12,8 +13,8 @@ use tokio::task::JoinSet;
 
 use super::plan::{Segment, TablePlan};
 use super::progress::Progress;
-use super::{Discovered, discover, state_store, target_store};
-use crate::config::{self, Compression, DataErrorPolicy, Format, Pipeline, TableErrorPolicy};
+use super::{Discovered, Started};
+use crate::config::{Compression, DataErrorPolicy, Format, Pipeline, TableErrorPolicy};
 use crate::error::Error;
 use crate::notify::{EventKind, Notifier};
 use crate::pg::connect::{Source, describe_error};
@@ -62,9 +63,9 @@ struct Ctx {
     source: Source,
     snapshot_id: String,
     store: Arc<dyn ObjectStore>,
-    state: StateStore,
+    state: Arc<StateStore>,
     record: Mutex<TaskRecord>,
-    notifier: Notifier,
+    notifier: Arc<Notifier>,
     progress: Progress,
     permits: Arc<Semaphore>,
     load_time: i64,
@@ -87,65 +88,34 @@ impl Ctx {
     }
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// Runs a `full-load` pipeline once.
 pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, Error> {
-    config::unsupported(p)?;
-    let store = target_store(p).await?;
-    let state = state_store(p).await?;
+    let started = super::start(p).await?;
+    let Started {
+        store,
+        state,
+        lease,
+        notifier,
+        previous,
+        discovered,
+    } = started;
     let Discovered {
         source,
         snapshot,
         plans,
         ..
-    } = discover(p).await?;
-    let lease = state
-        .acquire_lease(&p.name)
-        .await
-        .map_err(|e| Error::Startup(e.to_string()))?;
-
-    // Start-up is over: from here on godwit writes.
-    match store.cleanup_incomplete().await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!("removed {n} incomplete objects an interrupted run left"),
-        Err(e) => tracing::warn!("cannot clean up after an interrupted run: {e}"),
-    }
-    let previous = match state.load().await {
-        Ok(p) => p,
-        Err(e) => {
-            lease.release().await;
-            return Err(Error::Runtime(e.to_string()));
-        }
-    };
+    } = discovered;
     // A run that did not end cleanly is resumed: what it completed is kept where the table
     // did not change since. A run that ended takes a new snapshot and reloads everything.
     let resumable = previous
         .filter(|r| r.state != "stopped")
         .map(|r| r.tables)
         .unwrap_or_default();
-    let notifier = Notifier::open(&p.name, &p.notify.events_file).map_err(|e| {
-        Error::Startup(format!(
-            "cannot open the events file {}: {e}",
-            p.notify.events_file.display()
-        ))
-    })?;
-    let started = Instant::now();
-    let record = TaskRecord {
-        pipeline: p.name.clone(),
-        mode: p.mode.as_str().to_string(),
-        state: "running".into(),
-        started_at: now(),
-        stopped_at: None,
-        snapshot: Some(snapshot.id().to_string()),
-        last_error: None,
-        tables: plans
-            .iter()
-            .map(|pl| (pl.key(), initial_record(pl, resumable.get(&pl.key()))))
-            .collect(),
-    };
+    let record = new_record(p, &plans, &resumable, snapshot.id());
     if let Err(e) = state.save(&record).await {
         lease.release().await;
         return Err(Error::Runtime(e.to_string()));
@@ -154,20 +124,106 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, Error> {
         mode: p.mode.as_str().into(),
         tables: plans.len(),
     });
-    notifier.emit(EventKind::FullLoadStarted {
-        tables: plans.len(),
-        snapshot: snapshot.id().into(),
+    let shared = Shared {
+        source,
+        store,
+        state: state.clone(),
+        notifier: notifier.clone(),
+    };
+    let snapshot_id = snapshot.id().to_string();
+    let outcome = load(p, &opts, shared, &snapshot_id, plans, record).await;
+    // Every worker has imported the snapshot and finished; the exporting transaction can end.
+    let _ = snapshot.release().await;
+    let mut record = outcome.record;
+    record.state = if outcome.fatal.is_some() {
+        "failed"
+    } else {
+        "stopped"
+    }
+    .into();
+    record.stopped_at = Some(now());
+    record.last_error = outcome.fatal.clone();
+    if let Err(e) = state.save(&record).await {
+        tracing::error!("cannot save the task state: {e}");
+    }
+    lease.release().await;
+    if let Some(error) = outcome.fatal {
+        notifier.emit(EventKind::TaskFailed {
+            error: error.clone(),
+        });
+        return Err(Error::Runtime(error));
+    }
+    notifier.emit(EventKind::TaskStopped {
+        seconds: outcome.seconds,
+        tables_in_error: outcome.summary.tables_in_error,
     });
+    Ok(outcome.summary)
+}
 
+/// A fresh task record for a load of `plans`, keeping what `resumable` completed.
+pub(crate) fn new_record(
+    p: &Pipeline,
+    plans: &[TablePlan],
+    resumable: &BTreeMap<String, TableRecord>,
+    snapshot: &str,
+) -> TaskRecord {
+    TaskRecord {
+        pipeline: p.name.clone(),
+        mode: p.mode.as_str().to_string(),
+        state: "running".into(),
+        started_at: now(),
+        stopped_at: None,
+        snapshot: Some(snapshot.to_string()),
+        last_error: None,
+        tables: plans
+            .iter()
+            .map(|pl| (pl.key(), initial_record(pl, resumable.get(&pl.key()))))
+            .collect(),
+        cdc: None,
+    }
+}
+
+/// What the loaders need from the run around them.
+pub(crate) struct Shared {
+    pub source: Source,
+    pub store: Arc<dyn ObjectStore>,
+    pub state: Arc<StateStore>,
+    pub notifier: Arc<Notifier>,
+}
+
+/// How a load ended.
+pub(crate) struct LoadOutcome {
+    pub record: TaskRecord,
+    pub summary: RunSummary,
+    /// Why the task must stop (stop-task policy, a crashed loader).
+    pub fatal: Option<String>,
+    pub seconds: f64,
+}
+
+/// Loads every table of `plans` from snapshot `snapshot_id`, `load.parallel` at a time,
+/// keeping the tables `record` marks completed; emits the full-load events.
+pub(crate) async fn load(
+    p: &Pipeline,
+    opts: &RunOptions,
+    shared: Shared,
+    snapshot_id: &str,
+    plans: Vec<TablePlan>,
+    record: TaskRecord,
+) -> LoadOutcome {
+    shared.notifier.emit(EventKind::FullLoadStarted {
+        tables: plans.len(),
+        snapshot: snapshot_id.into(),
+    });
+    let started = Instant::now();
     let writers = concurrent_writers(p, &plans);
     let ctx = Arc::new(Ctx {
         pipeline: p.clone(),
-        source,
-        snapshot_id: snapshot.id().to_string(),
-        store,
-        state,
+        source: shared.source,
+        snapshot_id: snapshot_id.to_string(),
+        store: shared.store,
+        state: shared.state,
         record: Mutex::new(record),
-        notifier,
+        notifier: shared.notifier,
         progress: Progress::new(opts.progress),
         permits: Arc::new(Semaphore::new(p.load.parallel)),
         batch_bytes: (p.load.batch_bytes / writers as u64).max(4 << 20),
@@ -206,40 +262,25 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, Error> {
             }
         }
     }
-    // Every worker has imported the snapshot and finished; the exporting transaction can end.
-    let _ = snapshot.release().await;
     let seconds = started.elapsed().as_secs_f64();
-    let final_state = if fatal.is_some() { "failed" } else { "stopped" };
-    {
-        let mut record = ctx.record.lock().await;
-        record.state = final_state.into();
-        record.stopped_at = Some(now());
-        record.last_error = fatal.clone();
-        if let Err(e) = ctx.state.save(&record).await {
-            tracing::error!("cannot save the task state: {e}");
-        }
-    }
-    lease.release().await;
-    if let Some(error) = fatal {
-        ctx.notifier.emit(EventKind::TaskFailed {
-            error: error.clone(),
+    if fatal.is_none() {
+        ctx.notifier.emit(EventKind::FullLoadCompleted {
+            tables,
+            rows,
+            seconds,
         });
-        return Err(Error::Runtime(error));
     }
-    ctx.notifier.emit(EventKind::FullLoadCompleted {
-        tables,
-        rows,
+    let record = ctx.record.lock().await.clone();
+    LoadOutcome {
+        record,
+        summary: RunSummary {
+            tables,
+            tables_in_error: in_error,
+            rows,
+        },
+        fatal,
         seconds,
-    });
-    ctx.notifier.emit(EventKind::TaskStopped {
-        seconds,
-        tables_in_error: in_error,
-    });
-    Ok(RunSummary {
-        tables,
-        tables_in_error: in_error,
-        rows,
-    })
+    }
 }
 
 /// The record a table starts this run with: the interrupted run's, where the table did not
@@ -434,6 +475,23 @@ fn concurrent_writers(p: &Pipeline, plans: &[TablePlan]) -> usize {
     p.load.parallel.min(units).max(1)
 }
 
+/// The target's file format, with Parquet row groups cut at `row_group_bytes`.
+pub(crate) fn file_format(p: &Pipeline, row_group_bytes: usize) -> FileFormat {
+    let target = &p.target;
+    match target.format {
+        Format::Parquet => FileFormat::Parquet {
+            codec: codec(target.compression),
+            row_group_bytes,
+        },
+        Format::Csv => FileFormat::Csv(CsvOptions {
+            delimiter: target.csv_delimiter,
+            null_value: target.csv_null_value.clone(),
+            header: target.csv_header,
+            gzip: target.compression == Compression::Gzip,
+        }),
+    }
+}
+
 fn codec(c: Compression) -> Codec {
     match c {
         Compression::Zstd => Codec::Zstd,
@@ -467,20 +525,8 @@ async fn load_table(
         .map_err(|e| failure(describe_error(&e, &ctx.source.display), retry))?;
 
     let target = &ctx.pipeline.target;
-    let format = match target.format {
-        Format::Parquet => FileFormat::Parquet {
-            codec: codec(target.compression),
-            row_group_bytes: ctx.row_group_bytes,
-        },
-        Format::Csv => FileFormat::Csv(CsvOptions {
-            delimiter: target.csv_delimiter,
-            null_value: target.csv_null_value.clone(),
-            header: target.csv_header,
-            gzip: target.compression == Compression::Gzip,
-        }),
-    };
     let settings = FileSettings {
-        format,
+        format: file_format(&ctx.pipeline, ctx.row_group_bytes),
         max_file_size: target.max_file_size,
         include_op: target.include_op_for_full_load,
         timestamp_column: target.timestamp_column.clone(),

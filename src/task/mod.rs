@@ -1,6 +1,7 @@
 //! Orchestration: start-up checks that fail fast (exit 2), the table state machine, the
 //! full-load scheduler and the error policies.
 
+pub mod cdc;
 pub mod full_load;
 pub mod plan;
 pub mod progress;
@@ -10,15 +11,16 @@ use std::sync::Arc;
 
 use crate::config::{Pipeline, Sse, StateUrl, TargetUrl};
 use crate::error::Error;
+use crate::notify::Notifier;
 use crate::pg::Snapshot;
 use crate::pg::catalog;
 use crate::pg::connect::Source;
 use crate::sink::files::ObjectStore;
 use crate::sink::files::local::LocalStore;
 use crate::sink::files::s3::{Encryption, S3Settings, S3Store};
-use crate::state::StateStore;
 use crate::state::local::LocalState;
 use crate::state::s3::S3State;
+use crate::state::{Lease, StateStore, TaskRecord};
 use plan::TablePlan;
 
 /// The source, opened and inside the load's snapshot, with every selected table planned.
@@ -97,6 +99,62 @@ pub async fn discover(p: &Pipeline) -> Result<Discovered, Error> {
         snapshot,
         server_version,
         plans,
+    })
+}
+
+/// What a run holds once start-up is over: the stores, the lease, the events, the previous
+/// run's record and the discovered tables.
+pub struct Started {
+    pub store: Arc<dyn ObjectStore>,
+    pub state: Arc<StateStore>,
+    pub lease: Lease,
+    pub notifier: Arc<Notifier>,
+    pub previous: Option<TaskRecord>,
+    pub discovered: Discovered,
+}
+
+/// Start-up shared by every mode: stores, discovery, the lease, clean-up of what an
+/// interrupted run left, the previous record and the events file. Failures before the lease
+/// are start-up failures (exit 2).
+pub async fn start(p: &Pipeline) -> Result<Started, Error> {
+    crate::config::unsupported(p)?;
+    let store = target_store(p).await?;
+    let state = state_store(p).await?;
+    let discovered = discover(p).await?;
+    let lease = state
+        .acquire_lease(&p.name)
+        .await
+        .map_err(|e| Error::Startup(e.to_string()))?;
+    // Start-up is over: from here on godwit writes.
+    match store.cleanup_incomplete().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("removed {n} incomplete objects an interrupted run left"),
+        Err(e) => tracing::warn!("cannot clean up after an interrupted run: {e}"),
+    }
+    let previous = match state.load().await {
+        Ok(p) => p,
+        Err(e) => {
+            lease.release().await;
+            return Err(Error::Runtime(e.to_string()));
+        }
+    };
+    let notifier = match Notifier::open(&p.name, &p.notify.events_file) {
+        Ok(n) => n,
+        Err(e) => {
+            lease.release().await;
+            return Err(Error::Startup(format!(
+                "cannot open the events file {}: {e}",
+                p.notify.events_file.display()
+            )));
+        }
+    };
+    Ok(Started {
+        store,
+        state: Arc::new(state),
+        lease,
+        notifier: Arc::new(notifier),
+        previous,
+        discovered,
     })
 }
 

@@ -3,6 +3,7 @@
 //! reading back what it wrote.
 #![allow(dead_code)]
 
+pub mod replay;
 pub mod type_cases;
 
 use std::path::{Path, PathBuf};

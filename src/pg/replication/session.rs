@@ -55,7 +55,7 @@ pub enum StreamEvent {
     },
 }
 
-fn config(endpoint: &Endpoint, slot: &str, publication: &str) -> ReplicationConfig {
+fn config(endpoint: &Endpoint, slot: &str, publications: &[String]) -> ReplicationConfig {
     let ca = endpoint.root_cert.clone();
     let tls = match endpoint.tls {
         TlsMode::Disable => TlsConfig::disabled(),
@@ -73,7 +73,7 @@ fn config(endpoint: &Endpoint, slot: &str, publication: &str) -> ReplicationConf
         endpoint.password.clone(),
         endpoint.dbname.clone(),
         slot,
-        publication,
+        publications.to_vec(),
     )
     .with_port(endpoint.port)
     .with_tls(tls)
@@ -95,10 +95,10 @@ impl NewSlot {
     pub async fn create(
         endpoint: &Endpoint,
         slot: &str,
-        publication: &str,
+        publications: &[String],
         temporary: bool,
     ) -> Result<NewSlot, SessionError> {
-        let mut client = ReplicationClient::connect_gated(config(endpoint, slot, publication))
+        let mut client = ReplicationClient::connect_gated(config(endpoint, slot, publications))
             .await
             .map_err(|e| err(endpoint, e))?;
         let temp = if temporary { " TEMPORARY" } else { "" };
@@ -157,9 +157,9 @@ impl Stream {
     pub async fn open(
         endpoint: &Endpoint,
         slot: &str,
-        publication: &str,
+        publications: &[String],
     ) -> Result<Stream, SessionError> {
-        let mut client = ReplicationClient::connect(config(endpoint, slot, publication))
+        let mut client = ReplicationClient::connect(config(endpoint, slot, publications))
             .await
             .map_err(|e| err(endpoint, e))?;
         client.wait_started().await.map_err(|e| err(endpoint, e))?;

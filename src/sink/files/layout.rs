@@ -1,4 +1,6 @@
-//! Object names, as DMS lays them out (SPEC §4): `<schema>/<table>/LOAD00000001.parquet`.
+//! Object names, as DMS lays them out (SPEC §4): `<schema>/<table>/LOAD00000001.parquet` for
+//! the full load, `<schema>/<table>/[yyyy/mm/dd/]<YYYYMMDD-HHMMSSmmm>-<first LSN>-<last LSN>.parquet`
+//! for CDC.
 
 use crate::pg::catalog::TableName;
 
@@ -35,6 +37,52 @@ pub fn is_load_file(file_name: &str) -> bool {
         .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// A CDC file: written at `written_ms` (ms since 1970), holding commits `first..=last`, in
+/// the date folder `partition` (`""` or `yyyy/mm/dd/…/`).
+pub fn cdc_file(
+    table: &TableName,
+    partition: &str,
+    written_ms: i64,
+    first: u64,
+    last: u64,
+    ext: &str,
+) -> String {
+    let time = chrono::DateTime::from_timestamp_millis(written_ms)
+        .unwrap_or_default()
+        .format("%Y%m%d-%H%M%S%3f");
+    format!(
+        "{}{partition}{time}-{first:016X}-{last:016X}.{ext}",
+        table_prefix(table)
+    )
+}
+
+/// The first and last LSN of a CDC file name (last key segment); `None` for other files.
+pub fn parse_cdc_file(file_name: &str) -> Option<(u64, u64)> {
+    let stem = file_name.split('.').next()?;
+    let parts: Vec<&str> = stem.split('-').collect();
+    let [date, time, first, last] = parts[..] else {
+        return None;
+    };
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(date, 8) || !digits(time, 9) || first.len() != 16 || last.len() != 16 {
+        return None;
+    }
+    Some((
+        u64::from_str_radix(first, 16).ok()?,
+        u64::from_str_radix(last, 16).ok()?,
+    ))
+}
+
+/// The date folder of a commit time (µs since 1970) under `date_partitioning`.
+pub fn date_folder(commit_micros: i64, hourly: bool) -> String {
+    let t = chrono::DateTime::from_timestamp_micros(commit_micros).unwrap_or_default();
+    if hourly {
+        t.format("%Y/%m/%d/%H/").to_string()
+    } else {
+        t.format("%Y/%m/%d/").to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,5 +102,26 @@ mod tests {
         assert!(is_load_file("SEGMENT12_LOAD00000001.csv"));
         assert!(!is_load_file("20261127-000000000-0-0.parquet"));
         assert!(!is_load_file("LOADX.parquet"));
+    }
+
+    #[test]
+    fn cdc_names() {
+        let t = TableName::new("public", "orders");
+        let key = cdc_file(
+            &t,
+            "2026/11/18/",
+            1_795_000_000_123,
+            0x16B3748,
+            0x1_0000_0000,
+            "parquet",
+        );
+        assert_eq!(
+            key,
+            "public/orders/2026/11/18/20261118-110640123-00000000016B3748-0000000100000000.parquet"
+        );
+        let name = key.rsplit('/').next().unwrap();
+        assert_eq!(parse_cdc_file(name), Some((0x16B3748, 0x1_0000_0000)));
+        assert_eq!(parse_cdc_file("LOAD00000001.parquet"), None);
+        assert_eq!(date_folder(1_795_000_000_123_000, true), "2026/11/18/11/");
     }
 }

@@ -1,6 +1,7 @@
 //! File targets: Parquet encoding, the DMS object layout, and the object stores files are
 //! written to (local folders now; S3 behind the same trait).
 
+pub mod cdc;
 pub mod csv;
 pub mod layout;
 pub mod local;

@@ -33,7 +33,7 @@ pub enum FileFormat {
 }
 
 impl FileFormat {
-    fn extension(&self) -> &'static str {
+    pub fn extension(&self) -> &'static str {
         match self {
             FileFormat::Parquet { .. } => "parquet",
             FileFormat::Csv(o) if o.gzip => "csv.gz",
@@ -86,6 +86,37 @@ struct Current {
     encoder: Box<dyn FileEncoder>,
     key: String,
     rows: u64,
+}
+
+/// Starts object `key` with an encoder of `format` for `schema`.
+pub(crate) fn open_encoder(
+    store: &dyn ObjectStore,
+    key: &str,
+    schema: SchemaRef,
+    format: &FileFormat,
+) -> Result<Box<dyn FileEncoder>, WriteError> {
+    let object = store.create(key).map_err(|source| WriteError::Io {
+        key: key.to_string(),
+        source,
+    })?;
+    Ok(match format {
+        FileFormat::Parquet {
+            codec,
+            row_group_bytes,
+        } => Box::new(
+            ParquetEncoder::new(object, schema, *codec, *row_group_bytes).map_err(|message| {
+                WriteError::Encode {
+                    key: key.to_string(),
+                    message,
+                }
+            })?,
+        ),
+        FileFormat::Csv(options) => Box::new(CsvEncoder::new(
+            object,
+            schema.fields().iter().map(|f| f.name().clone()).collect(),
+            options.clone(),
+        )),
+    })
 }
 
 /// Writes the full load of one table (or one segment of it).
@@ -199,31 +230,12 @@ impl LoadWriter {
         let ext = self.settings.format.extension();
         let key = layout::load_file(&self.table, self.segment, self.next_number, ext);
         self.next_number += 1;
-        let object = self.store.create(&key).map_err(|source| WriteError::Io {
-            key: key.clone(),
-            source,
-        })?;
-        let encoder: Box<dyn FileEncoder> = match &self.settings.format {
-            FileFormat::Parquet {
-                codec,
-                row_group_bytes,
-            } => Box::new(
-                ParquetEncoder::new(object, self.schema.clone(), *codec, *row_group_bytes)
-                    .map_err(|message| WriteError::Encode {
-                        key: key.clone(),
-                        message,
-                    })?,
-            ),
-            FileFormat::Csv(options) => Box::new(CsvEncoder::new(
-                object,
-                self.schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().clone())
-                    .collect(),
-                options.clone(),
-            )),
-        };
+        let encoder = open_encoder(
+            self.store.as_ref(),
+            &key,
+            self.schema.clone(),
+            &self.settings.format,
+        )?;
         self.current = Some(Current {
             encoder,
             key,

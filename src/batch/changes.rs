@@ -1,0 +1,321 @@
+//! CDC changes of one table → Arrow batches in the layout of SPEC §4: `Op`, the optional
+//! timestamp column, the table's columns, `_lsn`, `_seq`, `_unchanged`. Values arrive in
+//! pgoutput's text form and go straight into the same builders the full load uses.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanArray, BooleanBuilder, Int64Builder, ListBuilder, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
+
+use crate::pg::replication::pgoutput::Value;
+use crate::pg::types::{ColumnBuilder, DataError, PgType};
+use crate::state::Mark;
+
+/// The kind of a CDC row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "I",
+            Op::Update => "U",
+            Op::Delete => "D",
+            Op::Truncate => "T",
+        }
+    }
+}
+
+/// How one table's rows look for one Relation message: which relation columns are written,
+/// as which types, and the file schema.
+#[derive(Debug)]
+pub struct Layout {
+    /// Bumped whenever the table's columns or types change (a new file schema).
+    pub generation: u32,
+    /// Written columns, in relation order.
+    pub columns: Vec<(String, PgType)>,
+    /// For each relation column, its written position (`None`: excluded).
+    pub rel_to_out: Vec<Option<usize>>,
+    pub schema: SchemaRef,
+    with_op: bool,
+    with_ts: bool,
+}
+
+impl Layout {
+    /// `timestamp_column` adds the commit time; `with_op` is false under `cdc_inserts_only`.
+    pub fn new(
+        generation: u32,
+        columns: Vec<(String, PgType)>,
+        rel_to_out: Vec<Option<usize>>,
+        with_op: bool,
+        timestamp_column: Option<&str>,
+    ) -> Layout {
+        let mut fields: Vec<Field> = Vec::new();
+        if with_op {
+            fields.push(Field::new("Op", DataType::Utf8, false));
+        }
+        if let Some(ts) = timestamp_column {
+            fields.push(Field::new(
+                ts,
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ));
+        }
+        fields.extend(columns.iter().map(|(n, t)| t.arrow_field(n)));
+        fields.push(Field::new("_lsn", DataType::Int64, false));
+        fields.push(Field::new("_seq", DataType::Int64, false));
+        fields.push(Field::new(
+            "_unchanged",
+            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+            false,
+        ));
+        Layout {
+            generation,
+            columns,
+            rel_to_out,
+            schema: Arc::new(Schema::new(fields)),
+            with_op,
+            with_ts: timestamp_column.is_some(),
+        }
+    }
+
+    /// Same written columns and types (a Relation message that changed nothing we write).
+    pub fn same_columns(&self, other: &Layout) -> bool {
+        self.columns == other.columns
+    }
+}
+
+/// One row to append.
+pub struct Row<'a, 'b> {
+    pub op: Op,
+    pub commit_time: i64,
+    pub mark: Mark,
+    /// Values in relation order; empty for `T` (every column NULL).
+    pub values: &'b [Value<'a>],
+    /// The old tuple, where unchanged TOASTed values can be taken from (REPLICA IDENTITY FULL).
+    pub old: Option<&'b [Value<'a>]>,
+}
+
+/// A column value that could not be decoded (the row is dropped).
+#[derive(Debug)]
+pub struct BadValue {
+    pub column: String,
+    pub error: DataError,
+}
+
+/// Arrow builders for rows of one layout.
+pub struct Builder {
+    pub layout: Arc<Layout>,
+    op: StringBuilder,
+    ts: TimestampMicrosecondBuilder,
+    cols: Vec<ColumnBuilder>,
+    lsn: Int64Builder,
+    seq: Int64Builder,
+    unchanged: ListBuilder<StringBuilder>,
+    keep: BooleanBuilder,
+    dropped: bool,
+    pub rows: usize,
+    /// Rough Arrow bytes appended (value bytes plus fixed per-row overhead).
+    pub bytes: usize,
+}
+
+impl Builder {
+    pub fn new(layout: Arc<Layout>, capacity: usize) -> Builder {
+        let cols = layout
+            .columns
+            .iter()
+            .map(|(_, t)| ColumnBuilder::new(t, capacity))
+            .collect();
+        Builder {
+            op: StringBuilder::new(),
+            ts: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
+            cols,
+            lsn: Int64Builder::new(),
+            seq: Int64Builder::new(),
+            unchanged: ListBuilder::new(StringBuilder::new()),
+            keep: BooleanBuilder::new(),
+            dropped: false,
+            rows: 0,
+            bytes: 0,
+            layout,
+        }
+    }
+
+    /// Appends one row. A value that does not decode drops the row (it stays out of the
+    /// batch) and is returned, for the `[errors].data` policy.
+    pub fn append(&mut self, row: &Row) -> Result<(), BadValue> {
+        let layout = self.layout.clone();
+        let mut written = vec![false; self.cols.len()];
+        let mut bad = None;
+        let mut unchanged: Vec<&str> = Vec::new();
+        let mut bytes = 40;
+        for (i, v) in row.values.iter().enumerate() {
+            let Some(Some(out)) = layout.rel_to_out.get(i) else {
+                continue;
+            };
+            let out = *out;
+            let mut value = *v;
+            if value == Value::Unchanged {
+                value = match row.old.and_then(|o| o.get(i)) {
+                    Some(old @ (Value::Text(_) | Value::Binary(_) | Value::Null)) => *old,
+                    _ => Value::Unchanged,
+                };
+            }
+            let col = &mut self.cols[out];
+            match value {
+                Value::Null => col.append_null(),
+                Value::Unchanged => {
+                    col.append_null();
+                    unchanged.push(&layout.columns[out].0);
+                }
+                Value::Text(t) | Value::Binary(t) => {
+                    bytes += t.len();
+                    if let Err(error) = col.append_text(t) {
+                        col.append_null();
+                        bad.get_or_insert(BadValue {
+                            column: layout.columns[out].0.clone(),
+                            error,
+                        });
+                    }
+                }
+            }
+            written[out] = true;
+        }
+        for (out, done) in written.iter().enumerate() {
+            if !done {
+                self.cols[out].append_null();
+            }
+        }
+        if layout.with_op {
+            self.op.append_value(row.op.as_str());
+        }
+        if layout.with_ts {
+            self.ts.append_value(row.commit_time);
+        }
+        self.lsn.append_value(row.mark.lsn as i64);
+        self.seq.append_value(row.mark.seq as i64);
+        for c in &unchanged {
+            self.unchanged.values().append_value(c);
+        }
+        self.unchanged.append(true);
+        self.keep.append_value(bad.is_none());
+        self.dropped |= bad.is_some();
+        self.rows += 1;
+        self.bytes += bytes;
+        match bad {
+            Some(b) => Err(b),
+            None => Ok(()),
+        }
+    }
+
+    /// The rows appended so far as one batch (dropped rows filtered out); the builder is
+    /// empty again afterwards.
+    pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.layout.schema.fields().len());
+        if self.layout.with_op {
+            columns.push(Arc::new(self.op.finish()));
+        }
+        if self.layout.with_ts {
+            columns.push(Arc::new(self.ts.finish()));
+        }
+        columns.extend(self.cols.iter_mut().map(|c| c.finish()));
+        columns.push(Arc::new(self.lsn.finish()));
+        columns.push(Arc::new(self.seq.finish()));
+        let unchanged = self.unchanged.finish();
+        // The list's item field must match the schema's exactly.
+        columns.push(Arc::new(unchanged));
+        let batch = RecordBatch::try_new(self.layout.schema.clone(), columns)?;
+        let keep: BooleanArray = self.keep.finish();
+        self.rows = 0;
+        self.bytes = 0;
+        if std::mem::take(&mut self.dropped) {
+            filter_record_batch(&batch, &keep)
+        } else {
+            Ok(batch)
+        }
+    }
+}
+
+/// Rows of one table waiting to be written, in groups that each become one file: a group
+/// ends where the date folder or the layout changes.
+#[derive(Default)]
+pub struct TableBuffer {
+    pub groups: Vec<Group>,
+    pub rows: usize,
+    pub bytes: usize,
+}
+
+/// Rows of one file.
+pub struct Group {
+    pub folder: String,
+    pub first: Mark,
+    pub last: Mark,
+    pub batches: Vec<RecordBatch>,
+    pub builder: Builder,
+}
+
+impl Group {
+    pub fn schema(&self) -> SchemaRef {
+        self.builder.layout.schema.clone()
+    }
+}
+
+impl TableBuffer {
+    /// Appends a row under `folder`, cutting batches at `batch_rows`.
+    pub fn push(
+        &mut self,
+        layout: &Arc<Layout>,
+        folder: &str,
+        row: &Row,
+        batch_rows: usize,
+    ) -> Result<Result<(), BadValue>, ArrowError> {
+        let fits = self.groups.last().is_some_and(|g| {
+            g.folder == folder && g.builder.layout.generation == layout.generation
+        });
+        if !fits {
+            self.groups.push(Group {
+                folder: folder.to_string(),
+                first: row.mark,
+                last: row.mark,
+                batches: Vec::new(),
+                builder: Builder::new(layout.clone(), batch_rows.min(8192)),
+            });
+        }
+        let g = self.groups.last_mut().expect("a group was just ensured");
+        let before = g.builder.bytes;
+        let result = g.builder.append(row);
+        g.last = row.mark;
+        self.bytes += g.builder.bytes - before;
+        self.rows += 1;
+        if g.builder.rows >= batch_rows {
+            let b = g.builder.finish()?;
+            g.batches.push(b);
+        }
+        Ok(result)
+    }
+
+    /// Takes every group, builders finished into batches.
+    pub fn take(&mut self) -> Result<Vec<Group>, ArrowError> {
+        let mut groups = std::mem::take(&mut self.groups);
+        for g in &mut groups {
+            if g.builder.rows > 0 {
+                let b = g.builder.finish()?;
+                g.batches.push(b);
+            }
+        }
+        self.rows = 0;
+        self.bytes = 0;
+        Ok(groups)
+    }
+}

@@ -1,0 +1,141 @@
+//! Slot and publication administration over an ordinary connection: what exists, its health,
+//! creating the publications CDC reads and dropping what godwit created.
+
+use postgres_protocol::escape::{escape_identifier, escape_literal};
+use tokio_postgres::Client;
+
+use crate::pg::catalog::TableName;
+use crate::pg::lsn::Lsn;
+
+/// A replication slot as `pg_replication_slots` shows it.
+#[derive(Debug, Clone)]
+pub struct SlotInfo {
+    pub plugin: Option<String>,
+    pub database: Option<String>,
+    /// `reserved`, `extended`, `unreserved` or `lost` (PostgreSQL 13+).
+    pub wal_status: Option<String>,
+    pub confirmed_flush: Option<Lsn>,
+    /// WAL the slot holds back, in bytes.
+    pub retained_bytes: Option<i64>,
+    pub active: bool,
+}
+
+impl SlotInfo {
+    /// The slot lost WAL it needs: changes are gone, CDC cannot go on from it.
+    pub fn lost(&self) -> bool {
+        self.wal_status.as_deref() == Some("lost")
+    }
+}
+
+/// The slot `name`, if it exists.
+pub async fn slot_info(
+    client: &Client,
+    name: &str,
+) -> Result<Option<SlotInfo>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT plugin::text, database::text, wal_status::text, (confirmed_flush_lsn - '0/0'::pg_lsn)::int8,
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8, active
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&name],
+        )
+        .await?;
+    Ok(row.map(|r| SlotInfo {
+        plugin: r.get(0),
+        database: r.get(1),
+        wal_status: r.get(2),
+        confirmed_flush: r.get::<_, Option<i64>>(3).map(|n| Lsn(n as u64)),
+        retained_bytes: r.get(4),
+        active: r.get(5),
+    }))
+}
+
+/// `max_slot_wal_keep_size` as PostgreSQL shows it (`-1` means slots may hold WAL forever).
+pub async fn max_slot_wal_keep_size(client: &Client) -> Result<String, tokio_postgres::Error> {
+    Ok(client
+        .query_one("SHOW max_slot_wal_keep_size", &[])
+        .await?
+        .get(0))
+}
+
+/// The end of the WAL inserted so far: every transaction committed before this call ends
+/// below it, also under `synchronous_commit = off`, where `pg_current_wal_lsn()` (the write
+/// position) can lag behind commits that already returned.
+pub async fn current_wal_lsn(client: &Client) -> Result<Lsn, tokio_postgres::Error> {
+    let n: i64 = client
+        .query_one(
+            "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8",
+            &[],
+        )
+        .await?
+        .get(0);
+    Ok(Lsn(n as u64))
+}
+
+/// Drops the slot (waiting is not needed: godwit holds no session on it now).
+pub async fn drop_slot(client: &Client, name: &str) -> Result<bool, tokio_postgres::Error> {
+    let n = client
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&name],
+        )
+        .await?;
+    Ok(n > 0)
+}
+
+/// Whether publication `name` exists.
+pub async fn publication_exists(
+    client: &Client,
+    name: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
+        .await?
+        .is_some())
+}
+
+/// One table of a publication, with its row filter.
+pub struct Published<'a> {
+    pub table: &'a TableName,
+    pub row_filter: Option<&'a str>,
+}
+
+/// Creates a publication for `tables`, published under partitioned roots; `inserts_only`
+/// publishes INSERT alone (for tables without a usable replica identity).
+pub async fn create_publication(
+    client: &Client,
+    name: &str,
+    tables: &[Published<'_>],
+    inserts_only: bool,
+) -> Result<(), tokio_postgres::Error> {
+    let list: Vec<String> = tables
+        .iter()
+        .map(|t| match t.row_filter {
+            Some(f) => format!("{} WHERE ({f})", t.table.quoted()),
+            None => t.table.quoted(),
+        })
+        .collect();
+    let publish = if inserts_only {
+        "insert"
+    } else {
+        "insert, update, delete, truncate"
+    };
+    client
+        .batch_execute(&format!(
+            "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = {}, publish_via_partition_root = true)",
+            escape_identifier(name),
+            list.join(", "),
+            escape_literal(publish)
+        ))
+        .await
+}
+
+/// Drops a publication if it exists.
+pub async fn drop_publication(client: &Client, name: &str) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute(&format!(
+            "DROP PUBLICATION IF EXISTS {}",
+            escape_identifier(name)
+        ))
+        .await
+}

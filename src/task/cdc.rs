@@ -1,0 +1,1072 @@
+//! CDC: the `cdc` and `full-load-and-cdc` modes. Start-up refuses tables CDC would break,
+//! makes sure the publications and the slot exist (and are healthy), runs the initial full
+//! load from the slot's exported snapshot, then applies the stream: pgoutput → per-table
+//! Arrow rows → CDC files → checkpoint (per-table high-water marks) → confirm to the slot.
+//! The slot is confirmed only up to commits whose every row is in a completed file and
+//! checkpointed, and to the keepalive's WAL end while nothing is buffered.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+use super::full_load::{self, RunOptions, RunSummary, Shared, now};
+use super::plan::TablePlan;
+use super::{Discovered, Started};
+use crate::batch::changes::{Layout, Op, Row, TableBuffer};
+use crate::config::{CdcMode, DataErrorPolicy, DatePartitioning, Mode, NumericMode, Pipeline};
+use crate::error::Error;
+use crate::notify::{EventKind, Notifier};
+use crate::pg::catalog::{self, Column, TableName, Types};
+use crate::pg::connect::{Source, describe_error};
+use crate::pg::lsn::Lsn;
+use crate::pg::replication::identity;
+use crate::pg::replication::pgoutput::{self, Message, OldTuple, Relation, Value};
+use crate::pg::replication::session::{NewSlot, Stream, StreamEvent};
+use crate::pg::replication::slot::{self, Published, SlotInfo};
+use crate::pg::types::{self, NumericAs};
+use crate::sink::files::writer::{FileFormat, WrittenFile};
+use crate::sink::files::{ObjectStore, cdc as cdc_files, layout};
+use crate::state::{CdcRecord, Mark, StateStore, TableRecord, TableState, TaskRecord};
+
+/// How a CDC run was asked to behave.
+#[derive(Debug, Clone, Default)]
+pub struct CdcOptions {
+    /// Stop at the WAL position read when CDC starts.
+    pub once: bool,
+    /// Stop cleanly after this long.
+    pub max_duration: Option<Duration>,
+    /// Progress bars for the full load.
+    pub progress: bool,
+}
+
+const DROP_AND_RELOAD: &str = "the changes the slot held are gone: run `godwit drop PIPELINE --yes`, then run the pipeline again (mode full-load-and-cdc reloads every table from a fresh snapshot)";
+
+/// Runs a `cdc` or `full-load-and-cdc` pipeline.
+pub async fn run(p: &Pipeline, opts: CdcOptions) -> Result<RunSummary, Error> {
+    let Started {
+        store,
+        state,
+        lease,
+        notifier,
+        previous,
+        discovered,
+    } = super::start(p).await?;
+    let Discovered {
+        source,
+        snapshot,
+        plans,
+        ..
+    } = discovered;
+    let prepared = match prepare(p, &source, snapshot.client(), &plans).await {
+        Ok(x) => x,
+        Err(e) => {
+            lease.release().await;
+            return Err(e);
+        }
+    };
+    let _ = snapshot.release().await;
+    let mut task = Task {
+        p,
+        state: state.clone(),
+        notifier: notifier.clone(),
+        record: previous.clone().unwrap_or_else(|| empty_record(p)),
+    };
+    let result = run_started(
+        p, &opts, &mut task, prepared, source, store, plans, previous,
+    )
+    .await;
+    let outcome = match result {
+        Ok(summary) => {
+            task.finish("stopped", None).await;
+            notifier.emit(EventKind::TaskStopped {
+                seconds: summary.1,
+                tables_in_error: summary.0.tables_in_error,
+            });
+            Ok(summary.0)
+        }
+        Err(e) => {
+            task.finish("failed", Some(e.to_string())).await;
+            notifier.emit(EventKind::TaskFailed {
+                error: e.to_string(),
+            });
+            Err(e)
+        }
+    };
+    lease.release().await;
+    outcome
+}
+
+/// The task record and where it is kept.
+struct Task<'a> {
+    p: &'a Pipeline,
+    state: Arc<StateStore>,
+    notifier: Arc<Notifier>,
+    record: TaskRecord,
+}
+
+impl Task<'_> {
+    async fn save(&self) -> Result<(), Error> {
+        self.state
+            .save(&self.record)
+            .await
+            .map_err(|e| Error::Runtime(format!("cannot save the checkpoint: {e}")))
+    }
+
+    async fn finish(&mut self, state: &str, error: Option<String>) {
+        self.record.state = state.into();
+        self.record.stopped_at = Some(now());
+        self.record.last_error = error;
+        if let Err(e) = self.state.save(&self.record).await {
+            tracing::error!("cannot save the task state: {e}");
+        }
+    }
+
+    /// A slot that cannot be followed: `slot.unhealthy`, then the task fails (exit 1).
+    fn unhealthy(&self, reason: String) -> Error {
+        self.notifier.emit(EventKind::SlotUnhealthy {
+            slot: self.p.source.slot.clone(),
+            reason: reason.clone(),
+            remedy: DROP_AND_RELOAD.into(),
+        });
+        Error::Runtime(format!(
+            "replication slot {}: {reason}; {DROP_AND_RELOAD}",
+            self.p.source.slot
+        ))
+    }
+}
+
+fn empty_record(p: &Pipeline) -> TaskRecord {
+    TaskRecord {
+        pipeline: p.name.clone(),
+        mode: p.mode.as_str().into(),
+        state: "running".into(),
+        started_at: now(),
+        stopped_at: None,
+        snapshot: None,
+        last_error: None,
+        tables: BTreeMap::new(),
+        cdc: None,
+    }
+}
+
+/// What start-up found and made sure of on the source.
+struct Prepared {
+    admin: Client,
+    types: Types,
+    publications: Vec<String>,
+    publications_created: Vec<String>,
+    slot: Option<SlotInfo>,
+}
+
+/// Start-up checks of CDC (exit 2 on failure): wal_level, replica identity of every table
+/// whose UPDATE/DELETE would be published, the publications (created when missing).
+async fn prepare(
+    p: &Pipeline,
+    source: &Source,
+    catalog_client: &Client,
+    plans: &[TablePlan],
+) -> Result<Prepared, Error> {
+    let pg_err = |what: &str, e: tokio_postgres::Error| {
+        Error::Startup(format!(
+            "{what} on {}: {}",
+            source.display,
+            describe_error(&e, &source.display)
+        ))
+    };
+    let types = catalog::load_types(catalog_client)
+        .await
+        .map_err(|e| pg_err("reading pg_type", e))?;
+    let tables: Vec<_> = plans.iter().map(|pl| pl.table.clone()).collect();
+    let identities = identity::read(catalog_client, &tables)
+        .await
+        .map_err(|e| pg_err("reading replica identities", e))?;
+    for plan in plans.iter().filter(|pl| pl.settings.cdc == CdcMode::All) {
+        let ids = identities
+            .get(&plan.table.oid)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        if let Some(problem) =
+            identity::problem(&plan.table, ids, plan.settings.where_clause.as_deref())
+        {
+            let key = p
+                .tables
+                .settings_key(&plan.table.name.schema, &plan.table.name.name)
+                .map(|k| format!("{k}.cdc"))
+                .unwrap_or_else(|| "tables.include".into());
+            return Err(Error::Config(p.error_at(&key, problem)));
+        }
+    }
+    let admin = source
+        .connect()
+        .await
+        .map_err(|e| Error::Startup(e.to_string()))?;
+    let wal_level: String = admin
+        .query_one("SHOW wal_level", &[])
+        .await
+        .map_err(|e| pg_err("reading wal_level", e))?
+        .get(0);
+    if wal_level != "logical" {
+        return Err(Error::Startup(format!(
+            "{} has wal_level = {wal_level}; CDC needs wal_level = logical (on RDS: the parameter \
+             rds.logical_replication = 1) and a restart of the server",
+            source.display
+        )));
+    }
+    let main = p.source.publication.clone();
+    let inserts_name = format!("{main}_inserts");
+    let mut publications = vec![main.clone()];
+    let mut created = Vec::new();
+    let exists = slot::publication_exists(&admin, &main)
+        .await
+        .map_err(|e| pg_err("reading pg_publication", e))?;
+    if exists {
+        // Used as it is; its inserts-only companion, when an earlier run created one, too.
+        if slot::publication_exists(&admin, &inserts_name)
+            .await
+            .map_err(|e| pg_err("reading pg_publication", e))?
+        {
+            publications.push(inserts_name);
+        }
+    } else {
+        let all: Vec<Published> = plans
+            .iter()
+            .filter(|pl| pl.settings.cdc == CdcMode::All)
+            .map(|pl| Published {
+                table: &pl.table.name,
+                row_filter: pl.settings.where_clause.as_deref(),
+            })
+            .collect();
+        let inserts: Vec<Published> = plans
+            .iter()
+            .filter(|pl| pl.settings.cdc == CdcMode::InsertsOnly)
+            .map(|pl| Published {
+                table: &pl.table.name,
+                row_filter: pl.settings.where_clause.as_deref(),
+            })
+            .collect();
+        let wanted = [(&main, &all, false), (&inserts_name, &inserts, true)];
+        publications.clear();
+        for (name, tables, inserts_only) in wanted {
+            if tables.is_empty() {
+                continue;
+            }
+            let there = slot::publication_exists(&admin, name)
+                .await
+                .map_err(|e| pg_err("reading pg_publication", e))?;
+            if !there {
+                slot::create_publication(&admin, name, tables, inserts_only)
+                    .await
+                    .map_err(|e| {
+                        let hint = if e.as_db_error().map(|d| d.code().code()) == Some("42501") {
+                            " (CREATE PUBLICATION needs ownership of every table, or create the \
+                             publication yourself and name it in source.publication)"
+                        } else {
+                            ""
+                        };
+                        Error::Startup(format!(
+                            "creating publication {name} on {}: {}{hint}",
+                            source.display,
+                            describe_error(&e, &source.display)
+                        ))
+                    })?;
+                created.push(name.clone());
+            }
+            publications.push(name.clone());
+        }
+    }
+    let slot_info = slot::slot_info(&admin, &p.source.slot)
+        .await
+        .map_err(|e| pg_err("reading pg_replication_slots", e))?;
+    Ok(Prepared {
+        admin,
+        types,
+        publications,
+        publications_created: created,
+        slot: slot_info,
+    })
+}
+
+/// Everything after start-up; returns the summary and the run's seconds.
+#[allow(clippy::too_many_arguments)]
+async fn run_started(
+    p: &Pipeline,
+    opts: &CdcOptions,
+    task: &mut Task<'_>,
+    prepared: Prepared,
+    source: Source,
+    store: Arc<dyn ObjectStore>,
+    plans: Vec<TablePlan>,
+    previous: Option<TaskRecord>,
+) -> Result<(RunSummary, f64), Error> {
+    let started = Instant::now();
+    let prev_cdc = previous.as_ref().and_then(|r| r.cdc.clone());
+    let mut cdc = prev_cdc.clone().unwrap_or_else(|| CdcRecord {
+        slot: p.source.slot.clone(),
+        ..CdcRecord::default()
+    });
+    cdc.slot = p.source.slot.clone();
+    cdc.publications = prepared.publications.clone();
+    for name in &prepared.publications_created {
+        if !cdc.publications_created.contains(name) {
+            cdc.publications_created.push(name.clone());
+        }
+    }
+    let needs_load = p.mode == Mode::FullLoadAndCdc && !cdc.full_load_done;
+    task.record.cdc = Some(cdc.clone());
+    task.record.state = "running".into();
+    task.record.started_at = now();
+    task.record.stopped_at = None;
+    task.record.last_error = None;
+
+    if let Some(info) = &prepared.slot
+        && info.lost()
+    {
+        return Err(task.unhealthy(
+            "it was invalidated (wal_status = lost): WAL it needed was removed".into(),
+        ));
+    }
+    if prepared.slot.is_none() && cdc.slot_created && !needs_load {
+        return Err(task.unhealthy(
+            "the slot godwit created for this pipeline no longer exists (dropped?)".into(),
+        ));
+    }
+    let endpoint = source.endpoint();
+    let session_err =
+        |e: crate::pg::replication::session::SessionError| Error::Runtime(e.to_string());
+    let mut summary = RunSummary {
+        tables: plans.len(),
+        tables_in_error: 0,
+        rows: 0,
+    };
+    let (stream, start_lsn) = if needs_load {
+        if prepared.slot.is_some() {
+            if !cdc.slot_created {
+                return Err(Error::Startup(format!(
+                    "slot {} exists but this pipeline did not create it; full-load-and-cdc needs a \
+                     new slot for a consistent snapshot: drop that slot, name another one in \
+                     source.slot, or use mode = \"cdc\"",
+                    p.source.slot
+                )));
+            }
+            // The initial load was interrupted: its slot and files start over together.
+            tracing::info!(slot = %p.source.slot, "the initial load did not finish: its slot is recreated and every table reloaded");
+            slot::drop_slot(&prepared.admin, &p.source.slot)
+                .await
+                .map_err(|e| Error::Runtime(format!("dropping slot {}: {e}", p.source.slot)))?;
+        }
+        let new = NewSlot::create(&endpoint, &p.source.slot, &cdc.publications, false)
+            .await
+            .map_err(session_err)?;
+        cdc.slot_created = true;
+        cdc.consistent_point = Some(new.consistent_point.to_string());
+        let mut record = full_load::new_record(p, &plans, &BTreeMap::new(), &new.snapshot);
+        record.cdc = Some(cdc.clone());
+        task.record = record;
+        task.save().await?;
+        task.notifier.emit(EventKind::TaskStarted {
+            mode: p.mode.as_str().into(),
+            tables: plans.len(),
+        });
+        let shared = Shared {
+            source: source.clone(),
+            store: store.clone(),
+            state: task.state.clone(),
+            notifier: task.notifier.clone(),
+        };
+        let outcome = full_load::load(
+            p,
+            &RunOptions {
+                progress: opts.progress,
+            },
+            shared,
+            &new.snapshot,
+            plans.clone(),
+            task.record.clone(),
+        )
+        .await;
+        task.record = outcome.record;
+        summary = outcome.summary;
+        if let Some(fatal) = outcome.fatal {
+            return Err(Error::Runtime(fatal));
+        }
+        cdc.full_load_done = true;
+        task.record.cdc = Some(cdc.clone());
+        task.save().await?;
+        let point = new.consistent_point;
+        (new.start().await.map_err(session_err)?, point)
+    } else {
+        for plan in &plans {
+            task.record
+                .tables
+                .entry(plan.key())
+                .or_insert_with(|| TableRecord::new(plan.table.estimated_rows));
+        }
+        task.save().await?;
+        task.notifier.emit(EventKind::TaskStarted {
+            mode: p.mode.as_str().into(),
+            tables: plans.len(),
+        });
+        match &prepared.slot {
+            Some(info) => (
+                Stream::open(&endpoint, &p.source.slot, &cdc.publications)
+                    .await
+                    .map_err(session_err)?,
+                info.confirmed_flush.unwrap_or(Lsn(0)),
+            ),
+            None => {
+                let new = NewSlot::create(&endpoint, &p.source.slot, &cdc.publications, false)
+                    .await
+                    .map_err(session_err)?;
+                cdc.slot_created = true;
+                cdc.consistent_point = Some(new.consistent_point.to_string());
+                task.record.cdc = Some(cdc.clone());
+                task.save().await?;
+                let point = new.consistent_point;
+                (new.start().await.map_err(session_err)?, point)
+            }
+        }
+    };
+    let stop_at = if opts.once {
+        Some(
+            slot::current_wal_lsn(&prepared.admin)
+                .await
+                .map_err(|e| Error::Runtime(format!("reading pg_current_wal_insert_lsn(): {e}")))?,
+        )
+    } else {
+        None
+    };
+    let mut apply = Apply::new(p, task, store, &plans, prepared.types, stream, start_lsn).await?;
+    let ended = apply.follow(stop_at, opts.max_duration).await;
+    let closed = apply.close(ended.is_ok()).await;
+    if let Err(e) = ended {
+        // The stream broke: say so plainly when the slot is the cause.
+        if let Ok(info) = slot::slot_info(&prepared.admin, &p.source.slot).await {
+            match info {
+                None => return Err(task.unhealthy(format!("it disappeared while streaming ({e})"))),
+                Some(i) if i.lost() => {
+                    return Err(task.unhealthy(format!("it was invalidated while streaming ({e})")));
+                }
+                _ => {}
+            }
+        }
+        return Err(e);
+    }
+    closed?;
+    summary.tables_in_error = task
+        .record
+        .tables
+        .values()
+        .filter(|t| t.state == TableState::Error)
+        .count();
+    Ok((summary, started.elapsed().as_secs_f64()))
+}
+
+/// One selected table as CDC follows it.
+struct Followed {
+    key: String,
+    name: TableName,
+    columns: Vec<Column>,
+    exclude: Vec<String>,
+    numeric: NumericAs,
+    primary_key: Vec<String>,
+    mark: Option<Mark>,
+    layout: Option<Arc<Layout>>,
+    buffer: TableBuffer,
+    counts: Counts,
+    suspended: bool,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Counts {
+    inserts: u64,
+    updates: u64,
+    deletes: u64,
+    data_errors: u64,
+}
+
+/// A relation of the stream: which followed table it is, and where its key columns are.
+struct Rel {
+    table: Option<usize>,
+    key_positions: Vec<usize>,
+}
+
+struct Txn {
+    lsn: Lsn,
+    commit_time: i64,
+    seq: u64,
+}
+
+/// The apply loop's state.
+struct Apply<'a, 'b> {
+    p: &'a Pipeline,
+    task: &'a mut Task<'b>,
+    store: Arc<dyn ObjectStore>,
+    format: FileFormat,
+    types: Types,
+    stream: Option<Stream>,
+    tables: Vec<Followed>,
+    by_name: HashMap<(String, String), usize>,
+    rels: HashMap<u32, Rel>,
+    txn: Option<Txn>,
+    /// End of the last commit received completely.
+    last_commit_end: Option<Lsn>,
+    /// Everything up to here is processed (commits, keepalives).
+    position: Lsn,
+    confirmed: Lsn,
+    buffered_rows: usize,
+    buffered_bytes: usize,
+    buffered_since: Option<Instant>,
+    last_file_ms: i64,
+    lag_alerted: bool,
+    files_written: u64,
+}
+
+impl<'a, 'b> Apply<'a, 'b> {
+    async fn new(
+        p: &'a Pipeline,
+        task: &'a mut Task<'b>,
+        store: Arc<dyn ObjectStore>,
+        plans: &[TablePlan],
+        types: Types,
+        stream: Stream,
+        start: Lsn,
+    ) -> Result<Apply<'a, 'b>, Error> {
+        let format = full_load::file_format(p, p.target.row_group_bytes as usize);
+        let mut tables = Vec::new();
+        let mut by_name = HashMap::new();
+        for plan in plans {
+            let key = plan.key();
+            let recorded = task.record.tables.get(&key).and_then(|r| r.mark);
+            let mark = recover_mark(store.as_ref(), &plan.table.name, recorded, &format)
+                .await
+                .map_err(|e| Error::Runtime(format!("reading back the CDC files of {key}: {e}")))?;
+            if mark != recorded {
+                tracing::info!(table = %key, ?mark, "high-water mark moved past files written after the last checkpoint");
+            }
+            by_name.insert(
+                (plan.table.name.schema.clone(), plan.table.name.name.clone()),
+                tables.len(),
+            );
+            tables.push(Followed {
+                key,
+                name: plan.table.name.clone(),
+                columns: plan.table.columns.clone(),
+                exclude: plan.settings.exclude_columns.clone(),
+                numeric: match plan.settings.numeric {
+                    NumericMode::Decimal => NumericAs::Decimal,
+                    NumericMode::Text => NumericAs::Text,
+                },
+                primary_key: plan.table.key.clone(),
+                mark,
+                layout: None,
+                buffer: TableBuffer::default(),
+                counts: Counts::default(),
+                suspended: false,
+            });
+        }
+        Ok(Apply {
+            p,
+            task,
+            store,
+            format,
+            types,
+            stream: Some(stream),
+            tables,
+            by_name,
+            rels: HashMap::new(),
+            txn: None,
+            last_commit_end: None,
+            position: start,
+            confirmed: start,
+            buffered_rows: 0,
+            buffered_bytes: 0,
+            buffered_since: None,
+            last_file_ms: 0,
+            lag_alerted: false,
+            files_written: 0,
+        })
+    }
+
+    /// Follows the stream until `stop_at` (with `--once`), the deadline or a signal.
+    async fn follow(
+        &mut self,
+        stop_at: Option<Lsn>,
+        max_duration: Option<Duration>,
+    ) -> Result<(), Error> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())
+            .map_err(|e| Error::Runtime(format!("cannot watch SIGTERM: {e}")))?;
+        let mut int = signal(SignalKind::interrupt())
+            .map_err(|e| Error::Runtime(format!("cannot watch SIGINT: {e}")))?;
+        let deadline = max_duration.map(|d| tokio::time::Instant::now() + d);
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tracing::info!(start = %self.position, stop_at = ?stop_at.map(|l| l.to_string()), "CDC started");
+        loop {
+            if let Some(stop) = stop_at
+                && self.txn.is_none()
+                && self.position >= stop
+            {
+                tracing::info!(position = %self.position, "reached the WAL position of the start (--once)");
+                return Ok(());
+            }
+            let stream = self
+                .stream
+                .as_mut()
+                .expect("the stream is open until close");
+            tokio::select! {
+                ev = stream.next() => {
+                    match ev.map_err(|e| Error::Runtime(e.to_string()))? {
+                        Some(ev) => self.on_event(ev).await?,
+                        None => return Err(Error::Runtime("the replication stream ended".into())),
+                    }
+                }
+                _ = tick.tick() => {
+                    self.on_tick().await?;
+                }
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM: flushing and stopping");
+                    return Ok(());
+                }
+                _ = int.recv() => {
+                    tracing::info!("SIGINT: flushing and stopping");
+                    return Ok(());
+                }
+                _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+                    tracing::info!("--max-duration reached: flushing and stopping");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn on_tick(&mut self) -> Result<(), Error> {
+        if let Some(since) = self.buffered_since
+            && since.elapsed() >= self.p.target.cdc_max_batch_interval
+        {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn on_event(&mut self, ev: StreamEvent) -> Result<(), Error> {
+        match ev {
+            StreamEvent::Begin {
+                final_lsn,
+                commit_time,
+            } => {
+                self.txn = Some(Txn {
+                    lsn: final_lsn,
+                    commit_time,
+                    seq: 0,
+                });
+            }
+            StreamEvent::Data { data } => {
+                let msg = pgoutput::decode(&data).map_err(|e| Error::Runtime(e.to_string()))?;
+                self.on_message(msg)?;
+                if self.buffered_bytes as u64 >= self.p.target.cdc_min_file_size {
+                    self.flush().await?;
+                }
+            }
+            StreamEvent::Commit {
+                end_lsn,
+                commit_time,
+                ..
+            } => {
+                self.txn = None;
+                self.last_commit_end = Some(end_lsn);
+                self.position = self.position.max(end_lsn);
+                self.watch_lag(commit_time);
+                if self.buffered_rows == 0 {
+                    self.confirm(end_lsn);
+                } else if self.buffered_bytes as u64 >= self.p.target.cdc_min_file_size {
+                    self.flush().await?;
+                }
+            }
+            StreamEvent::KeepAlive { wal_end } => {
+                if self.txn.is_none() {
+                    self.position = self.position.max(wal_end);
+                    if self.buffered_rows == 0 {
+                        // Nothing buffered or in flight: WAL up to here needs no keeping.
+                        self.confirm(wal_end);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn watch_lag(&mut self, commit_time: i64) {
+        let lag = (chrono::Utc::now().timestamp_micros() - commit_time) as f64 / 1e6;
+        let threshold = self.p.notify.cdc_lag_threshold.as_secs_f64();
+        if lag > threshold && !self.lag_alerted {
+            self.lag_alerted = true;
+            self.task.notifier.emit(EventKind::CdcLag {
+                seconds: lag,
+                threshold_seconds: threshold,
+            });
+        } else if lag < threshold / 2.0 {
+            self.lag_alerted = false;
+        }
+    }
+
+    fn confirm(&mut self, lsn: Lsn) {
+        if lsn > self.confirmed {
+            self.confirmed = lsn;
+            if let Some(s) = &self.stream {
+                s.confirm(lsn);
+            }
+        }
+    }
+
+    fn on_message(&mut self, msg: Message) -> Result<(), Error> {
+        match msg {
+            Message::Relation(r) => self.on_relation(&r),
+            Message::Insert { relation, new } => self.change(relation, Op::Insert, &new, None),
+            Message::Update { relation, old, new } => {
+                let key_changed = match &old {
+                    None => false,
+                    Some((OldTuple::Key, _)) => true,
+                    Some((OldTuple::Full, o)) => {
+                        let rel = self.rels.get(&relation);
+                        match rel {
+                            Some(r) if !r.key_positions.is_empty() => {
+                                r.key_positions.iter().any(|&i| {
+                                    o.get(i) != new.get(i) && new.get(i) != Some(&Value::Unchanged)
+                                })
+                            }
+                            // Without a key, a row is only its values: delete the old, insert the new.
+                            _ => true,
+                        }
+                    }
+                };
+                let full_old = match &old {
+                    Some((OldTuple::Full, o)) => Some(o.as_slice()),
+                    _ => None,
+                };
+                if key_changed {
+                    let (_, o) = old.as_ref().expect("a key change carries the old tuple");
+                    self.change(relation, Op::Delete, o, None)?;
+                    self.change(relation, Op::Insert, &new, full_old)
+                } else {
+                    self.change(relation, Op::Update, &new, full_old)
+                }
+            }
+            Message::Delete { relation, old, .. } => self.change(relation, Op::Delete, &old, None),
+            Message::Truncate { relations, .. } => {
+                for r in relations {
+                    self.change(r, Op::Truncate, &[], None)?;
+                }
+                Ok(())
+            }
+            Message::Begin { .. }
+            | Message::Commit { .. }
+            | Message::Origin { .. }
+            | Message::Type { .. }
+            | Message::Message { .. } => Ok(()),
+        }
+    }
+
+    fn on_relation(&mut self, r: &Relation) -> Result<(), Error> {
+        let Some(&ti) = self.by_name.get(&(r.schema.clone(), r.name.clone())) else {
+            self.rels.insert(
+                r.oid,
+                Rel {
+                    table: None,
+                    key_positions: Vec::new(),
+                },
+            );
+            return Ok(());
+        };
+        let t = &mut self.tables[ti];
+        let key_positions = t
+            .primary_key
+            .iter()
+            .filter_map(|k| r.columns.iter().position(|c| &c.name == k))
+            .collect();
+        let mut columns = Vec::new();
+        let mut rel_to_out = Vec::new();
+        for c in &r.columns {
+            if t.exclude.contains(&c.name) {
+                rel_to_out.push(None);
+                continue;
+            }
+            let ndims = t
+                .columns
+                .iter()
+                .find(|k| k.name == c.name && k.type_oid == c.type_oid)
+                .map(|k| k.ndims)
+                .unwrap_or(0);
+            let types_ = &self.types;
+            let ty = types::resolve(c.type_oid, c.typmod, ndims, t.numeric, &|o| types_.get(o));
+            rel_to_out.push(Some(columns.len()));
+            columns.push((c.name.clone(), ty));
+        }
+        let generation = t.layout.as_ref().map(|l| l.generation).unwrap_or(0);
+        let layout = Layout::new(
+            generation,
+            columns,
+            rel_to_out.clone(),
+            !self.p.target.cdc_inserts_only,
+            self.p.target.timestamp_column.as_deref(),
+        );
+        let changed = t
+            .layout
+            .as_ref()
+            .is_none_or(|old| !old.same_columns(&layout) || old_positions(old) != rel_to_out);
+        if changed {
+            if t.layout.is_some() {
+                tracing::info!(table = %t.key, "the table's columns changed: the next rows go to a file with the new schema");
+            }
+            let layout = Layout::new(
+                generation + u32::from(t.layout.is_some()),
+                layout.columns,
+                rel_to_out,
+                !self.p.target.cdc_inserts_only,
+                self.p.target.timestamp_column.as_deref(),
+            );
+            t.layout = Some(Arc::new(layout));
+        }
+        self.rels.insert(
+            r.oid,
+            Rel {
+                table: Some(ti),
+                key_positions,
+            },
+        );
+        Ok(())
+    }
+
+    /// One change of a relation inside the current transaction.
+    fn change(
+        &mut self,
+        relation: u32,
+        op: Op,
+        values: &[Value],
+        old: Option<&[Value]>,
+    ) -> Result<(), Error> {
+        let txn = self
+            .txn
+            .as_mut()
+            .ok_or_else(|| Error::Runtime("pgoutput sent a change outside a transaction".into()))?;
+        txn.seq += 1;
+        let mark = Mark {
+            lsn: txn.lsn.0,
+            seq: txn.seq,
+        };
+        let commit_time = txn.commit_time;
+        let rel = self.rels.get(&relation).ok_or_else(|| {
+            Error::Runtime(format!(
+                "pgoutput sent a change of relation {relation} before describing it"
+            ))
+        })?;
+        let Some(ti) = rel.table else {
+            return Ok(());
+        };
+        let t = &mut self.tables[ti];
+        if t.suspended || t.mark.is_some_and(|m| mark <= m) {
+            return Ok(());
+        }
+        match op {
+            Op::Insert => t.counts.inserts += 1,
+            Op::Update => t.counts.updates += 1,
+            Op::Delete => t.counts.deletes += 1,
+            Op::Truncate => {
+                self.task.notifier.emit(EventKind::TableTruncated {
+                    table: t.key.clone(),
+                    lsn: Lsn(mark.lsn).to_string(),
+                });
+            }
+        }
+        if self.p.target.cdc_inserts_only && op != Op::Insert {
+            return Ok(());
+        }
+        let layout = t.layout.clone().expect("a described relation has a layout");
+        let folder = match self.p.target.date_partitioning {
+            DatePartitioning::None => String::new(),
+            DatePartitioning::Day => layout::date_folder(commit_time, false),
+            DatePartitioning::Hour => layout::date_folder(commit_time, true),
+        };
+        let row = Row {
+            op,
+            commit_time,
+            mark,
+            values,
+            old,
+        };
+        let before = t.buffer.bytes;
+        let pushed = t
+            .buffer
+            .push(&layout, &folder, &row, self.p.load.batch_rows)
+            .map_err(|e| Error::Runtime(format!("building the batch of {}: {e}", t.key)))?;
+        self.buffered_rows += 1;
+        self.buffered_bytes += t.buffer.bytes - before;
+        self.buffered_since.get_or_insert_with(Instant::now);
+        if let Err(bad) = pushed {
+            t.counts.data_errors += 1;
+            let what = format!(
+                "data error in {} at LSN {} (column {}): {}",
+                t.key,
+                Lsn(mark.lsn),
+                bad.column,
+                bad.error.0
+            );
+            match self.p.errors.data {
+                DataErrorPolicy::IgnoreRecord => {}
+                DataErrorPolicy::LogError => {
+                    tracing::warn!(table = %t.key, "{what}; the change was skipped ([errors] data = \"log-error\")");
+                }
+                DataErrorPolicy::SuspendTable => {
+                    t.suspended = true;
+                    let key = t.key.clone();
+                    if let Some(r) = self.task.record.tables.get_mut(&key) {
+                        r.state = TableState::Error;
+                        r.last_error = Some(what.clone());
+                        r.remedy = Some(
+                            "fix the value in the source, then `godwit reload` the table".into(),
+                        );
+                    }
+                    self.task.notifier.emit(EventKind::TableError {
+                        table: key,
+                        error: what,
+                        policy: "suspend-table".into(),
+                        remedy: "fix the value in the source, then reload the table".into(),
+                    });
+                }
+                DataErrorPolicy::StopTask => return Err(Error::Runtime(what)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes every buffered row, checkpoints the marks, then confirms to the slot the last
+    /// commit whose rows are all written.
+    async fn flush(&mut self) -> Result<(), Error> {
+        if self.buffered_rows > 0 {
+            let mut work = Vec::new();
+            for (ti, t) in self.tables.iter_mut().enumerate() {
+                if t.buffer.groups.is_empty() {
+                    continue;
+                }
+                let groups = t.buffer.take().map_err(|e| {
+                    Error::Runtime(format!("finishing the batch of {}: {e}", t.key))
+                })?;
+                for g in groups {
+                    let mut ms = chrono::Utc::now().timestamp_millis();
+                    if ms <= self.last_file_ms {
+                        ms = self.last_file_ms + 1;
+                    }
+                    self.last_file_ms = ms;
+                    let key = layout::cdc_file(
+                        &t.name,
+                        &g.folder,
+                        ms,
+                        g.first.lsn,
+                        g.last.lsn,
+                        self.format.extension(),
+                    );
+                    work.push((ti, key, g));
+                }
+            }
+            let store = self.store.clone();
+            let format = self.format.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                let mut out: Vec<(usize, Mark, WrittenFile)> = Vec::new();
+                for (ti, key, g) in work {
+                    let f = cdc_files::write_file(
+                        store.as_ref(),
+                        &key,
+                        g.schema(),
+                        &format,
+                        &g.batches,
+                    )?;
+                    out.push((ti, g.last, f));
+                }
+                Ok::<_, crate::sink::files::writer::WriteError>(out)
+            })
+            .await
+            .map_err(|e| Error::Runtime(format!("the CDC file writer crashed: {e}")))?
+            .map_err(|e| Error::Runtime(e.to_string()))?;
+            self.files_written += written.len() as u64;
+            for (ti, last, _) in &written {
+                let t = &mut self.tables[*ti];
+                t.mark = t.mark.max(Some(*last));
+            }
+            self.buffered_rows = 0;
+            self.buffered_bytes = 0;
+            self.buffered_since = None;
+        }
+        for t in &mut self.tables {
+            let counts = std::mem::take(&mut t.counts);
+            if let Some(r) = self.task.record.tables.get_mut(&t.key) {
+                r.inserts += counts.inserts;
+                r.updates += counts.updates;
+                r.deletes += counts.deletes;
+                r.data_errors += counts.data_errors;
+                r.mark = t.mark;
+                r.last_lsn = t.mark.map(|m| Lsn(m.lsn).to_string());
+                if r.state != TableState::Error {
+                    r.state = TableState::Cdc;
+                }
+            }
+        }
+        let confirm = if self.txn.is_none() {
+            Some(self.position)
+        } else {
+            self.last_commit_end
+        };
+        if let Some(cdc) = self.task.record.cdc.as_mut() {
+            cdc.confirmed_lsn = confirm.map(|l| l.max(self.confirmed).to_string());
+        }
+        self.task.save().await?;
+        if let Some(lsn) = confirm {
+            self.confirm(lsn);
+        }
+        Ok(())
+    }
+
+    /// Flushes (after a clean end) and closes the session once the last position reached
+    /// the server.
+    async fn close(&mut self, clean: bool) -> Result<(), Error> {
+        let flushed = if clean { self.flush().await } else { Ok(()) };
+        if let Some(stream) = self.stream.take()
+            && let Err(e) = stream.close().await
+        {
+            tracing::warn!("closing the replication session: {e}");
+        }
+        tracing::info!(files = self.files_written, confirmed = %self.confirmed, "CDC stopped");
+        flushed
+    }
+}
+
+/// The written positions of a layout's relation columns (to notice a column reorder).
+fn old_positions(l: &Layout) -> Vec<Option<usize>> {
+    l.rel_to_out.clone()
+}
+
+/// The table's high-water mark: the checkpoint's, moved past the rows of CDC files completed
+/// after it (a crash between a file and its checkpoint).
+async fn recover_mark(
+    store: &dyn ObjectStore,
+    table: &TableName,
+    recorded: Option<Mark>,
+    format: &FileFormat,
+) -> Result<Option<Mark>, String> {
+    let prefix = layout::table_prefix(table);
+    let objects = store.list(&prefix).await.map_err(|e| e.to_string())?;
+    let mut mark = recorded;
+    for o in objects {
+        let name = o.key.rsplit('/').next().unwrap_or(&o.key);
+        let Some((_, last)) = layout::parse_cdc_file(name) else {
+            continue;
+        };
+        if recorded.is_some_and(|m| last < m.lsn) {
+            continue;
+        }
+        let data = store.get(&o.key).await.map_err(|e| e.to_string())?;
+        let found = cdc_files::max_mark(data, format).map_err(|e| format!("{}: {e}", o.key))?;
+        mark = mark.max(found);
+    }
+    Ok(mark)
+}

@@ -1,0 +1,451 @@
+//! CDC against a real PostgreSQL (wal_level=logical): the files godwit writes, replayed over
+//! the full load by SPEC §4's rule, reproduce every source table — compared value by value
+//! with a fresh full load of the source — through inserts, updates, deletes, multi-statement
+//! and rolled-back transactions, a 200,000-row transaction, unchanged TOASTed values, key
+//! updates, keyless tables, ADD/DROP COLUMN and TRUNCATE; and the slot's lifecycle.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::replay::*;
+use common::*;
+
+fn cdc_pipeline(name: &str, url: &str, mode: &str, include: &str, extra: &str) -> String {
+    format!(
+        "name = \"{name}\"\nmode = \"{mode}\"\n[source]\nurl = \"{url}\"\n[tables]\ninclude = [{include}]\n{extra}\n[target]\nurl = \"file://{{out}}\"\ncdc_max_batch_interval = \"1s\"\n"
+    )
+}
+
+/// A fresh full load of `tables` of database `db` into a new folder: the source as it is.
+fn source_now(pg: &Pg, db: &str, include: &str) -> (Work, std::path::PathBuf) {
+    let w = Work::new();
+    let pipe = w.pipeline(&format!(
+        "name = \"truth\"\n[source]\nurl = \"{}\"\n[tables]\ninclude = [{include}]\n[target]\nurl = \"file://{{out}}\"\n",
+        pg.url(db)
+    ));
+    assert_ok(&w.godwit(&["run", pipe.to_str().unwrap()], &[]));
+    let out = w.out();
+    (w, out)
+}
+
+fn rows_by_key(dir: &Path, key: &[&str]) -> BTreeMap<String, RowMap> {
+    let (load, _) = table_files(dir);
+    let mut m = BTreeMap::new();
+    for f in load {
+        for r in render(&read_parquet(&f)) {
+            let k = key
+                .iter()
+                .map(|c| r[*c].clone())
+                .collect::<Vec<_>>()
+                .join("|");
+            m.insert(k, r);
+        }
+    }
+    m
+}
+
+/// Asserts that replaying `out`'s files of `table` gives the rows of `truth`.
+fn assert_reproduces(out: &Path, truth: &Path, table: &str, key: &[&str]) {
+    let want = rows_by_key(&truth.join("public").join(table), key);
+    let columns: Vec<String> = want
+        .values()
+        .next()
+        .map(|r| r.keys().cloned().collect())
+        .unwrap_or_default();
+    let got: BTreeMap<String, RowMap> = replay_keyed(&out.join("public").join(table), key)
+        .into_iter()
+        .map(|(k, r)| (k, project(&r, &columns)))
+        .collect();
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{table}: row count after replay; files: {:?}",
+        parquet_files(&out.join("public").join(table))
+    );
+    for (k, w) in &want {
+        assert_eq!(got.get(k), Some(w), "{table}: row {k} after replay");
+    }
+}
+
+fn assert_reproduces_keyless(out: &Path, truth: &Path, table: &str) {
+    let (load, _) = table_files(&truth.join("public").join(table));
+    let mut want: Vec<RowMap> = load.iter().flat_map(|f| render(&read_parquet(f))).collect();
+    want.sort();
+    assert_eq!(
+        replay_keyless(&out.join("public").join(table)),
+        want,
+        "{table} after replay"
+    );
+}
+
+#[tokio::test]
+async fn replaying_cdc_over_the_full_load_reproduces_every_table() {
+    let pg = pg();
+    let db = pg.fresh_db("godwit_cdc_replay").await;
+    db.batch_execute(
+        "CREATE TABLE items (id bigint PRIMARY KEY, name text, qty int, price numeric(10,2), big text, tags text[]);
+         ALTER TABLE items ALTER COLUMN big SET STORAGE EXTERNAL;
+         INSERT INTO items SELECT i, 'item ' || i, i % 10, i * 1.25, NULL, ARRAY['a', i::text] FROM generate_series(1, 1000) i;
+         UPDATE items SET big = repeat('x', 100000) || id WHERE id <= 3;
+         CREATE TABLE wide_full (id int PRIMARY KEY, big text, note text);
+         ALTER TABLE wide_full REPLICA IDENTITY FULL;
+         ALTER TABLE wide_full ALTER COLUMN big SET STORAGE EXTERNAL;
+         INSERT INTO wide_full SELECT i, repeat('y', 50000) || i, 'n' || i FROM generate_series(1, 5) i;
+         CREATE TABLE keyless (a int, b text);
+         ALTER TABLE keyless REPLICA IDENTITY FULL;
+         INSERT INTO keyless VALUES (1, 'one'), (2, 'two'), (2, 'two'), (3, NULL);
+         CREATE TABLE logs (at timestamptz, msg text);
+         INSERT INTO logs VALUES ('2026-01-01 00:00:00+00', 'first');
+         CREATE TABLE gone (id int PRIMARY KEY, v text);
+         INSERT INTO gone SELECT i, 'v' || i FROM generate_series(1, 50) i;
+         CREATE TABLE bulk (id int PRIMARY KEY, v text);",
+    )
+    .await
+    .unwrap();
+    let w = Work::new();
+    let include = "\"public.*\"";
+    let pipe = w.pipeline(&cdc_pipeline(
+        "replay",
+        &pg.url("godwit_cdc_replay"),
+        "full-load-and-cdc",
+        include,
+        "[tables.\"public.logs\"]\ncdc = \"inserts-only\"\n",
+    ));
+    let p = pipe.to_str().unwrap();
+    let first = assert_ok(&w.godwit(&["run", p, "--once"], &[]));
+    assert!(first.contains("full load completed"), "{first}");
+
+    // The changes.
+    db.batch_execute(
+        "INSERT INTO items SELECT i, 'new ' || i, 1, 9.99, NULL, '{}' FROM generate_series(1001, 1100) i;
+         UPDATE items SET qty = qty + 100 WHERE id BETWEEN 10 AND 60;
+         DELETE FROM items WHERE id BETWEEN 70 AND 90;
+         BEGIN;
+           INSERT INTO items VALUES (5000, 'multi', 1, 1.00, NULL, ARRAY['m']);
+           UPDATE items SET name = 'multi-updated' WHERE id = 5000;
+           UPDATE items SET name = 'also', tags = ARRAY['x', NULL, 'z'] WHERE id = 100;
+           DELETE FROM items WHERE id = 101;
+         COMMIT;
+         BEGIN;
+           INSERT INTO items VALUES (6000, 'rolled back', 1, 1.00, NULL, NULL);
+           DELETE FROM items WHERE id = 1;
+         ROLLBACK;
+         -- TOASTed values untouched: DEFAULT identity sends them as unchanged
+         UPDATE items SET qty = -1 WHERE id IN (1, 2);
+         UPDATE wide_full SET note = 'changed' WHERE id IN (1, 2);
+         -- key updates
+         UPDATE items SET id = 7000 WHERE id = 500;
+         UPDATE wide_full SET id = 100 WHERE id = 3;
+         -- keyless under FULL
+         UPDATE keyless SET b = 'TWO' WHERE a = 2;
+         DELETE FROM keyless WHERE a = 1;
+         INSERT INTO keyless VALUES (4, 'four');
+         -- inserts-only: the source's UPDATE and DELETE still work
+         INSERT INTO logs VALUES ('2026-01-02 00:00:00+00', 'second');
+         UPDATE logs SET msg = 'edited';
+         -- TRUNCATE, then new rows
+         TRUNCATE gone;
+         INSERT INTO gone VALUES (1, 'after truncate');",
+    )
+    .await
+    .unwrap();
+    // ADD and DROP COLUMN mid-stream, with changes before and after.
+    db.batch_execute(
+        "ALTER TABLE items ADD COLUMN color text;
+         INSERT INTO items (id, name, qty, price, color) VALUES (8000, 'colored', 1, 2.50, 'red');
+         UPDATE items SET color = 'blue' WHERE id = 2;
+         ALTER TABLE items DROP COLUMN tags;
+         INSERT INTO items (id, name, qty, price, color) VALUES (8001, 'no tags', 1, 2.50, 'green');
+         UPDATE items SET qty = 0 WHERE id = 3;",
+    )
+    .await
+    .unwrap();
+    // One 200,000-row transaction.
+    db.batch_execute("INSERT INTO bulk SELECT i, md5(i::text) FROM generate_series(1, 200000) i;")
+        .await
+        .unwrap();
+
+    let second = assert_ok(&w.godwit(&["run", p, "--once"], &[]));
+    let out = w.out();
+    let (_t, truth) = source_now(&pg, "godwit_cdc_replay", include);
+    assert_reproduces(&out, &truth, "items", &["id"]);
+    assert_reproduces(&out, &truth, "wide_full", &["id"]);
+    assert_reproduces(&out, &truth, "gone", &["id"]);
+    assert_reproduces(&out, &truth, "bulk", &["id"]);
+    assert_reproduces_keyless(&out, &truth, "keyless");
+
+    // Unchanged TOASTed values: named in _unchanged under DEFAULT, taken from the old row
+    // under FULL; never a silent NULL.
+    let items = cdc_rows(&out.join("public/items"));
+    let toast: Vec<_> = items
+        .iter()
+        .filter(|r| {
+            r.2 == "U" && (r.3["id"] == "1" || r.3["id"] == "2") && !r.3.contains_key("color")
+        })
+        .collect();
+    assert_eq!(toast.len(), 2, "{second}");
+    for r in &toast {
+        assert_eq!(r.4, vec!["big".to_string()], "row {:?}", r.3["id"]);
+        assert_eq!(r.3["big"], "NULL");
+    }
+    let wide = cdc_rows(&out.join("public/wide_full"));
+    let notes: Vec<_> = wide.iter().filter(|r| r.2 == "U").collect();
+    assert_eq!(notes.len(), 2);
+    for r in notes {
+        assert!(r.4.is_empty());
+        assert!(
+            r.3["big"].starts_with("yyyy"),
+            "FULL identity gives the old value"
+        );
+    }
+    // A key update is a D of the old key and an I of the new row.
+    let key_moves: Vec<_> = items
+        .iter()
+        .filter(|r| (r.2 == "D" && r.3["id"] == "500") || (r.2 == "I" && r.3["id"] == "7000"))
+        .collect();
+    assert_eq!(key_moves.len(), 2);
+    assert_eq!(key_moves[0].0, key_moves[1].0, "same transaction");
+    // The rolled-back transaction is absent.
+    assert!(!items.iter().any(|r| r.3["id"] == "6000"));
+    // The 200,000-row transaction: every row once, one commit LSN.
+    let bulk = cdc_rows(&out.join("public/bulk"));
+    assert_eq!(bulk.len(), 200_000);
+    assert!(bulk.iter().all(|r| r.0 == bulk[0].0 && r.2 == "I"));
+    // TRUNCATE is a T row and an event.
+    let gone = cdc_rows(&out.join("public/gone"));
+    assert_eq!(gone.iter().filter(|r| r.2 == "T").count(), 1);
+    let evs = events(&w.out().join("events.jsonl"));
+    let evs = if evs.is_empty() {
+        events(&w.path().join("godwit-out/replay/events.jsonl"))
+    } else {
+        evs
+    };
+    assert!(
+        evs.iter()
+            .any(|e| e["event_type"] == "table.truncated" && e["table"] == "public.gone"),
+        "{evs:?}"
+    );
+    // Inserts-only: the inserts, no Op other than I.
+    let logs = cdc_rows(&out.join("public/logs"));
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    assert_eq!(logs[0].3["msg"], "second");
+    // New schema after ADD/DROP COLUMN: files with `color`, later ones without `tags`.
+    let schemas: Vec<Vec<String>> = table_files(&out.join("public/items"))
+        .1
+        .iter()
+        .map(|f| {
+            parquet_schema(f)
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect()
+        })
+        .collect();
+    assert!(
+        schemas
+            .iter()
+            .any(|s| s.contains(&"color".into()) && !s.contains(&"tags".into()))
+    );
+    assert!(
+        schemas
+            .iter()
+            .any(|s| s.contains(&"color".into()) && s.contains(&"tags".into()))
+    );
+    // status shows the counters.
+    let status = assert_ok(&w.godwit(&["status", p, "--json"], &[]));
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let t = v["tables"]["public.bulk"].clone();
+    assert_eq!(t["inserts"], 200_000, "{status}");
+    assert_eq!(t["state"], "CDC", "{status}");
+}
+
+#[tokio::test]
+async fn a_keyless_table_is_refused_unless_inserts_only() {
+    let pg = pg();
+    let db = pg.fresh_db("godwit_cdc_keyless").await;
+    db.batch_execute("CREATE TABLE nokey (a int, b text); INSERT INTO nokey VALUES (1, 'x');")
+        .await
+        .unwrap();
+    let w = Work::new();
+    let url = pg.url("godwit_cdc_keyless");
+    let pipe = w.pipeline(&cdc_pipeline(
+        "keyless",
+        &url,
+        "cdc",
+        "\"public.nokey\"",
+        "",
+    ));
+    let o = w.godwit(&["run", pipe.to_str().unwrap(), "--once"], &[]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("ALTER TABLE \"public\".\"nokey\" REPLICA IDENTITY FULL"),
+        "{t}"
+    );
+    assert!(t.contains("inserts-only"), "{t}");
+    let slots = db
+        .query(
+            "SELECT 1 FROM pg_replication_slots WHERE database = current_database()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(slots.is_empty(), "nothing created on a refused start");
+    // The source's own UPDATE still works (nothing published it).
+    db.batch_execute("UPDATE nokey SET b = 'y'").await.unwrap();
+
+    let pipe = w.pipeline(&cdc_pipeline(
+        "keyless",
+        &url,
+        "cdc",
+        "\"public.nokey\"",
+        "[tables.\"public.nokey\"]\ncdc = \"inserts-only\"\n",
+    ));
+    let p = pipe.to_str().unwrap();
+    assert_ok(&w.godwit(&["run", p, "--once"], &[]));
+    db.batch_execute("INSERT INTO nokey VALUES (2, 'z'); UPDATE nokey SET b = 'w'; DELETE FROM nokey WHERE a = 1;")
+        .await
+        .unwrap();
+    assert_ok(&w.godwit(&["run", p, "--once"], &[]));
+    let rows = cdc_rows(&w.out().join("public/nokey"));
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].2.as_str(), rows[0].3["a"].as_str()), ("I", "2"));
+    assert_ok(&w.godwit(&["drop", p, "--yes"], &[]));
+}
+
+#[tokio::test]
+async fn a_dropped_slot_is_a_clear_failure_not_a_silent_restart() {
+    let pg = pg();
+    let db = pg.fresh_db("godwit_cdc_dropped").await;
+    db.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a');")
+        .await
+        .unwrap();
+    let w = Work::new();
+    let pipe = w.pipeline(&cdc_pipeline(
+        "dropped",
+        &pg.url("godwit_cdc_dropped"),
+        "full-load-and-cdc",
+        "\"public.t\"",
+        "[notify]\nevents_file = \"{out}/events.jsonl\"\n",
+    ));
+    let p = pipe.to_str().unwrap();
+    assert_ok(&w.godwit(&["run", p, "--once"], &[]));
+    db.batch_execute(
+        "SELECT pg_drop_replication_slot('godwit_dropped'); INSERT INTO t VALUES (2, 'lost');",
+    )
+    .await
+    .unwrap();
+    let o = w.godwit(&["run", p, "--once"], &[]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("godwit_dropped") && t.contains("godwit drop"),
+        "{t}"
+    );
+    let evs = events(&w.out().join("events.jsonl"));
+    let kinds: Vec<&str> = evs
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"slot.unhealthy"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"task.failed"), "{kinds:?}");
+    let slots = db
+        .query(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'godwit_dropped'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(slots.is_empty(), "no silent recreation");
+
+    // drop removes the rest (publication, state), after which a run starts over.
+    let dropped = assert_ok(&w.godwit(&["drop", p, "--yes"], &[]));
+    assert!(
+        dropped.contains("publication godwit_dropped: dropped"),
+        "{dropped}"
+    );
+    let pubs = db
+        .query(
+            "SELECT 1 FROM pg_publication WHERE pubname = 'godwit_dropped'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(pubs.is_empty());
+    assert_ok(&w.godwit(&["run", p, "--once"], &[]));
+    assert_ok(&w.godwit(&["drop", p, "--yes"], &[]));
+}
+
+async fn lsn_now(db: &tokio_postgres::Client) -> i64 {
+    db.query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn slot_lsn(db: &tokio_postgres::Client, slot: &str) -> i64 {
+    db.query_one(
+        "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1",
+        &[&slot],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+#[tokio::test]
+async fn the_slot_moves_while_only_unselected_tables_change() {
+    let pg = pg();
+    let db = pg.fresh_db("godwit_cdc_idle").await;
+    db.batch_execute(
+        "CREATE TABLE quiet (id int PRIMARY KEY); CREATE TABLE noise (id int PRIMARY KEY, v text);",
+    )
+    .await
+    .unwrap();
+    let w = Work::new();
+    let pipe = w.pipeline(&cdc_pipeline(
+        "idle",
+        &pg.url("godwit_cdc_idle"),
+        "cdc",
+        "\"public.quiet\"",
+        "",
+    ));
+    let p = pipe.to_str().unwrap();
+    assert_ok(&w.godwit(&["run", p, "--once"], &[]));
+    // --once: confirms the position read at its start, though nothing selected changed.
+    db.batch_execute("INSERT INTO noise SELECT i, md5(i::text) FROM generate_series(1, 50000) i;")
+        .await
+        .unwrap();
+    let target = lsn_now(&db).await;
+    assert_ok(&w.godwit(&["run", p, "--once"], &[]));
+    assert!(
+        slot_lsn(&db, "godwit_idle").await >= target,
+        "--once confirmed the start position"
+    );
+    // Continuous: keeps confirming while writes go to the unselected table only.
+    let mut child = w.spawn_run(&pipe);
+    let mut moved = false;
+    for round in 0..30 {
+        db.batch_execute(&format!(
+            "UPDATE noise SET v = md5(v || '{round}') WHERE id % 10 = {}",
+            round % 10
+        ))
+        .await
+        .unwrap();
+        let target = lsn_now(&db).await;
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        if round >= 3 && slot_lsn(&db, "godwit_idle").await >= target {
+            moved = true;
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        moved,
+        "confirmed_flush_lsn kept up with the writes to the unselected table"
+    );
+    assert_ok(&w.godwit(&["drop", p, "--yes"], &[]));
+}
