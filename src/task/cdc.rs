@@ -276,7 +276,7 @@ async fn prepare(
             publications.push(name.clone());
         }
     }
-    let slot_info = slot::slot_info(&admin, &p.source.slot)
+    let slot_info = slot::wait_inactive(&admin, &p.source.slot, Duration::from_secs(30))
         .await
         .map_err(|e| pg_err("reading pg_replication_slots", e))?;
     Ok(Prepared {

@@ -72,7 +72,26 @@ pub async fn current_wal_lsn(client: &Client) -> Result<Lsn, tokio_postgres::Err
     Ok(Lsn(n as u64))
 }
 
-/// Drops the slot (waiting is not needed: godwit holds no session on it now).
+/// Waits (up to `timeout`) until no session uses the slot — after a crash the server needs a
+/// moment to notice the old session is gone. Returns the slot's latest state.
+pub async fn wait_inactive(
+    client: &Client,
+    name: &str,
+    timeout: std::time::Duration,
+) -> Result<Option<SlotInfo>, tokio_postgres::Error> {
+    let until = std::time::Instant::now() + timeout;
+    loop {
+        let info = slot_info(client, name).await?;
+        match &info {
+            Some(i) if i.active && std::time::Instant::now() < until => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            _ => return Ok(info),
+        }
+    }
+}
+
+/// Drops the slot (once no session uses it).
 pub async fn drop_slot(client: &Client, name: &str) -> Result<bool, tokio_postgres::Error> {
     let n = client
         .execute(
