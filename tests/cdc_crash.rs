@@ -127,7 +127,7 @@ async fn seed(pg: &Pg, db: &str, rows: i64) -> tokio_postgres::Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_at_random_moments_every_change_lands_exactly_once() {
     let pg = pg();
-    let db = seed(&pg, "godwit_cdc_crash", 2000).await;
+    let _db = seed(&pg, "godwit_cdc_crash", 2000).await;
     let w = Work::new();
     let pipe = w.pipeline(&pipeline(&pg.url("godwit_cdc_crash"), "crash"));
     let stop = Arc::new(AtomicBool::new(false));
