@@ -95,7 +95,7 @@ async fn slot_snapshot_and_stream_meet_without_gap_or_overlap() {
         "exactly the rows after the slot"
     );
     assert_eq!(updated, vec!["changed".to_string()]);
-    stream.close().await.unwrap();
+    stream.close(last_commit).await.unwrap();
     let confirmed: String = db
         .query_one(
             "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'godwit_repl_slot'",

@@ -3,9 +3,12 @@
 
 use serde::Serialize;
 
-use crate::config::{self, CdcMode};
+use tokio_postgres::Client;
+
+use crate::config::{self, CdcMode, Pipeline};
 use crate::error::Error;
-use crate::pg::replication::identity;
+use crate::pg::replication::{identity, slot};
+use crate::task::plan::TablePlan;
 use crate::task::{discover, state_store, target_store};
 
 #[derive(Debug, Serialize)]
@@ -149,6 +152,11 @@ pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
                 });
             }
             report.add("tables", "ok", format!("{} tables matched", d.plans.len()));
+            if p.mode.has_cdc() {
+                for (name, status, message) in cdc_checks(c, &p, &d.plans).await {
+                    report.add(name, status, message);
+                }
+            }
             let _ = d.snapshot.release().await;
         }
         Err(e) => report.add("source", "error", e.to_string()),
@@ -180,6 +188,159 @@ pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
         print_report(&report);
     }
     Ok(if report.ok { 0 } else { 2 })
+}
+
+/// CDC prerequisites: wal_level (rds.logical_replication), the replication privilege (or
+/// rds_replication), the publication (or the ownership creating it needs), the slot's health
+/// and retained WAL, and `max_slot_wal_keep_size`.
+async fn cdc_checks(
+    c: &Client,
+    p: &Pipeline,
+    plans: &[TablePlan],
+) -> Vec<(&'static str, &'static str, String)> {
+    let mut out = Vec::new();
+    let setting = |name: &str| {
+        let q = format!("SELECT current_setting('{name}', true)");
+        async move {
+            c.query_one(&q, &[])
+                .await
+                .ok()
+                .and_then(|r| r.get::<_, Option<String>>(0))
+        }
+    };
+    let rds = setting("rds.logical_replication").await;
+    match setting("wal_level").await.as_deref() {
+        Some("logical") => out.push(("wal_level", "ok", "logical".to_string())),
+        other => out.push((
+            "wal_level",
+            "error",
+            format!(
+                "wal_level is {}; CDC needs logical: set wal_level = logical{} and restart the server",
+                other.unwrap_or("unknown"),
+                if rds.is_some() {
+                    " (on RDS: rds.logical_replication = 1 in the parameter group)"
+                } else {
+                    ""
+                }
+            ),
+        )),
+    }
+    if let Some(v) = &rds {
+        out.push((
+            "rds",
+            if v == "on" || v == "1" { "ok" } else { "error" },
+            format!("rds.logical_replication = {v}"),
+        ));
+    }
+    let privilege = c
+        .query_one(
+            "SELECT r.rolsuper OR r.rolreplication OR CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_replication') THEN pg_has_role(current_user, 'rds_replication', 'MEMBER') ELSE false END
+             FROM pg_roles r WHERE r.rolname = current_user",
+            &[],
+        )
+        .await
+        .map(|r| r.get::<_, bool>(0));
+    match privilege {
+        Ok(true) => out.push(("replication", "ok", "the user may replicate".into())),
+        _ => out.push((
+            "replication",
+            "error",
+            "the user has no REPLICATION attribute: ALTER ROLE <user> REPLICATION; (on RDS: GRANT rds_replication TO <user>;)".into(),
+        )),
+    }
+    match slot::publication_exists(c, &p.source.publication).await {
+        Ok(true) => out.push((
+            "publication",
+            "ok",
+            format!("{} exists and is used as it is", p.source.publication),
+        )),
+        Ok(false) => {
+            let mut not_owned = Vec::new();
+            for plan in plans {
+                let owned = c
+                    .query_one(
+                        "SELECT pg_has_role(relowner, 'USAGE') FROM pg_class WHERE oid = $1",
+                        &[&plan.table.oid],
+                    )
+                    .await
+                    .map(|r| r.get::<_, bool>(0))
+                    .unwrap_or(false);
+                if !owned {
+                    not_owned.push(plan.key());
+                }
+            }
+            if not_owned.is_empty() {
+                out.push((
+                    "publication",
+                    "ok",
+                    format!("{} will be created", p.source.publication),
+                ));
+            } else {
+                out.push((
+                    "publication",
+                    "error",
+                    format!(
+                        "{} does not exist and cannot be created: CREATE PUBLICATION needs ownership of {}; create it as the owner and name it in source.publication",
+                        p.source.publication,
+                        not_owned.join(", ")
+                    ),
+                ));
+            }
+        }
+        Err(e) => out.push(("publication", "error", e.to_string())),
+    }
+    match slot::slot_info(c, &p.source.slot).await {
+        Ok(None) => out.push(("slot", "ok", format!("{} will be created", p.source.slot))),
+        Ok(Some(i)) if i.lost() => out.push((
+            "slot",
+            "error",
+            format!(
+                "{} was invalidated (wal_status = lost): run `godwit drop` and start over",
+                p.source.slot
+            ),
+        )),
+        Ok(Some(i)) => out.push((
+            "slot",
+            "ok",
+            format!(
+                "{} exists ({}, wal_status {}, retains {} of WAL{})",
+                p.source.slot,
+                i.plugin.as_deref().unwrap_or("?"),
+                i.wal_status.as_deref().unwrap_or("?"),
+                human_bytes(i.retained_bytes.unwrap_or(0)),
+                if i.active { ", in use now" } else { "" }
+            ),
+        )),
+        Err(e) => out.push(("slot", "error", e.to_string())),
+    }
+    if let Ok(keep) = slot::max_slot_wal_keep_size(c).await {
+        if keep == "-1" {
+            out.push((
+                "wal_keep",
+                "warning",
+                "max_slot_wal_keep_size = -1: a slot nobody reads keeps WAL until the disk is full; set a limit (e.g. 50GB) or watch `godwit status`".into(),
+            ));
+        } else {
+            out.push(("wal_keep", "ok", format!("max_slot_wal_keep_size = {keep}")));
+        }
+    }
+    out
+}
+
+/// 1536 → "1.5 KiB".
+pub(crate) fn human_bytes(n: i64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
 }
 
 fn print_report(r: &Report) {

@@ -1,7 +1,38 @@
 //! `godwit status PIPELINE`: task state and per-table statistics, as a table or `--json`.
 
 use crate::error::Error;
+use crate::pg::replication::slot;
 use crate::task::state_store;
+
+/// The slot as the source sees it now: WAL it retains and its health (best effort: the
+/// state is shown even when the source cannot be reached).
+async fn live_slot(p: &crate::config::Pipeline, name: &str) -> String {
+    let Ok(source) = crate::pg::connect::Source::from_url(p.source.url.expose()) else {
+        return String::new();
+    };
+    let connect = tokio::time::timeout(std::time::Duration::from_secs(5), source.connect());
+    let Ok(Ok(client)) = connect.await else {
+        return "; source not reachable now".into();
+    };
+    let keep = slot::max_slot_wal_keep_size(&client)
+        .await
+        .unwrap_or_default();
+    let warn = if keep == "-1" {
+        " — warning: max_slot_wal_keep_size = -1, WAL is kept without limit"
+    } else {
+        ""
+    };
+    match slot::slot_info(&client, name).await {
+        Ok(Some(i)) => format!(
+            "; retains {} of WAL, wal_status {}{}{warn}",
+            super::check::human_bytes(i.retained_bytes.unwrap_or(0)),
+            i.wal_status.as_deref().unwrap_or("?"),
+            if i.active { ", streaming now" } else { "" }
+        ),
+        Ok(None) => "; the slot does NOT exist on the source".into(),
+        Err(_) => String::new(),
+    }
+}
 
 pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
     let p = super::load_pipeline(path).await?;
@@ -46,6 +77,15 @@ pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
     );
     if let Some(e) = &record.last_error {
         println!("last error: {e}");
+    }
+    if let Some(cdc) = &record.cdc {
+        println!(
+            "slot {} (publications {}): confirmed {}{}",
+            cdc.slot,
+            cdc.publications.join(", "),
+            cdc.confirmed_lsn.as_deref().unwrap_or("-"),
+            live_slot(&p, &cdc.slot).await
+        );
     }
     let width = record
         .tables

@@ -515,6 +515,8 @@ struct Apply<'a, 'b> {
     /// Everything up to here is processed (commits, keepalives).
     position: Lsn,
     confirmed: Lsn,
+    /// What this run confirmed (0 until it confirms anything new).
+    confirmed_now: Lsn,
     buffered_rows: usize,
     buffered_bytes: usize,
     buffered_since: Option<Instant>,
@@ -580,6 +582,7 @@ impl<'a, 'b> Apply<'a, 'b> {
             last_commit_end: None,
             position: start,
             confirmed: start,
+            confirmed_now: Lsn(0),
             buffered_rows: 0,
             buffered_bytes: 0,
             buffered_since: None,
@@ -714,6 +717,7 @@ impl<'a, 'b> Apply<'a, 'b> {
     fn confirm(&mut self, lsn: Lsn) {
         if lsn > self.confirmed {
             self.confirmed = lsn;
+            self.confirmed_now = lsn;
             if let Some(s) = &self.stream {
                 s.confirm(lsn);
             }
@@ -1031,7 +1035,7 @@ impl<'a, 'b> Apply<'a, 'b> {
     async fn close(&mut self, clean: bool) -> Result<(), Error> {
         let flushed = if clean { self.flush().await } else { Ok(()) };
         if let Some(stream) = self.stream.take()
-            && let Err(e) = stream.close().await
+            && let Err(e) = stream.close(self.confirmed_now).await
         {
             tracing::warn!("closing the replication session: {e}");
         }

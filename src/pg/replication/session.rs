@@ -215,13 +215,12 @@ impl Stream {
             .update_applied_lsn(pgwire_replication::Lsn::from_u64(lsn.0));
     }
 
-    /// Ends the session once a status update has carried the last confirmed position (the
-    /// crate's stop does not send one itself).
-    pub async fn close(mut self) -> Result<(), SessionError> {
+    /// Ends the session once a status update has carried `confirmed` to the server (the
+    /// crate's stop does not send one itself); waits at most 3 s.
+    pub async fn close(mut self, confirmed: Lsn) -> Result<(), SessionError> {
         let metrics = self.client.metrics();
-        let sent = metrics.feedback_sent();
         for _ in 0..150 {
-            if metrics.feedback_sent() > sent {
+            if metrics.last_applied_lsn().as_u64() >= confirmed.0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
