@@ -59,7 +59,12 @@ pub async fn run(p: &Pipeline, opts: CdcOptions) -> Result<RunSummary, Error> {
         plans,
         ..
     } = discovered;
-    let prepared = match prepare(p, &source, snapshot.client(), &plans).await {
+    let created_before = previous
+        .as_ref()
+        .and_then(|r| r.cdc.as_ref())
+        .map(|c| c.publications_created.clone())
+        .unwrap_or_default();
+    let prepared = match prepare(p, &source, snapshot.client(), &plans, &created_before).await {
         Ok(x) => x,
         Err(e) => {
             lease.release().await;
@@ -167,6 +172,7 @@ async fn prepare(
     source: &Source,
     catalog_client: &Client,
     plans: &[TablePlan],
+    created_before: &[String],
 ) -> Result<Prepared, Error> {
     let pg_err = |what: &str, e: tokio_postgres::Error| {
         Error::Startup(format!(
@@ -276,6 +282,16 @@ async fn prepare(
             publications.push(name.clone());
         }
     }
+    ensure_published(
+        p,
+        &admin,
+        plans,
+        &publications,
+        created_before,
+        &created,
+        source,
+    )
+    .await?;
     let slot_info = slot::wait_inactive(&admin, &p.source.slot, Duration::from_secs(30))
         .await
         .map_err(|e| pg_err("reading pg_replication_slots", e))?;
@@ -286,6 +302,72 @@ async fn prepare(
         publications_created: created,
         slot: slot_info,
     })
+}
+
+/// Every selected table must be in a publication the stream reads, or its changes would
+/// silently never arrive. A table selected after CDC started is added to a publication godwit
+/// created when the mode has no full load; otherwise start-up stops with what to do.
+async fn ensure_published(
+    p: &Pipeline,
+    admin: &Client,
+    plans: &[TablePlan],
+    publications: &[String],
+    created_before: &[String],
+    created: &[String],
+    source: &Source,
+) -> Result<(), Error> {
+    let err = |what: &str, e: tokio_postgres::Error| {
+        Error::Startup(format!(
+            "{what} on {}: {}",
+            source.display,
+            describe_error(&e, &source.display)
+        ))
+    };
+    let published = slot::published_tables(admin, publications)
+        .await
+        .map_err(|e| err("reading pg_publication_tables", e))?;
+    let main = &p.source.publication;
+    let ours = created_before.contains(main) || created.contains(main);
+    for plan in plans {
+        if published.contains(&plan.table.name) {
+            continue;
+        }
+        if ours && p.mode == Mode::Cdc && plan.settings.cdc == CdcMode::All {
+            let t = Published {
+                table: &plan.table.name,
+                row_filter: plan.settings.where_clause.as_deref(),
+            };
+            slot::add_table(admin, main, &t).await.map_err(|e| {
+                err(
+                    &format!("adding {} to publication {main}", plan.table.name),
+                    e,
+                )
+            })?;
+            tracing::info!(table = %plan.table.name, publication = %main, "newly selected table added to the publication");
+            continue;
+        }
+        let fix = if !ours {
+            format!(
+                "the publication {main} is yours: ALTER PUBLICATION {main} ADD TABLE {};",
+                plan.table.name.quoted()
+            )
+        } else if p.mode == Mode::FullLoadAndCdc {
+            "a table selected after the initial load needs a snapshot of its own, which this              version cannot take yet: exclude it, or run `godwit drop` and run again to reload              every table"
+                .to_string()
+        } else {
+            "an inserts-only table selected after CDC started is not supported yet: run              `godwit drop` and run again"
+                .to_string()
+        };
+        return Err(Error::Config(p.error_at(
+            "tables.include",
+            format!(
+                "{} is selected but not in the publication(s) {}: its changes would never arrive; {fix}",
+                plan.table.name,
+                publications.join(", ")
+            ),
+        )));
+    }
+    Ok(())
 }
 
 /// Everything after start-up; returns the summary and the run's seconds.

@@ -149,6 +149,42 @@ pub async fn create_publication(
         .await
 }
 
+/// The tables `publications` publish (partitioned tables under their root).
+pub async fn published_tables(
+    client: &Client,
+    publications: &[String],
+) -> Result<Vec<TableName>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT DISTINCT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = ANY($1)",
+            &[&publications],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect())
+}
+
+/// Adds a table to a publication.
+pub async fn add_table(
+    client: &Client,
+    publication: &str,
+    table: &Published<'_>,
+) -> Result<(), tokio_postgres::Error> {
+    let filter = table
+        .row_filter
+        .map(|f| format!(" WHERE ({f})"))
+        .unwrap_or_default();
+    client
+        .batch_execute(&format!(
+            "ALTER PUBLICATION {} ADD TABLE {}{filter}",
+            escape_identifier(publication),
+            table.table.quoted()
+        ))
+        .await
+}
+
 /// Drops a publication if it exists.
 pub async fn drop_publication(client: &Client, name: &str) -> Result<(), tokio_postgres::Error> {
     client
