@@ -147,9 +147,7 @@ fn main() -> ExitCode {
                 rows,
             } => cli::inspect::execute(&pipeline, table.as_deref(), rows).await,
             Command::Drop { pipeline, yes } => cli::drop::execute(&pipeline, yes).await,
-            Command::Reload { .. } => Err(godwit::Error::Startup(
-                "reload is not supported yet by this godwit version".into(),
-            )),
+            Command::Reload { pipeline, table } => cli::reload::execute(&pipeline, &table).await,
         }
     });
     match result {

@@ -4,6 +4,7 @@
 pub mod check;
 pub mod drop;
 pub mod inspect;
+pub mod reload;
 pub mod run;
 pub mod status;
 

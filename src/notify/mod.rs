@@ -58,6 +58,9 @@ pub enum EventKind {
         table: String,
         lsn: String,
     },
+    TableReloadRequested {
+        table: String,
+    },
     CdcLag {
         seconds: f64,
         threshold_seconds: f64,
@@ -174,6 +177,14 @@ impl EventKind {
                 format!("{table} was truncated at {lsn}"),
                 None,
                 json!({"lsn": lsn}),
+            ),
+            EventKind::TableReloadRequested { table } => (
+                "table.reload_requested",
+                Severity::Info,
+                Some(table.clone()),
+                format!("a fresh full load of {table} was requested"),
+                Some("DMS-EVENT-0081"),
+                json!({}),
             ),
             EventKind::CdcLag {
                 seconds,

@@ -100,8 +100,43 @@ impl LocalState {
         }
     }
 
+    /// Records a reload request for `table` (a file of its own, so a running run's record
+    /// saves cannot overwrite it).
+    pub fn request_reload(&self, table: &str) -> Result<(), StateError> {
+        let dir = self.dir.join("reload");
+        fs::create_dir_all(&dir).map_err(|e| self.io(e))?;
+        fs::write(dir.join(super::request_name(table)), table).map_err(|e| self.io(e))
+    }
+
+    /// The tables with a pending reload request.
+    pub fn reload_requests(&self) -> Result<Vec<String>, StateError> {
+        let dir = self.dir.join("reload");
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.io(e)),
+        };
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            if let Ok(t) = fs::read_to_string(e.path()) {
+                out.push(t);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes a reload request once it is done.
+    pub fn clear_reload(&self, table: &str) -> Result<(), StateError> {
+        match fs::remove_file(self.dir.join("reload").join(super::request_name(table))) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(self.io(e)),
+            _ => Ok(()),
+        }
+    }
+
     /// Removes the stored record (`godwit drop`).
     pub fn remove(&self) -> Result<(), StateError> {
+        let _ = fs::remove_dir_all(self.dir.join("reload"));
         match fs::remove_file(self.dir.join("task.json")) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(self.io(e)),
             _ => Ok(()),

@@ -228,6 +228,30 @@ impl StateStore {
         }
     }
 
+    /// Queues a fresh full load of `table` (`schema.table`) for the running or next run.
+    pub async fn request_reload(&self, table: &str) -> Result<(), StateError> {
+        match self {
+            StateStore::Local(l) => l.request_reload(table),
+            StateStore::S3(s) => s.request_reload(table).await,
+        }
+    }
+
+    /// Tables with a pending reload request.
+    pub async fn reload_requests(&self) -> Result<Vec<String>, StateError> {
+        match self {
+            StateStore::Local(l) => l.reload_requests(),
+            StateStore::S3(s) => s.reload_requests().await,
+        }
+    }
+
+    /// Marks a reload request done.
+    pub async fn clear_reload(&self, table: &str) -> Result<(), StateError> {
+        match self {
+            StateStore::Local(l) => l.clear_reload(table),
+            StateStore::S3(s) => s.clear_reload(table).await,
+        }
+    }
+
     /// Removes the stored record.
     pub async fn remove(&self) -> Result<(), StateError> {
         match self {
@@ -243,6 +267,12 @@ impl StateStore {
             StateStore::S3(s) => s.save(record).await,
         }
     }
+}
+
+/// The file/object name of a table's reload request: the name hex-encoded (any character is
+/// safe in a key then).
+fn request_name(table: &str) -> String {
+    table.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The lease holder's identity: host, pid, start (and, for S3, when it expires).

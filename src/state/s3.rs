@@ -143,9 +143,56 @@ impl S3State {
             })
     }
 
-    /// Removes the stored record (`godwit drop`).
+    /// Records a reload request for `table` (an object of its own, so a running run's record
+    /// saves cannot overwrite it).
+    pub async fn request_reload(&self, table: &str) -> Result<(), StateError> {
+        let key = format!("reload/{}", super::request_name(table));
+        self.store
+            .put(&key, table.as_bytes().to_vec(), false, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                PutError::Other(e) => io(&self.store, e),
+                PutError::Precondition => io(&self.store, std::io::Error::other("precondition")),
+            })
+    }
+
+    /// The tables with a pending reload request.
+    pub async fn reload_requests(&self) -> Result<Vec<String>, StateError> {
+        use crate::sink::files::ObjectStore;
+        let mut out = Vec::new();
+        for o in self
+            .store
+            .list("reload/")
+            .await
+            .map_err(|e| io(&self.store, e))?
+        {
+            let body = self
+                .store
+                .get(&o.key)
+                .await
+                .map_err(|e| io(&self.store, e))?;
+            out.push(String::from_utf8_lossy(&body).into_owned());
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes a reload request once it is done.
+    pub async fn clear_reload(&self, table: &str) -> Result<(), StateError> {
+        use crate::sink::files::ObjectStore;
+        self.store
+            .delete(&format!("reload/{}", super::request_name(table)))
+            .await
+            .map_err(|e| io(&self.store, e))
+    }
+
+    /// Removes the stored record and requests (`godwit drop`).
     pub async fn remove(&self) -> Result<(), StateError> {
         use crate::sink::files::ObjectStore;
+        for table in self.reload_requests().await.unwrap_or_default() {
+            let _ = self.clear_reload(&table).await;
+        }
         self.store
             .delete("task.json")
             .await

@@ -13,7 +13,7 @@ use tokio_postgres::Client;
 
 use super::full_load::{self, RunOptions, RunSummary, Shared, now};
 use super::plan::TablePlan;
-use super::{Discovered, Started};
+use super::{Discovered, Started, reload};
 use crate::batch::changes::{Layout, Op, Row, TableBuffer};
 use crate::config::{CdcMode, DataErrorPolicy, DatePartitioning, Mode, NumericMode, Pipeline};
 use crate::error::Error;
@@ -163,6 +163,8 @@ struct Prepared {
     publications: Vec<String>,
     publications_created: Vec<String>,
     slot: Option<SlotInfo>,
+    /// Tables newly selected in full-load-and-cdc: loaded from a snapshot of their own.
+    needs_load: Vec<String>,
 }
 
 /// Start-up checks of CDC (exit 2 on failure): wal_level, replica identity of every table
@@ -282,7 +284,7 @@ async fn prepare(
             publications.push(name.clone());
         }
     }
-    ensure_published(
+    let needs_load = ensure_published(
         p,
         &admin,
         plans,
@@ -301,12 +303,15 @@ async fn prepare(
         publications,
         publications_created: created,
         slot: slot_info,
+        needs_load,
     })
 }
 
 /// Every selected table must be in a publication the stream reads, or its changes would
-/// silently never arrive. A table selected after CDC started is added to a publication godwit
-/// created when the mode has no full load; otherwise start-up stops with what to do.
+/// silently never arrive. A table selected after CDC started is added to the publication
+/// godwit created (and, in full-load-and-cdc, loaded from a snapshot of its own); in a
+/// publication godwit does not own, start-up stops with what to do.
+#[allow(clippy::too_many_arguments)]
 async fn ensure_published(
     p: &Pipeline,
     admin: &Client,
@@ -315,7 +320,8 @@ async fn ensure_published(
     created_before: &[String],
     created: &[String],
     source: &Source,
-) -> Result<(), Error> {
+) -> Result<Vec<String>, Error> {
+    let mut needs_load = Vec::new();
     let err = |what: &str, e: tokio_postgres::Error| {
         Error::Startup(format!(
             "{what} on {}: {}",
@@ -332,7 +338,7 @@ async fn ensure_published(
         if published.contains(&plan.table.name) {
             continue;
         }
-        if ours && p.mode == Mode::Cdc && plan.settings.cdc == CdcMode::All {
+        if ours && plan.settings.cdc == CdcMode::All {
             let t = Published {
                 table: &plan.table.name,
                 row_filter: plan.settings.where_clause.as_deref(),
@@ -344,6 +350,10 @@ async fn ensure_published(
                 )
             })?;
             tracing::info!(table = %plan.table.name, publication = %main, "newly selected table added to the publication");
+            if p.mode == Mode::FullLoadAndCdc {
+                // Its rows so far come from a snapshot of its own.
+                needs_load.push(plan.key());
+            }
             continue;
         }
         let fix = if !ours {
@@ -351,11 +361,9 @@ async fn ensure_published(
                 "the publication {main} is yours: ALTER PUBLICATION {main} ADD TABLE {};",
                 plan.table.name.quoted()
             )
-        } else if p.mode == Mode::FullLoadAndCdc {
-            "a table selected after the initial load needs a snapshot of its own, which this              version cannot take yet: exclude it, or run `godwit drop` and run again to reload              every table"
-                .to_string()
         } else {
-            "an inserts-only table selected after CDC started is not supported yet: run              `godwit drop` and run again"
+            "an inserts-only table selected after CDC started is not supported yet: run `godwit drop` \
+             and run again"
                 .to_string()
         };
         return Err(Error::Config(p.error_at(
@@ -367,7 +375,7 @@ async fn ensure_published(
             ),
         )));
     }
-    Ok(())
+    Ok(needs_load)
 }
 
 /// Everything after start-up; returns the summary and the run's seconds.
@@ -476,6 +484,10 @@ async fn run_started(
         cdc.full_load_done = true;
         task.record.cdc = Some(cdc.clone());
         task.save().await?;
+        // Every table was just loaded: older reload requests are done.
+        for table in task.state.reload_requests().await.unwrap_or_default() {
+            let _ = task.state.clear_reload(&table).await;
+        }
         let point = new.consistent_point;
         (new.start().await.map_err(session_err)?, point)
     } else {
@@ -519,8 +531,23 @@ async fn run_started(
     } else {
         None
     };
-    let mut apply = Apply::new(p, task, store, &plans, prepared.types, stream, start_lsn).await?;
-    let ended = apply.follow(stop_at, opts.max_duration).await;
+    for table in &prepared.needs_load {
+        task.state
+            .request_reload(table)
+            .await
+            .map_err(|e| Error::Runtime(e.to_string()))?;
+    }
+    let reloader = Reloader {
+        source: source.clone(),
+        publications: cdc.publications.clone(),
+        plans: plans.clone(),
+        progress: opts.progress,
+    };
+    let mut apply = Apply::new(p, task, store, reloader, prepared.types, stream, start_lsn).await?;
+    let ended = match apply.reload_requested().await {
+        Ok(()) => apply.follow(stop_at, opts.max_duration).await,
+        Err(e) => Err(e),
+    };
     let closed = apply.close(ended.is_ok()).await;
     if let Err(e) = ended {
         // The stream broke: say so plainly when the slot is the cause.
@@ -605,6 +632,16 @@ struct Apply<'a, 'b> {
     last_file_ms: i64,
     lag_alerted: bool,
     files_written: u64,
+    reloader: Reloader,
+    last_request_check: Instant,
+}
+
+/// What reloading single tables needs.
+struct Reloader {
+    source: Source,
+    publications: Vec<String>,
+    plans: Vec<TablePlan>,
+    progress: bool,
 }
 
 impl<'a, 'b> Apply<'a, 'b> {
@@ -612,11 +649,12 @@ impl<'a, 'b> Apply<'a, 'b> {
         p: &'a Pipeline,
         task: &'a mut Task<'b>,
         store: Arc<dyn ObjectStore>,
-        plans: &[TablePlan],
+        reloader: Reloader,
         types: Types,
         stream: Stream,
         start: Lsn,
     ) -> Result<Apply<'a, 'b>, Error> {
+        let plans = &reloader.plans;
         let format = full_load::file_format(p, p.target.row_group_bytes as usize);
         let mut tables = Vec::new();
         let mut by_name = HashMap::new();
@@ -671,6 +709,8 @@ impl<'a, 'b> Apply<'a, 'b> {
             last_file_ms: 0,
             lag_alerted: false,
             files_written: 0,
+            reloader,
+            last_request_check: Instant::now(),
         })
     }
 
@@ -726,7 +766,102 @@ impl<'a, 'b> Apply<'a, 'b> {
         }
     }
 
+    /// Reloads the tables `godwit reload` (or a newly selected table) asked for: what is
+    /// buffered is written first, the stream waits (its keepalives are still answered), the
+    /// tables load from a temporary slot's snapshot, their old CDC files go, and their marks
+    /// move to that slot's consistent point.
+    async fn reload_requested(&mut self) -> Result<(), Error> {
+        let requests = self
+            .task
+            .state
+            .reload_requests()
+            .await
+            .map_err(|e| Error::Runtime(format!("reading reload requests: {e}")))?;
+        if requests.is_empty() {
+            return Ok(());
+        }
+        let plans: Vec<TablePlan> = self
+            .reloader
+            .plans
+            .iter()
+            .filter(|pl| requests.contains(&pl.key()))
+            .cloned()
+            .collect();
+        for r in &requests {
+            if !plans.iter().any(|pl| &pl.key() == r) {
+                tracing::warn!(table = %r, "reload requested for a table this pipeline does not select; dropped");
+                let _ = self.task.state.clear_reload(r).await;
+            }
+        }
+        if plans.is_empty() {
+            return Ok(());
+        }
+        self.flush().await?;
+        for pl in &plans {
+            if let Some(r) = self.task.record.tables.get_mut(&pl.key()) {
+                r.state = TableState::Reloading;
+            }
+        }
+        self.task.save().await?;
+        let shared = Shared {
+            source: self.reloader.source.clone(),
+            store: self.store.clone(),
+            state: self.task.state.clone(),
+            notifier: self.task.notifier.clone(),
+        };
+        let (record, point) = reload::load_from_temporary_slot(
+            self.p,
+            self.reloader.progress,
+            shared,
+            &self.reloader.source.endpoint(),
+            &self.reloader.publications,
+            plans.clone(),
+            self.task.record.clone(),
+        )
+        .await?;
+        self.task.record = record;
+        // Changes committed before the consistent point are in the new load.
+        let mark = Mark {
+            lsn: point.0.saturating_sub(1),
+            seq: u64::MAX,
+        };
+        let mut done = Vec::new();
+        for pl in &plans {
+            let key = pl.key();
+            let loaded = self
+                .task
+                .record
+                .tables
+                .get(&key)
+                .is_some_and(|r| r.state == TableState::Completed);
+            if !loaded {
+                continue;
+            }
+            let removed = reload::remove_cdc_files(self.store.as_ref(), &pl.table.name)
+                .await
+                .map_err(|e| Error::Runtime(format!("removing old CDC files of {key}: {e}")))?;
+            tracing::info!(table = %key, removed, consistent_point = %point, "reloaded; CDC goes on after the new snapshot");
+            if let Some(t) = self.tables.iter_mut().find(|t| t.key == key) {
+                t.mark = Some(mark);
+            }
+            if let Some(r) = self.task.record.tables.get_mut(&key) {
+                r.mark = Some(mark);
+                r.last_lsn = None;
+            }
+            done.push(key);
+        }
+        self.task.save().await?;
+        for key in done {
+            let _ = self.task.state.clear_reload(&key).await;
+        }
+        Ok(())
+    }
+
     async fn on_tick(&mut self) -> Result<(), Error> {
+        if self.last_request_check.elapsed() >= Duration::from_secs(5) {
+            self.last_request_check = Instant::now();
+            self.reload_requested().await?;
+        }
         if let Some(since) = self.buffered_since
             && since.elapsed() >= self.p.target.cdc_max_batch_interval
         {

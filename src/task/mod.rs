@@ -5,6 +5,7 @@ pub mod cdc;
 pub mod full_load;
 pub mod plan;
 pub mod progress;
+pub mod reload;
 
 use std::path::PathBuf;
 use std::sync::Arc;

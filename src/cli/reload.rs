@@ -1,0 +1,43 @@
+//! `godwit reload PIPELINE --table schema.table`: queues a fresh full load of one table (after
+//! a table error, or to start its copy over). The running CDC run picks it up within seconds,
+//! otherwise the next run does: the table is loaded from a temporary slot's snapshot and CDC
+//! skips its changes up to that slot's consistent point.
+
+use crate::config::Mode;
+use crate::error::Error;
+use crate::notify::{EventKind, Notifier};
+use crate::task::state_store;
+
+pub async fn execute(path: &str, table: &str) -> Result<i32, Error> {
+    let p = super::load_pipeline(path).await?;
+    let selected = table
+        .split_once('.')
+        .is_some_and(|(schema, name)| p.tables.selects(schema, name));
+    if !selected {
+        return Err(Error::Startup(format!(
+            "{table} is not a table this pipeline selects (tables.include/exclude of {}); write it as schema.table",
+            p.file
+        )));
+    }
+    if p.mode == Mode::FullLoad {
+        println!(
+            "pipeline {} is full-load: every run reloads every table from a new snapshot; nothing to queue",
+            p.name
+        );
+        return Ok(0);
+    }
+    let state = state_store(&p).await?;
+    state
+        .request_reload(table)
+        .await
+        .map_err(|e| Error::Runtime(e.to_string()))?;
+    if let Ok(n) = Notifier::open(&p.name, &p.notify.events_file) {
+        n.emit(EventKind::TableReloadRequested {
+            table: table.to_string(),
+        });
+    }
+    println!(
+        "{table}: reload queued; a running CDC run starts it within seconds, otherwise the next run does"
+    );
+    Ok(0)
+}
