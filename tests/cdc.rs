@@ -111,7 +111,7 @@ async fn replaying_cdc_over_the_full_load_reproduces_every_table() {
         &pg.url("godwit_cdc_replay"),
         "full-load-and-cdc",
         include,
-        "[tables.\"public.logs\"]\ncdc = \"inserts-only\"\n",
+        "[tables.\"public.logs\"]\ncdc = \"inserts-only\"\n[notify]\ncdc_lag_threshold = \"200ms\"\n",
     ));
     let p = pipe.to_str().unwrap();
     let first = assert_ok(&w.godwit(&["run", p, "--once"], &[]));
@@ -227,6 +227,8 @@ async fn replaying_cdc_over_the_full_load_reproduces_every_table() {
             .any(|e| e["event_type"] == "table.truncated" && e["table"] == "public.gone"),
         "{evs:?}"
     );
+    // The changes were committed seconds before the second run read them.
+    assert!(evs.iter().any(|e| e["event_type"] == "cdc.lag"), "{evs:?}");
     // Inserts-only: the inserts, no Op other than I.
     let logs = cdc_rows(&out.join("public/logs"));
     assert_eq!(logs.len(), 1, "{logs:?}");
@@ -441,11 +443,27 @@ async fn the_slot_moves_while_only_unselected_tables_change() {
             break;
         }
     }
-    // SIGTERM: a selected change is flushed and checkpointed, then godwit exits 0.
+    // The session is cut (as by a network failure): godwit reconnects and goes on.
+    db.batch_execute(
+        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'godwit_idle'",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     db.batch_execute("INSERT INTO quiet VALUES (42)")
         .await
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for _ in 0..100 {
+        if !cdc_rows(&w.out().join("public/quiet")).is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // SIGTERM: flush, checkpoint, exit 0.
+    db.batch_execute("INSERT INTO quiet VALUES (43)")
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let term = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -458,8 +476,8 @@ async fn the_slot_moves_while_only_unselected_tables_change() {
     );
     assert_eq!(status.code(), Some(0), "a clean stop on SIGTERM");
     let rows = cdc_rows(&w.out().join("public/quiet"));
-    assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].3["id"], "42");
+    let ids: Vec<&str> = rows.iter().map(|r| r.3["id"].as_str()).collect();
+    assert_eq!(ids, ["42", "43"], "after a reconnect and on SIGTERM");
     assert_ok(&w.godwit(&["drop", p, "--yes"], &[]));
 }
 

@@ -77,6 +77,7 @@ pub async fn run(p: &Pipeline, opts: CdcOptions) -> Result<RunSummary, Error> {
         state: state.clone(),
         notifier: notifier.clone(),
         record: previous.clone().unwrap_or_else(|| empty_record(p)),
+        unhealthy: false,
     };
     let result = run_started(
         p, &opts, &mut task, prepared, source, store, plans, previous,
@@ -109,6 +110,8 @@ struct Task<'a> {
     state: Arc<StateStore>,
     notifier: Arc<Notifier>,
     record: TaskRecord,
+    /// `slot.unhealthy` was emitted (once is enough).
+    unhealthy: bool,
 }
 
 impl Task<'_> {
@@ -129,7 +132,8 @@ impl Task<'_> {
     }
 
     /// A slot that cannot be followed: `slot.unhealthy`, then the task fails (exit 1).
-    fn unhealthy(&self, reason: String) -> Error {
+    fn unhealthy(&mut self, reason: String) -> Error {
+        self.unhealthy = true;
         self.notifier.emit(EventKind::SlotUnhealthy {
             slot: self.p.source.slot.clone(),
             reason: reason.clone(),
@@ -550,6 +554,9 @@ async fn run_started(
     };
     let closed = apply.close(ended.is_ok()).await;
     if let Err(e) = ended {
+        if task.unhealthy {
+            return Err(e);
+        }
         // The stream broke: say so plainly when the slot is the cause.
         if let Ok(info) = slot::slot_info(&prepared.admin, &p.source.slot).await {
             match info {
@@ -727,6 +734,7 @@ impl<'a, 'b> Apply<'a, 'b> {
             .map_err(|e| Error::Runtime(format!("cannot watch SIGINT: {e}")))?;
         let deadline = max_duration.map(|d| tokio::time::Instant::now() + d);
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut failures: u64 = 0;
         tracing::info!(start = %self.position, stop_at = ?stop_at.map(|l| l.to_string()), "CDC started");
         loop {
             if let Some(stop) = stop_at
@@ -736,16 +744,38 @@ impl<'a, 'b> Apply<'a, 'b> {
                 tracing::info!(position = %self.position, "reached the WAL position of the start (--once)");
                 return Ok(());
             }
-            let stream = self
-                .stream
-                .as_mut()
-                .expect("the stream is open until close");
+            if self.stream.is_none() {
+                failures += 1;
+                let retries = self.p.errors.recoverable_retries;
+                if retries >= 0 && failures > retries as u64 {
+                    return Err(Error::Runtime(format!(
+                        "cannot reopen the replication stream ([errors] recoverable_retries = {retries} spent)"
+                    )));
+                }
+                self.reconnect("the last attempt to reopen failed", failures)
+                    .await?;
+                continue;
+            }
+            let stream = self.stream.as_mut().expect("checked just above");
             tokio::select! {
                 ev = stream.next() => {
-                    match ev.map_err(|e| Error::Runtime(e.to_string()))? {
-                        Some(ev) => self.on_event(ev).await?,
-                        None => return Err(Error::Runtime("the replication stream ended".into())),
+                    let broken = match ev {
+                        Ok(Some(ev)) => {
+                            self.on_event(ev).await?;
+                            failures = 0;
+                            continue;
+                        }
+                        Ok(None) => "the replication stream ended".to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    failures += 1;
+                    let retries = self.p.errors.recoverable_retries;
+                    if retries >= 0 && failures > retries as u64 {
+                        return Err(Error::Runtime(format!(
+                            "{broken} ([errors] recoverable_retries = {retries} spent)"
+                        )));
                     }
+                    self.reconnect(&broken, failures).await?;
                 }
                 _ = tick.tick() => {
                     self.on_tick().await?;
@@ -764,6 +794,57 @@ impl<'a, 'b> Apply<'a, 'b> {
                 }
             }
         }
+    }
+
+    /// After the stream broke: forget what is not checkpointed (the slot sends it again),
+    /// wait (5 s doubling up to 30 min) and open a new session from the slot's confirmed
+    /// position. The marks make the repeated changes harmless.
+    async fn reconnect(&mut self, why: &str, attempt: u64) -> Result<(), Error> {
+        let wait = Duration::from_secs(5)
+            .saturating_mul(1u32 << (attempt - 1).min(9) as u32)
+            .min(Duration::from_secs(1800));
+        tracing::warn!(
+            attempt,
+            wait_s = wait.as_secs(),
+            "the replication stream broke ({why}); reconnecting"
+        );
+        self.stream = None;
+        for t in &mut self.tables {
+            t.buffer = TableBuffer::default();
+            t.counts = Counts::default();
+        }
+        self.rels.clear();
+        self.txn = None;
+        self.buffered_rows = 0;
+        self.buffered_bytes = 0;
+        self.buffered_since = None;
+        self.position = self.confirmed;
+        tokio::time::sleep(wait).await;
+        // A slot that is gone or invalidated is not a network blip.
+        if let Ok(client) = self.reloader.source.connect().await {
+            match slot::slot_info(&client, &self.p.source.slot).await {
+                Ok(None) => {
+                    return Err(self
+                        .task
+                        .unhealthy(format!("it disappeared while streaming ({why})")));
+                }
+                Ok(Some(i)) if i.lost() => {
+                    return Err(self
+                        .task
+                        .unhealthy(format!("it was invalidated while streaming ({why})")));
+                }
+                _ => {}
+            }
+        }
+        let endpoint = self.reloader.source.endpoint();
+        match Stream::open(&endpoint, &self.p.source.slot, &self.reloader.publications).await {
+            Ok(stream) => {
+                tracing::info!("replication stream open again");
+                self.stream = Some(stream);
+            }
+            Err(e) => tracing::warn!("reconnecting failed: {e}"),
+        }
+        Ok(())
     }
 
     /// Reloads the tables `godwit reload` (or a newly selected table) asked for: what is
