@@ -100,7 +100,11 @@ async fn replaying_cdc_over_the_full_load_reproduces_every_table() {
          INSERT INTO logs VALUES ('2026-01-01 00:00:00+00', 'first');
          CREATE TABLE gone (id int PRIMARY KEY, v text);
          INSERT INTO gone SELECT i, 'v' || i FROM generate_series(1, 50) i;
-         CREATE TABLE bulk (id int PRIMARY KEY, v text);",
+         CREATE TABLE bulk (id int PRIMARY KEY, v text);
+         CREATE TABLE meas (id int, region text, v int, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+         CREATE TABLE meas_eu PARTITION OF meas FOR VALUES IN ('eu');
+         CREATE TABLE meas_us PARTITION OF meas FOR VALUES IN ('us');
+         INSERT INTO meas SELECT i, CASE WHEN i % 2 = 0 THEN 'eu' ELSE 'us' END, i FROM generate_series(1, 100) i;",
     )
     .await
     .unwrap();
@@ -146,6 +150,11 @@ async fn replaying_cdc_over_the_full_load_reproduces_every_table() {
          INSERT INTO logs VALUES ('2026-01-02 00:00:00+00', 'second');
          UPDATE logs SET msg = 'edited';
          -- TRUNCATE, then new rows
+         -- a partitioned table, published under its root (also a row moving between partitions)
+         UPDATE meas SET v = -v WHERE id < 20;
+         DELETE FROM meas WHERE id > 90;
+         INSERT INTO meas VALUES (500, 'eu', 5);
+         UPDATE meas SET region = 'us' WHERE id = 2;
          TRUNCATE gone;
          INSERT INTO gone VALUES (1, 'after truncate');",
     )
@@ -174,6 +183,11 @@ async fn replaying_cdc_over_the_full_load_reproduces_every_table() {
     assert_reproduces(&out, &truth, "wide_full", &["id"]);
     assert_reproduces(&out, &truth, "gone", &["id"]);
     assert_reproduces(&out, &truth, "bulk", &["id"]);
+    assert_reproduces(&out, &truth, "meas", &["id", "region"]);
+    assert!(
+        !out.join("public/meas_eu").exists(),
+        "partitions are not tables of their own"
+    );
     assert_reproduces_keyless(&out, &truth, "keyless");
 
     // Unchanged TOASTed values: named in _unchanged under DEFAULT, taken from the old row

@@ -421,7 +421,10 @@ async fn run_started(
             "it was invalidated (wal_status = lost): WAL it needed was removed".into(),
         ));
     }
-    if prepared.slot.is_none() && cdc.slot_created && !needs_load {
+    // `consistent_point` is set once the slot godwit created exists; `slot_created` alone is
+    // the intent recorded before creating it (a crash in between must not look like a loss).
+    if prepared.slot.is_none() && cdc.slot_created && cdc.consistent_point.is_some() && !needs_load
+    {
         return Err(task.unhealthy(
             "the slot godwit created for this pipeline no longer exists (dropped?)".into(),
         ));
@@ -450,10 +453,10 @@ async fn run_started(
                 .await
                 .map_err(|e| Error::Runtime(format!("dropping slot {}: {e}", p.source.slot)))?;
         }
+        record_slot_intent(task, &mut cdc).await?;
         let new = NewSlot::create(&endpoint, &p.source.slot, &cdc.publications, false)
             .await
             .map_err(session_err)?;
-        cdc.slot_created = true;
         cdc.consistent_point = Some(new.consistent_point.to_string());
         let mut record = full_load::new_record(p, &plans, &BTreeMap::new(), &new.snapshot);
         record.cdc = Some(cdc.clone());
@@ -514,10 +517,10 @@ async fn run_started(
                 info.confirmed_flush.unwrap_or(Lsn(0)),
             ),
             None => {
+                record_slot_intent(task, &mut cdc).await?;
                 let new = NewSlot::create(&endpoint, &p.source.slot, &cdc.publications, false)
                     .await
                     .map_err(session_err)?;
-                cdc.slot_created = true;
                 cdc.consistent_point = Some(new.consistent_point.to_string());
                 task.record.cdc = Some(cdc.clone());
                 task.save().await?;
@@ -577,6 +580,15 @@ async fn run_started(
         .filter(|t| t.state == TableState::Error)
         .count();
     Ok((summary, started.elapsed().as_secs_f64()))
+}
+
+/// Records, before creating the slot, that godwit creates it: a crash right after the
+/// creation still leaves a state that owns the slot (and `drop` removes it).
+async fn record_slot_intent(task: &mut Task<'_>, cdc: &mut CdcRecord) -> Result<(), Error> {
+    cdc.slot_created = true;
+    cdc.consistent_point = None;
+    task.record.cdc = Some(cdc.clone());
+    task.save().await
 }
 
 /// One selected table as CDC follows it.
