@@ -5,9 +5,9 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use crate::error::Error;
-use crate::pg::connect::{Source, describe_error};
+use crate::pg::connect::describe_error;
 use crate::pg::replication::slot;
-use crate::task::state_store;
+use crate::task::{connect_source, state_store};
 
 /// Drops what the state says godwit created; asks first unless `yes`.
 pub async fn execute(path: &str, yes: bool) -> Result<i32, Error> {
@@ -73,12 +73,7 @@ async fn drop_all(
         }
     }
     if cdc.slot_created || !cdc.publications_created.is_empty() {
-        let source = Source::from_url(p.source.url.expose())
-            .map_err(|e| Error::Config(p.error_at("source.url", e.to_string())))?;
-        let client = source
-            .connect()
-            .await
-            .map_err(|e| Error::Startup(e.to_string()))?;
+        let (source, client) = connect_source(p).await?;
         let pg_err = |what: String, e: tokio_postgres::Error| {
             Error::Runtime(format!("{what}: {}", describe_error(&e, &source.display)))
         };

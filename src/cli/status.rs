@@ -7,11 +7,11 @@ use crate::task::state_store;
 /// The slot as the source sees it now: WAL it retains and its health (best effort: the
 /// state is shown even when the source cannot be reached).
 async fn live_slot(p: &crate::config::Pipeline, name: &str) -> String {
-    let Ok(source) = crate::pg::connect::Source::from_url(p.source.url.expose()) else {
-        return String::new();
-    };
-    let connect = tokio::time::timeout(std::time::Duration::from_secs(5), source.connect());
-    let Ok(Ok(client)) = connect.await else {
+    let connect = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        crate::task::connect_source(p),
+    );
+    let Ok(Ok((_, client))) = connect.await else {
         return "; source not reachable now".into();
     };
     let keep = slot::max_slot_wal_keep_size(&client)

@@ -242,22 +242,8 @@ async fn prepare(
             publications.push(inserts_name);
         }
     } else {
-        let all: Vec<Published> = plans
-            .iter()
-            .filter(|pl| pl.settings.cdc == CdcMode::All)
-            .map(|pl| Published {
-                table: &pl.table.name,
-                row_filter: pl.settings.where_clause.as_deref(),
-            })
-            .collect();
-        let inserts: Vec<Published> = plans
-            .iter()
-            .filter(|pl| pl.settings.cdc == CdcMode::InsertsOnly)
-            .map(|pl| Published {
-                table: &pl.table.name,
-                row_filter: pl.settings.where_clause.as_deref(),
-            })
-            .collect();
+        let all = published(plans, CdcMode::All);
+        let inserts = published(plans, CdcMode::InsertsOnly);
         let wanted = [(&main, &all, false), (&inserts_name, &inserts, true)];
         publications.clear();
         for (name, tables, inserts_only) in wanted {
@@ -309,6 +295,18 @@ async fn prepare(
         slot: slot_info,
         needs_load,
     })
+}
+
+/// The tables of `plans` whose CDC setting is `mode`, as a publication lists them.
+fn published(plans: &[TablePlan], mode: CdcMode) -> Vec<Published<'_>> {
+    plans
+        .iter()
+        .filter(|pl| pl.settings.cdc == mode)
+        .map(|pl| Published {
+            table: &pl.table.name,
+            row_filter: pl.settings.where_clause.as_deref(),
+        })
+        .collect()
 }
 
 /// Every selected table must be in a publication the stream reads, or its changes would

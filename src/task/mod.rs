@@ -32,15 +32,22 @@ pub struct Discovered {
     pub plans: Vec<TablePlan>,
 }
 
-/// Connects, exports a snapshot and plans every selected table. Every failure here is a
-/// start-up failure: exit 2, nothing written.
-pub async fn discover(p: &Pipeline) -> Result<Discovered, Error> {
+/// The pipeline's source and one ordinary connection to it (a bad URL is exit 2 naming
+/// `source.url`; an unreachable server a start-up failure).
+pub async fn connect_source(p: &Pipeline) -> Result<(Source, tokio_postgres::Client), Error> {
     let source = Source::from_url(p.source.url.expose())
         .map_err(|e| Error::Config(p.error_at("source.url", e.to_string())))?;
     let client = source
         .connect()
         .await
         .map_err(|e| Error::Startup(e.to_string()))?;
+    Ok((source, client))
+}
+
+/// Connects, exports a snapshot and plans every selected table. Every failure here is a
+/// start-up failure: exit 2, nothing written.
+pub async fn discover(p: &Pipeline) -> Result<Discovered, Error> {
+    let (source, client) = connect_source(p).await?;
     let pg_err = |what: &str, e: tokio_postgres::Error| {
         Error::Startup(format!(
             "{what} on {}: {}",

@@ -11,7 +11,7 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::ObjectStore;
-use super::writer::{FileFormat, WriteError, WrittenFile, open_encoder};
+use super::writer::{FileFormat, WriteError, WrittenFile, complete, open_encoder};
 use crate::state::Mark;
 
 /// Writes `batches` (all of `schema`) as one complete object `key`. Blocking.
@@ -37,15 +37,7 @@ pub fn write_file(
         }
         rows += batch.num_rows() as u64;
     }
-    let object = encoder.finish().map_err(|message| WriteError::Encode {
-        key: key.to_string(),
-        message,
-    })?;
-    let bytes = object.complete().map_err(|source| WriteError::Io {
-        key: key.to_string(),
-        source,
-    })?;
-    crate::faults::object_completed();
+    let bytes = complete(encoder, key)?;
     Ok(WrittenFile {
         key: key.to_string(),
         rows,

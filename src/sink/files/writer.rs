@@ -88,6 +88,20 @@ struct Current {
     rows: u64,
 }
 
+/// Ends an encoder's file and makes object `key` visible; returns its size.
+pub(crate) fn complete(encoder: Box<dyn FileEncoder>, key: &str) -> Result<u64, WriteError> {
+    let object = encoder.finish().map_err(|message| WriteError::Encode {
+        key: key.to_string(),
+        message,
+    })?;
+    let bytes = object.complete().map_err(|source| WriteError::Io {
+        key: key.to_string(),
+        source,
+    })?;
+    crate::faults::object_completed();
+    Ok(bytes)
+}
+
 /// Starts object `key` with an encoder of `format` for `schema`.
 pub(crate) fn open_encoder(
     store: &dyn ObjectStore,
@@ -249,15 +263,7 @@ impl LoadWriter {
             return Ok(());
         };
         let key = cur.key;
-        let object = cur.encoder.finish().map_err(|message| WriteError::Encode {
-            key: key.clone(),
-            message,
-        })?;
-        let bytes = object.complete().map_err(|source| WriteError::Io {
-            key: key.clone(),
-            source,
-        })?;
-        crate::faults::object_completed();
+        let bytes = complete(cur.encoder, &key)?;
         self.files.push(WrittenFile {
             key,
             rows: cur.rows,
