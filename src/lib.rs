@@ -4,14 +4,16 @@
 //! Data travels one way:
 //!
 //! ```text
-//! pg (COPY → Arrow, snapshot-consistent) → batch → sink (Parquet files in a store) → state
+//! pg (COPY → Arrow, snapshot-consistent;      → batch → sink (Parquet/CSV files) → state → slot
+//!     pgoutput changes from the slot)              (CDC rows)                (marks)   (confirm)
 //!                                                    └── notify (events file + logs)
 //! ```
 //!
 //! Module map: [`config`] the pipeline file; [`pg`] everything PostgreSQL (connections, catalog,
-//! the type mapping, COPY decoding); [`sink`] where batches go; [`state`] table states, statistics
-//! and the lease; [`notify`] events; [`task`] orchestration and error policies; [`cli`] one file per
-//! subcommand.
+//! the type mapping, COPY decoding, replication: slot, publication, stream, pgoutput); [`batch`]
+//! CDC rows into per-table Arrow batches; [`sink`] where batches go; [`state`] table states,
+//! statistics, CDC marks and the lease; [`notify`] events; [`task`] orchestration (full load, CDC
+//! apply loop, reloads) and error policies; [`cli`] one file per subcommand.
 
 pub mod batch;
 pub mod cli;

@@ -421,8 +421,10 @@ async fn run_started(
     }
     // `consistent_point` is set once the slot godwit created exists; `slot_created` alone is
     // the intent recorded before creating it (a crash in between must not look like a loss).
-    if prepared.slot.is_none() && cdc.slot_created && cdc.consistent_point.is_some() && !needs_load
-    {
+    let progressed = cdc.confirmed_lsn.is_some()
+        || task.record.tables.values().any(|t| t.mark.is_some())
+        || (cdc.slot_created && cdc.consistent_point.is_some());
+    if prepared.slot.is_none() && progressed && !needs_load {
         return Err(task.unhealthy(
             "the slot godwit created for this pipeline no longer exists (dropped?)".into(),
         ));
@@ -486,6 +488,22 @@ async fn run_started(
         if let Some(fatal) = outcome.fatal {
             return Err(Error::Runtime(fatal));
         }
+        // CDC files an earlier life of this pipeline left (before a `drop`) would replay
+        // over the new load.
+        for plan in &plans {
+            let loaded = task
+                .record
+                .tables
+                .get(&plan.key())
+                .is_some_and(|r| r.state == TableState::Completed);
+            if loaded {
+                reload::remove_cdc_files(store.as_ref(), &plan.table.name)
+                    .await
+                    .map_err(|e| {
+                        Error::Runtime(format!("removing old CDC files of {}: {e}", plan.key()))
+                    })?;
+            }
+        }
         cdc.full_load_done = true;
         task.record.cdc = Some(cdc.clone());
         task.save().await?;
@@ -528,15 +546,20 @@ async fn run_started(
         }
     };
     let stop_at = if opts.once {
-        Some(
+        Some(record_end(
             slot::current_wal_lsn(&prepared.admin)
                 .await
                 .map_err(|e| Error::Runtime(format!("reading pg_current_wal_insert_lsn(): {e}")))?,
-        )
+        ))
     } else {
         None
     };
-    for table in &prepared.needs_load {
+    let newly_selected = if needs_load {
+        &[][..]
+    } else {
+        &prepared.needs_load[..]
+    };
+    for table in newly_selected {
         task.state
             .request_reload(table)
             .await
@@ -578,6 +601,19 @@ async fn run_started(
         .filter(|t| t.state == TableState::Error)
         .count();
     Ok((summary, started.elapsed().as_secs_f64()))
+}
+
+/// The end of the last WAL record before insert position `lsn`: right after a page boundary the
+/// insert position counts the next page's header (24 bytes; 40 at a segment start), which no
+/// record fills — the stream would never reach it.
+fn record_end(lsn: Lsn) -> Lsn {
+    const PAGE: u64 = 8192;
+    const SEGMENT: u64 = 16 << 20;
+    match (lsn.0 % PAGE, lsn.0 % SEGMENT) {
+        (_, 40) => Lsn(lsn.0 - 40),
+        (24, _) => Lsn(lsn.0 - 24),
+        _ => lsn,
+    }
 }
 
 /// Records, before creating the slot, that godwit creates it: a crash right after the
@@ -633,7 +669,7 @@ struct Apply<'a, 'b> {
     types: Types,
     stream: Option<Stream>,
     tables: Vec<Followed>,
-    by_name: HashMap<(String, String), usize>,
+    by_oid: HashMap<u32, usize>,
     rels: HashMap<u32, Rel>,
     txn: Option<Txn>,
     /// End of the last commit received completely.
@@ -674,7 +710,7 @@ impl<'a, 'b> Apply<'a, 'b> {
         let plans = &reloader.plans;
         let format = full_load::file_format(p, p.target.row_group_bytes as usize);
         let mut tables = Vec::new();
-        let mut by_name = HashMap::new();
+        let mut by_oid = HashMap::new();
         for plan in plans {
             let key = plan.key();
             let recorded = task.record.tables.get(&key).and_then(|r| r.mark);
@@ -684,10 +720,7 @@ impl<'a, 'b> Apply<'a, 'b> {
             if mark != recorded {
                 tracing::info!(table = %key, ?mark, "high-water mark moved past files written after the last checkpoint");
             }
-            by_name.insert(
-                (plan.table.name.schema.clone(), plan.table.name.name.clone()),
-                tables.len(),
-            );
+            by_oid.insert(plan.table.oid, tables.len());
             tables.push(Followed {
                 key,
                 name: plan.table.name.clone(),
@@ -702,7 +735,13 @@ impl<'a, 'b> Apply<'a, 'b> {
                 layout: None,
                 buffer: TableBuffer::default(),
                 counts: Counts::default(),
-                suspended: false,
+                // A table in error waits for `godwit reload`: its changes would land on a
+                // table whose copy is not whole.
+                suspended: task
+                    .record
+                    .tables
+                    .get(&plan.key())
+                    .is_some_and(|r| r.state == TableState::Error),
             });
         }
         Ok(Apply {
@@ -713,7 +752,7 @@ impl<'a, 'b> Apply<'a, 'b> {
             types,
             stream: Some(stream),
             tables,
-            by_name,
+            by_oid,
             rels: HashMap::new(),
             txn: None,
             last_commit_end: None,
@@ -825,6 +864,7 @@ impl<'a, 'b> Apply<'a, 'b> {
         }
         self.rels.clear();
         self.txn = None;
+        self.last_commit_end = None;
         self.buffered_rows = 0;
         self.buffered_bytes = 0;
         self.buffered_since = None;
@@ -934,6 +974,7 @@ impl<'a, 'b> Apply<'a, 'b> {
             tracing::info!(table = %key, removed, consistent_point = %point, "reloaded; CDC goes on after the new snapshot");
             if let Some(t) = self.tables.iter_mut().find(|t| t.key == key) {
                 t.mark = Some(mark);
+                t.suspended = false;
             }
             if let Some(r) = self.task.record.tables.get_mut(&key) {
                 r.mark = Some(mark);
@@ -1033,42 +1074,57 @@ impl<'a, 'b> Apply<'a, 'b> {
     }
 
     fn on_message(&mut self, msg: Message) -> Result<(), Error> {
+        // `_seq` is a function of the stream alone: twice the change message's position in its
+        // transaction (+1 for the `I` of a `D`+`I` pair), whatever is followed or configured.
+        let seq = match &msg {
+            Message::Insert { .. }
+            | Message::Update { .. }
+            | Message::Delete { .. }
+            | Message::Truncate { .. } => {
+                let txn = self.txn.as_mut().ok_or_else(|| {
+                    Error::Runtime("pgoutput sent a change outside a transaction".into())
+                })?;
+                txn.seq += 1;
+                txn.seq * 2
+            }
+            _ => 0,
+        };
         match msg {
             Message::Relation(r) => self.on_relation(&r),
-            Message::Insert { relation, new } => self.change(relation, Op::Insert, &new, None),
+            Message::Insert { relation, new } => self.change(relation, Op::Insert, &new, None, seq),
             Message::Update { relation, old, new } => {
                 let key_changed = match &old {
                     None => false,
-                    Some((OldTuple::Key, _)) => true,
-                    Some((OldTuple::Full, o)) => {
-                        let rel = self.rels.get(&relation);
-                        match rel {
-                            Some(r) if !r.key_positions.is_empty() => {
-                                r.key_positions.iter().any(|&i| {
-                                    o.get(i) != new.get(i) && new.get(i) != Some(&Value::Unchanged)
-                                })
-                            }
-                            // Without a key, a row is only its values: delete the old, insert the new.
-                            _ => true,
+                    // `K` (key changed, or a TOASTed key) and `O` (FULL): compare the key.
+                    Some((_, o)) => match self.rels.get(&relation) {
+                        Some(r) if !r.key_positions.is_empty() => {
+                            r.key_positions.iter().any(|&i| {
+                                o.get(i) != new.get(i) && new.get(i) != Some(&Value::Unchanged)
+                            })
                         }
-                    }
-                };
+                        // Without a key, a row is only its values: delete the old, insert the new.
+                        _ => true,
+                    },
+                } && !self.p.target.cdc_inserts_only;
                 let full_old = match &old {
                     Some((OldTuple::Full, o)) => Some(o.as_slice()),
                     _ => None,
                 };
                 if key_changed {
                     let (_, o) = old.as_ref().expect("a key change carries the old tuple");
-                    self.change(relation, Op::Delete, o, None)?;
-                    self.change(relation, Op::Insert, &new, full_old)
+                    self.change(relation, Op::Delete, o, None, seq)?;
+                    self.change(relation, Op::Insert, &new, full_old, seq + 1)
                 } else {
-                    self.change(relation, Op::Update, &new, full_old)
+                    self.change(relation, Op::Update, &new, full_old, seq)
                 }
             }
-            Message::Delete { relation, old, .. } => self.change(relation, Op::Delete, &old, None),
+            Message::Delete { relation, old, .. } => {
+                self.change(relation, Op::Delete, &old, None, seq)
+            }
             Message::Truncate { relations, .. } => {
+                // One seq for all: each table has its own mark.
                 for r in relations {
-                    self.change(r, Op::Truncate, &[], None)?;
+                    self.change(r, Op::Truncate, &[], None, seq)?;
                 }
                 Ok(())
             }
@@ -1081,7 +1137,8 @@ impl<'a, 'b> Apply<'a, 'b> {
     }
 
     fn on_relation(&mut self, r: &Relation) -> Result<(), Error> {
-        let Some(&ti) = self.by_name.get(&(r.schema.clone(), r.name.clone())) else {
+        // By OID: a renamed table is still the table it was (its files keep their folder).
+        let Some(&ti) = self.by_oid.get(&r.oid) else {
             self.rels.insert(
                 r.oid,
                 Rel {
@@ -1157,15 +1214,15 @@ impl<'a, 'b> Apply<'a, 'b> {
         op: Op,
         values: &[Value],
         old: Option<&[Value]>,
+        seq: u64,
     ) -> Result<(), Error> {
         let txn = self
             .txn
-            .as_mut()
+            .as_ref()
             .ok_or_else(|| Error::Runtime("pgoutput sent a change outside a transaction".into()))?;
-        txn.seq += 1;
         let mark = Mark {
             lsn: txn.lsn.0,
-            seq: txn.seq,
+            seq,
         };
         let commit_time = txn.commit_time;
         let rel = self.rels.get(&relation).ok_or_else(|| {
@@ -1328,8 +1385,10 @@ impl<'a, 'b> Apply<'a, 'b> {
         } else {
             self.last_commit_end
         };
-        if let Some(cdc) = self.task.record.cdc.as_mut() {
-            cdc.confirmed_lsn = confirm.map(|l| l.max(self.confirmed).to_string());
+        if let Some(cdc) = self.task.record.cdc.as_mut()
+            && let Some(l) = confirm
+        {
+            cdc.confirmed_lsn = Some(l.max(self.confirmed).to_string());
         }
         self.task.save().await?;
         if let Some(lsn) = confirm {
@@ -1381,4 +1440,17 @@ async fn recover_mark(
         mark = mark.max(found);
     }
     Ok(mark)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stop_point_is_a_record_end() {
+        assert_eq!(record_end(Lsn(0x1_0000_2018)), Lsn(0x1_0000_2000));
+        assert_eq!(record_end(Lsn(0x1_0100_0028)), Lsn(0x1_0100_0000));
+        assert_eq!(record_end(Lsn(0x1_0000_2019)), Lsn(0x1_0000_2019));
+        assert_eq!(record_end(Lsn(0x1_0000_2028)), Lsn(0x1_0000_2028));
+    }
 }

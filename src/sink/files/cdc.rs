@@ -51,15 +51,13 @@ pub fn max_mark(data: bytes::Bytes, format: &FileFormat) -> Result<Option<Mark>,
         FileFormat::Parquet { .. } => {
             let builder =
                 ParquetRecordBatchReaderBuilder::try_new(data).map_err(|e| e.to_string())?;
-            let names = builder.schema().fields().iter().map(|f| f.name().as_str());
-            let positions: Vec<usize> = names
-                .enumerate()
-                .filter(|(_, n)| *n == "_lsn" || *n == "_seq")
-                .map(|(i, _)| i)
-                .collect();
-            if positions.len() != 2 {
+            // The last `_lsn`/`_seq` fields: a source column may carry the same name.
+            let fields = builder.schema().fields();
+            let find = |name: &str| fields.iter().rposition(|f| f.name() == name);
+            let (Some(lsn_at), Some(seq_at)) = (find("_lsn"), find("_seq")) else {
                 return Err("no _lsn and _seq columns".into());
-            }
+            };
+            let positions = vec![lsn_at, seq_at];
             let mask = ProjectionMask::roots(builder.parquet_schema(), positions);
             let reader = builder
                 .with_projection(mask)
