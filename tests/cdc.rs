@@ -623,3 +623,57 @@ async fn reload_takes_a_fresh_snapshot_through_a_temporary_slot() {
     assert_eq!(slots.len(), 1, "the temporary slot is gone");
     assert_ok(&w.godwit(&["drop", p, "--yes"], &[]));
 }
+
+#[tokio::test]
+async fn an_existing_publication_is_used_as_it_is() {
+    let pg = pg();
+    let db = pg.fresh_db("godwit_cdc_mine").await;
+    db.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE u (id int PRIMARY KEY);
+         CREATE PUBLICATION mine FOR TABLE t;",
+    )
+    .await
+    .unwrap();
+    let url = pg.url("godwit_cdc_mine");
+    let w = Work::new();
+    let text = |include: &str| {
+        cdc_pipeline("mine", &url, "cdc", include, "").replace(
+            &format!("[source]\nurl = \"{url}\"\n"),
+            &format!("[source]\nurl = \"{url}\"\npublication = \"mine\"\n"),
+        )
+    };
+    let p = w.pipeline(&text("\"public.t\""));
+    let ps = p.to_str().unwrap().to_string();
+    assert_ok(&w.godwit(&["run", &ps, "--once"], &[]));
+    db.batch_execute("INSERT INTO t VALUES (1)").await.unwrap();
+    // --max-duration: a continuous run that stops cleanly by itself.
+    let started = std::time::Instant::now();
+    assert_ok(&w.godwit(&["run", &ps, "--max-duration", "3s"], &[]));
+    let took = started.elapsed();
+    assert!(took >= std::time::Duration::from_secs(3) && took < std::time::Duration::from_secs(20));
+    assert_eq!(cdc_rows(&w.out().join("public/t")).len(), 1);
+    // A selected table the user's publication lacks: refused with the statement to run.
+    w.pipeline(&text("\"public.t\", \"public.u\""));
+    let o = w.godwit(&["run", &ps, "--once"], &[]);
+    let t = common::text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("ALTER PUBLICATION mine ADD TABLE \"public\".\"u\""),
+        "{t}"
+    );
+    // drop removes the slot and the state, never the user's publication.
+    w.pipeline(&text("\"public.t\""));
+    let dropped = assert_ok(&w.godwit(&["drop", &ps, "--yes"], &[]));
+    assert!(!dropped.contains("publication mine"), "{dropped}");
+    let tables: Vec<String> = db
+        .query(
+            "SELECT tablename::text FROM pg_publication_tables WHERE pubname = 'mine'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(tables, ["t"], "the publication was not altered");
+}
