@@ -15,6 +15,10 @@ pub enum Error {
     /// A failure after start-up (exit 1).
     #[error("{0}")]
     Runtime(String),
+    /// A failure after start-up that trying again can cure (a broken connection, a failed
+    /// write): retried per `[errors] recoverable_retries`, exit 1 once they are spent.
+    #[error("{0}")]
+    Recoverable(String),
 }
 
 impl Error {
@@ -22,7 +26,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Config(_) | Error::Startup(_) => 2,
-            Error::Runtime(_) => 1,
+            Error::Runtime(_) | Error::Recoverable(_) => 1,
         }
     }
 }

@@ -119,7 +119,7 @@ impl Task<'_> {
         self.state
             .save(&self.record)
             .await
-            .map_err(|e| Error::Runtime(format!("cannot save the checkpoint: {e}")))
+            .map_err(|e| Error::Recoverable(format!("cannot save the checkpoint: {e}")))
     }
 
     async fn finish(&mut self, state: &str, error: Option<String>) {
@@ -625,6 +625,42 @@ async fn record_slot_intent(task: &mut Task<'_>, cdc: &mut CdcRecord) -> Result<
     task.save().await
 }
 
+/// What ends a CDC run cleanly: SIGTERM, SIGINT, `--max-duration`.
+struct Stops {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl Stops {
+    fn new(max_duration: Option<Duration>) -> Result<Stops, Error> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let watch = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| Error::Runtime(format!("cannot watch {name}: {e}")))
+        };
+        Ok(Stops {
+            term: watch(SignalKind::terminate(), "SIGTERM")?,
+            int: watch(SignalKind::interrupt(), "SIGINT")?,
+            deadline: max_duration.map(|d| tokio::time::Instant::now() + d),
+        })
+    }
+
+    /// Waits for the next stop; says which.
+    async fn next(&mut self) -> &'static str {
+        let deadline = self.deadline;
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+            _ = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => "--max-duration reached",
+        }
+    }
+}
+
 /// One selected table as CDC follows it.
 struct Followed {
     key: String,
@@ -776,12 +812,7 @@ impl<'a, 'b> Apply<'a, 'b> {
         stop_at: Option<Lsn>,
         max_duration: Option<Duration>,
     ) -> Result<(), Error> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())
-            .map_err(|e| Error::Runtime(format!("cannot watch SIGTERM: {e}")))?;
-        let mut int = signal(SignalKind::interrupt())
-            .map_err(|e| Error::Runtime(format!("cannot watch SIGINT: {e}")))?;
-        let deadline = max_duration.map(|d| tokio::time::Instant::now() + d);
+        let mut stops = Stops::new(max_duration)?;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut failures: u64 = 0;
         tracing::info!(start = %self.position, stop_at = ?stop_at.map(|l| l.to_string()), "CDC started");
@@ -793,69 +824,58 @@ impl<'a, 'b> Apply<'a, 'b> {
                 tracing::info!(position = %self.position, "reached the WAL position of the start (--once)");
                 return Ok(());
             }
-            if self.stream.is_none() {
-                failures += 1;
-                let retries = self.p.errors.recoverable_retries;
-                if retries >= 0 && failures > retries as u64 {
-                    return Err(Error::Runtime(format!(
-                        "cannot reopen the replication stream ([errors] recoverable_retries = {retries} spent)"
-                    )));
-                }
-                self.reconnect("the last attempt to reopen failed", failures)
-                    .await?;
-                continue;
-            }
-            let stream = self.stream.as_mut().expect("checked just above");
-            tokio::select! {
-                ev = stream.next() => {
-                    let broken = match ev {
-                        Ok(Some(ev)) => {
-                            self.on_event(ev).await?;
-                            failures = 0;
-                            continue;
-                        }
-                        Ok(None) => "the replication stream ended".to_string(),
-                        Err(e) => e.to_string(),
-                    };
-                    failures += 1;
-                    let retries = self.p.errors.recoverable_retries;
-                    if retries >= 0 && failures > retries as u64 {
-                        return Err(Error::Runtime(format!(
-                            "{broken} ([errors] recoverable_retries = {retries} spent)"
-                        )));
+            let outcome = match self.stream.as_mut() {
+                None => Err(Error::Recoverable(
+                    "the last attempt to reopen the stream failed".into(),
+                )),
+                Some(stream) => tokio::select! {
+                    ev = stream.next() => match ev {
+                        Ok(Some(ev)) => self.on_event(ev).await.map(|()| failures = 0),
+                        Ok(None) => Err(Error::Recoverable("the replication stream ended".into())),
+                        Err(e) => Err(Error::Recoverable(e.to_string())),
+                    },
+                    _ = tick.tick() => self.on_tick().await,
+                    why = stops.next() => {
+                        tracing::info!("{why}: flushing and stopping");
+                        return Ok(());
                     }
-                    self.reconnect(&broken, failures).await?;
-                }
-                _ = tick.tick() => {
-                    self.on_tick().await?;
-                }
-                _ = term.recv() => {
-                    tracing::info!("SIGTERM: flushing and stopping");
-                    return Ok(());
-                }
-                _ = int.recv() => {
-                    tracing::info!("SIGINT: flushing and stopping");
-                    return Ok(());
-                }
-                _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
-                    tracing::info!("--max-duration reached: flushing and stopping");
-                    return Ok(());
-                }
+                },
+            };
+            let why = match outcome {
+                Ok(()) => continue,
+                Err(Error::Recoverable(why)) => why,
+                Err(e) => return Err(e),
+            };
+            failures += 1;
+            let retries = self.p.errors.recoverable_retries;
+            if retries >= 0 && failures > retries as u64 {
+                return Err(Error::Runtime(format!(
+                    "{why} ([errors] recoverable_retries = {retries} spent)"
+                )));
+            }
+            if self.reconnect(&why, failures, &mut stops).await? {
+                return Ok(());
             }
         }
     }
 
-    /// After the stream broke: forget what is not checkpointed (the slot sends it again),
-    /// wait (5 s doubling up to 30 min) and open a new session from the slot's confirmed
-    /// position. The marks make the repeated changes harmless.
-    async fn reconnect(&mut self, why: &str, attempt: u64) -> Result<(), Error> {
+    /// After the stream or a write broke: forget what is not checkpointed (the slot sends it
+    /// again), move the marks past files completed since the checkpoint, wait (5 s doubling up
+    /// to 30 min, or until a stop) and open a new session from the slot's confirmed position.
+    /// Returns true when a stop came during the wait.
+    async fn reconnect(
+        &mut self,
+        why: &str,
+        attempt: u64,
+        stops: &mut Stops,
+    ) -> Result<bool, Error> {
         let wait = Duration::from_secs(5)
             .saturating_mul(1u32 << (attempt - 1).min(9) as u32)
             .min(Duration::from_secs(1800));
         tracing::warn!(
             attempt,
             wait_s = wait.as_secs(),
-            "the replication stream broke ({why}); reconnecting"
+            "CDC broke ({why}); starting again from the slot"
         );
         self.stream = None;
         for t in &mut self.tables {
@@ -869,7 +889,20 @@ impl<'a, 'b> Apply<'a, 'b> {
         self.buffered_bytes = 0;
         self.buffered_since = None;
         self.position = self.confirmed;
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            why = stops.next() => {
+                tracing::info!("{why} while waiting to reconnect: stopping");
+                return Ok(true);
+            }
+        }
+        // A write may have completed files the checkpoint does not know.
+        for t in &mut self.tables {
+            match recover_mark(self.store.as_ref(), &t.name, t.mark, &self.format).await {
+                Ok(m) => t.mark = m,
+                Err(e) => return Err(Error::Recoverable(format!("reading back {}: {e}", t.key))),
+            }
+        }
         // A slot that is gone or invalidated is not a network blip.
         if let Ok(client) = self.reloader.source.connect().await {
             match slot::slot_info(&client, &self.p.source.slot).await {
@@ -894,7 +927,7 @@ impl<'a, 'b> Apply<'a, 'b> {
             }
             Err(e) => tracing::warn!("reconnecting failed: {e}"),
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Reloads the tables `godwit reload` (or a newly selected table) asked for: what is
@@ -1356,7 +1389,7 @@ impl<'a, 'b> Apply<'a, 'b> {
             })
             .await
             .map_err(|e| Error::Runtime(format!("the CDC file writer crashed: {e}")))?
-            .map_err(|e| Error::Runtime(e.to_string()))?;
+            .map_err(|e| Error::Recoverable(e.to_string()))?;
             self.files_written += written.len() as u64;
             for (ti, last, _) in &written {
                 let t = &mut self.tables[*ti];
