@@ -89,11 +89,6 @@ impl Layout {
             with_ts: timestamp_column.is_some(),
         }
     }
-
-    /// Same written columns and types (a Relation message that changed nothing we write).
-    pub fn same_columns(&self, other: &Layout) -> bool {
-        self.columns == other.columns
-    }
 }
 
 /// One row to append.

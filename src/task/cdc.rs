@@ -1205,30 +1205,25 @@ impl<'a, 'b> Apply<'a, 'b> {
             rel_to_out.push(Some(columns.len()));
             columns.push((c.name.clone(), ty));
         }
-        let generation = t.layout.as_ref().map(|l| l.generation).unwrap_or(0);
-        let layout = Layout::new(
-            generation,
-            columns,
-            rel_to_out.clone(),
-            !self.p.target.cdc_inserts_only,
-            self.p.target.timestamp_column.as_deref(),
-        );
         let changed = t
             .layout
             .as_ref()
-            .is_none_or(|old| !old.same_columns(&layout) || old_positions(old) != rel_to_out);
+            .is_none_or(|old| old.columns != columns || old.rel_to_out != rel_to_out);
         if changed {
-            if t.layout.is_some() {
-                tracing::info!(table = %t.key, "the table's columns changed: the next rows go to a file with the new schema");
-            }
-            let layout = Layout::new(
-                generation + u32::from(t.layout.is_some()),
-                layout.columns,
+            let generation = match &t.layout {
+                Some(old) => {
+                    tracing::info!(table = %t.key, "the table's columns changed: the next rows go to a file with the new schema");
+                    old.generation + 1
+                }
+                None => 0,
+            };
+            t.layout = Some(Arc::new(Layout::new(
+                generation,
+                columns,
                 rel_to_out,
                 !self.p.target.cdc_inserts_only,
                 self.p.target.timestamp_column.as_deref(),
-            );
-            t.layout = Some(Arc::new(layout));
+            )));
         }
         self.rels.insert(
             r.oid,
@@ -1442,11 +1437,6 @@ impl<'a, 'b> Apply<'a, 'b> {
         tracing::info!(files = self.files_written, confirmed = %self.confirmed, "CDC stopped");
         flushed
     }
-}
-
-/// The written positions of a layout's relation columns (to notice a column reorder).
-fn old_positions(l: &Layout) -> Vec<Option<usize>> {
-    l.rel_to_out.clone()
 }
 
 /// The table's high-water mark: the checkpoint's, moved past the rows of CDC files completed
