@@ -348,11 +348,23 @@ async fn a_dropped_slot_is_a_clear_failure_not_a_silent_restart() {
     ));
     let p = pipe.to_str().unwrap();
     assert_ok(&w.godwit(&["run", p, "--once"], &[]));
-    db.batch_execute(
-        "SELECT pg_drop_replication_slot('godwit_dropped'); INSERT INTO t VALUES (2, 'lost');",
-    )
-    .await
-    .unwrap();
+    // The run's session may take a moment to leave the slot.
+    let mut dropped = false;
+    for _ in 0..50 {
+        if db
+            .batch_execute("SELECT pg_drop_replication_slot('godwit_dropped')")
+            .await
+            .is_ok()
+        {
+            dropped = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(dropped, "the slot could be dropped");
+    db.batch_execute("INSERT INTO t VALUES (2, 'lost')")
+        .await
+        .unwrap();
     let o = w.godwit(&["run", p, "--once"], &[]);
     let t = text(&o);
     assert_eq!(o.status.code(), Some(1), "{t}");
@@ -477,7 +489,7 @@ async fn the_slot_moves_while_only_unselected_tables_change() {
     db.batch_execute("INSERT INTO quiet VALUES (43)")
         .await
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
     let term = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

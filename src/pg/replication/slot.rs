@@ -91,8 +91,10 @@ pub async fn wait_inactive(
     }
 }
 
-/// Drops the slot (once no session uses it).
+/// Drops the slot (once no session uses it: a session that just ended may take a moment to
+/// leave it).
 pub async fn drop_slot(client: &Client, name: &str) -> Result<bool, tokio_postgres::Error> {
+    wait_inactive(client, name, std::time::Duration::from_secs(10)).await?;
     let n = client
         .execute(
             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
