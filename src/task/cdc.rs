@@ -131,6 +131,18 @@ impl Task<'_> {
         }
     }
 
+    /// After the stream broke (`why`): the slot failure when the slot is gone or invalidated,
+    /// `None` when it is fine (or cannot be read now).
+    async fn slot_broken(&mut self, client: &Client, why: &str) -> Option<Error> {
+        match slot::slot_info(client, &self.p.source.slot).await {
+            Ok(None) => Some(self.unhealthy(format!("it disappeared while streaming ({why})"))),
+            Ok(Some(i)) if i.lost() => {
+                Some(self.unhealthy(format!("it was invalidated while streaming ({why})")))
+            }
+            _ => None,
+        }
+    }
+
     /// A slot that cannot be followed: `slot.unhealthy`, then the task fails (exit 1).
     fn unhealthy(&mut self, reason: String) -> Error {
         self.unhealthy = true;
@@ -582,14 +594,8 @@ async fn run_started(
             return Err(e);
         }
         // The stream broke: say so plainly when the slot is the cause.
-        if let Ok(info) = slot::slot_info(&prepared.admin, &p.source.slot).await {
-            match info {
-                None => return Err(task.unhealthy(format!("it disappeared while streaming ({e})"))),
-                Some(i) if i.lost() => {
-                    return Err(task.unhealthy(format!("it was invalidated while streaming ({e})")));
-                }
-                _ => {}
-            }
+        if let Some(unhealthy) = task.slot_broken(&prepared.admin, &e.to_string()).await {
+            return Err(unhealthy);
         }
         return Err(e);
     }
@@ -904,20 +910,10 @@ impl<'a, 'b> Apply<'a, 'b> {
             }
         }
         // A slot that is gone or invalidated is not a network blip.
-        if let Ok(client) = self.reloader.source.connect().await {
-            match slot::slot_info(&client, &self.p.source.slot).await {
-                Ok(None) => {
-                    return Err(self
-                        .task
-                        .unhealthy(format!("it disappeared while streaming ({why})")));
-                }
-                Ok(Some(i)) if i.lost() => {
-                    return Err(self
-                        .task
-                        .unhealthy(format!("it was invalidated while streaming ({why})")));
-                }
-                _ => {}
-            }
+        if let Ok(client) = self.reloader.source.connect().await
+            && let Some(unhealthy) = self.task.slot_broken(&client, why).await
+        {
+            return Err(unhealthy);
         }
         let endpoint = self.reloader.source.endpoint();
         match Stream::open(&endpoint, &self.p.source.slot, &self.reloader.publications).await {
