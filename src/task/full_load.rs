@@ -109,8 +109,8 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, Error> {
         plans,
         ..
     } = discovered;
-    // A run that did not end cleanly is resumed: what it completed is kept where the table
-    // did not change since. A run that ended takes a new snapshot and reloads everything.
+    // A run that did not end cleanly is resumed: the tables it completed are kept, the others
+    // load again whole. A run that ended takes a new snapshot and reloads everything.
     let resumable = previous
         .filter(|r| r.state != "stopped")
         .map(|r| r.tables)
@@ -283,24 +283,19 @@ pub(crate) async fn load(
     }
 }
 
-/// The record a table starts this run with: the interrupted run's, where the table did not
-/// change since (its completed segments are kept), or a fresh one.
+/// The record a table starts this run with: the interrupted run's when that run completed
+/// the table, otherwise a fresh one. A table the interrupted run did not finish is loaded again
+/// whole, so all its segments come from this run's one snapshot: segments kept from an older
+/// snapshot would duplicate or lose rows that moved between blocks in the meantime.
 fn initial_record(plan: &TablePlan, previous: Option<&TableRecord>) -> TableRecord {
     if let Some(prev) = previous
-        && prev.fingerprint == plan.table.fingerprint
-        && !plan.table.fingerprint.is_empty()
-        && (prev.state == TableState::Completed
-            || (!plan.segments.is_empty() && prev.segments.len() == plan.segments.len()))
+        && prev.state == TableState::Completed
     {
         let mut r = prev.clone();
         r.estimated_rows = plan.table.estimated_rows;
-        if r.state != TableState::Completed {
-            r.state = TableState::BeforeLoad;
-        }
         return r;
     }
     let mut r = TableRecord::new(plan.table.estimated_rows);
-    r.fingerprint = plan.table.fingerprint.clone();
     r.segments = plan
         .segments
         .iter()
@@ -331,18 +326,17 @@ async fn load_one(ctx: Arc<Ctx>, plan: TablePlan, start: TableRecord) -> Result<
         r.remedy = None;
     })
     .await;
-    let rows = Arc::new(AtomicU64::new(start.segments.iter().map(|s| s.rows).sum()));
+    let rows = Arc::new(AtomicU64::new(0));
     let bar = ctx
         .progress
         .table(&key, plan.table.estimated_rows, rows.clone());
-    // The units of work: every segment not completed yet, or the whole table.
+    // The units of work: every segment, or the whole table.
     let pending: Vec<Option<Segment>> = if start.segments.is_empty() {
         vec![None]
     } else {
         start
             .segments
             .iter()
-            .filter(|s| s.state != TableState::Completed)
             .map(|s| {
                 Some(Segment {
                     number: s.number,
@@ -399,7 +393,7 @@ async fn load_one(ctx: Arc<Ctx>, plan: TablePlan, start: TableRecord) -> Result<
     let outcome = match failure {
         Some(f) => Err(f),
         None => {
-            // Every file of the load: this run's and the segments kept from an interrupted one.
+            // Every file of the load, in segment order.
             let record = record_of(&ctx, &key).await;
             let files: Vec<WrittenFile> = if record.segments.is_empty() {
                 loaded.iter().flat_map(|l| l.files.clone()).collect()
