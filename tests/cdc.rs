@@ -1,6 +1,6 @@
 //! CDC against a real PostgreSQL (wal_level=logical): the files godwit writes, replayed over
 //! the full load by SPEC §4's rule, reproduce every source table — compared value by value
-//! with a fresh full load of the source — through inserts, updates, deletes, multi-statement
+//! with what PostgreSQL returns for it — through inserts, updates, deletes, multi-statement
 //! and rolled-back transactions, a 200,000-row transaction, unchanged TOASTed values, key
 //! updates, keyless tables, ADD/DROP COLUMN and TRUNCATE; and the slot's lifecycle.
 
@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use common::replay::*;
+use common::source::*;
 use common::*;
 
 fn cdc_pipeline(name: &str, url: &str, mode: &str, include: &str, extra: &str) -> String {
@@ -18,37 +19,9 @@ fn cdc_pipeline(name: &str, url: &str, mode: &str, include: &str, extra: &str) -
     )
 }
 
-/// A fresh full load of `tables` of database `db` into a new folder: the source as it is.
-fn source_now(pg: &Pg, db: &str, include: &str) -> (Work, std::path::PathBuf) {
-    let w = Work::new();
-    let pipe = w.pipeline(&format!(
-        "name = \"truth\"\n[source]\nurl = \"{}\"\n[tables]\ninclude = [{include}]\n[target]\nurl = \"file://{{out}}\"\n",
-        pg.url(db)
-    ));
-    assert_ok(&w.godwit(&["run", pipe.to_str().unwrap()], &[]));
-    let out = w.out();
-    (w, out)
-}
-
-fn rows_by_key(dir: &Path, key: &[&str]) -> BTreeMap<String, RowMap> {
-    let (load, _) = table_files(dir);
-    let mut m = BTreeMap::new();
-    for f in load {
-        for r in render(&read_parquet(&f)) {
-            let k = key
-                .iter()
-                .map(|c| r[*c].clone())
-                .collect::<Vec<_>>()
-                .join("|");
-            m.insert(k, r);
-        }
-    }
-    m
-}
-
-/// Asserts that replaying `out`'s files of `table` gives the rows of `truth`.
-fn assert_reproduces(out: &Path, truth: &Path, table: &str, key: &[&str]) {
-    let want = rows_by_key(&truth.join("public").join(table), key);
+/// Asserts that replaying `out`'s files of `table` gives the rows PostgreSQL returns for it.
+async fn assert_reproduces(out: &Path, db: &tokio_postgres::Client, table: &str, key: &[&str]) {
+    let want = pg_keyed(db, table, key).await;
     let columns: Vec<String> = want
         .values()
         .next()
@@ -69,13 +42,10 @@ fn assert_reproduces(out: &Path, truth: &Path, table: &str, key: &[&str]) {
     }
 }
 
-fn assert_reproduces_keyless(out: &Path, truth: &Path, table: &str) {
-    let (load, _) = table_files(&truth.join("public").join(table));
-    let mut want: Vec<RowMap> = load.iter().flat_map(|f| render(&read_parquet(f))).collect();
-    want.sort();
+async fn assert_reproduces_keyless(out: &Path, db: &tokio_postgres::Client, table: &str) {
     assert_eq!(
         replay_keyless(&out.join("public").join(table)),
-        want,
+        pg_sorted(db, table).await,
         "{table} after replay"
     );
 }
@@ -178,17 +148,16 @@ async fn replaying_cdc_over_the_full_load_reproduces_every_table() {
 
     let second = assert_ok(&w.godwit(&["run", p, "--once"], &[]));
     let out = w.out();
-    let (_t, truth) = source_now(&pg, "godwit_cdc_replay", include);
-    assert_reproduces(&out, &truth, "items", &["id"]);
-    assert_reproduces(&out, &truth, "wide_full", &["id"]);
-    assert_reproduces(&out, &truth, "gone", &["id"]);
-    assert_reproduces(&out, &truth, "bulk", &["id"]);
-    assert_reproduces(&out, &truth, "meas", &["id", "region"]);
+    assert_reproduces(&out, &db, "items", &["id"]).await;
+    assert_reproduces(&out, &db, "wide_full", &["id"]).await;
+    assert_reproduces(&out, &db, "gone", &["id"]).await;
+    assert_reproduces(&out, &db, "bulk", &["id"]).await;
+    assert_reproduces(&out, &db, "meas", &["id", "region"]).await;
     assert!(
         !out.join("public/meas_eu").exists(),
         "partitions are not tables of their own"
     );
-    assert_reproduces_keyless(&out, &truth, "keyless");
+    assert_reproduces_keyless(&out, &db, "keyless").await;
 
     // Unchanged TOASTed values: named in _unchanged under DEFAULT, taken from the old row
     // under FULL; never a silent NULL.
@@ -423,6 +392,35 @@ async fn slot_lsn(db: &tokio_postgres::Client, slot: &str) -> i64 {
     .get(0)
 }
 
+/// The pid of the slot's streaming walsender (None while no session streams from the slot).
+async fn walsender(db: &tokio_postgres::Client, slot: &str) -> Option<i32> {
+    db.query_opt(
+        "SELECT r.pid FROM pg_stat_replication r
+         JOIN pg_replication_slots s ON s.active_pid = r.pid
+         WHERE s.slot_name = $1 AND r.state = 'streaming'",
+        &[&slot],
+    )
+    .await
+    .unwrap()
+    .map(|r| r.get(0))
+}
+
+/// Polls `cond` every 50 ms until it holds; panics naming `what` after `secs` seconds.
+async fn wait_until<F, Fut>(what: &str, secs: u64, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !cond().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_slot_moves_while_only_unselected_tables_change() {
     let pg = pg();
@@ -453,7 +451,8 @@ async fn the_slot_moves_while_only_unselected_tables_change() {
         "--once confirmed the start position"
     );
     // Continuous: keeps confirming while writes go to the unselected table only.
-    let mut child = w.spawn_run(&pipe);
+    let log = w.path().join("run.log");
+    let mut child = w.spawn_run_logged(&pipe, &log);
     let mut moved = false;
     for round in 0..30 {
         db.batch_execute(&format!(
@@ -462,34 +461,53 @@ async fn the_slot_moves_while_only_unselected_tables_change() {
         ))
         .await
         .unwrap();
+        if round < 3 {
+            continue;
+        }
+        // Keepalives confirm the WAL end within the walsender's status interval.
         let target = lsn_now(&db).await;
-        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
-        if round >= 3 && slot_lsn(&db, "godwit_idle").await >= target {
-            moved = true;
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while std::time::Instant::now() < until {
+            if slot_lsn(&db, "godwit_idle").await >= target {
+                moved = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        if moved {
             break;
         }
     }
     // The session is cut (as by a network failure): godwit reconnects and goes on.
+    let old_pid = walsender(&db, "godwit_idle").await.expect("streaming");
     db.batch_execute(
         "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'godwit_idle'",
     )
     .await
     .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    wait_until("godwit reconnects", 60, || async {
+        walsender(&db, "godwit_idle")
+            .await
+            .is_some_and(|pid| pid != old_pid)
+    })
+    .await;
     db.batch_execute("INSERT INTO quiet VALUES (42)")
         .await
         .unwrap();
-    for _ in 0..100 {
-        if !cdc_rows(&w.out().join("public/quiet")).is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-    // SIGTERM: flush, checkpoint, exit 0.
+    wait_until("the change after the reconnect lands", 20, || async {
+        !cdc_rows(&w.out().join("public/quiet")).is_empty()
+    })
+    .await;
+    // SIGTERM: flush, checkpoint, exit 0 — once the change has reached godwit's buffer,
+    // before its file is due.
+    let received = log_count(&log, "transaction received");
     db.batch_execute("INSERT INTO quiet VALUES (43)")
         .await
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    wait_until("godwit received the change", 20, || async {
+        log_count(&log, "transaction received") > received
+    })
+    .await;
     let term = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -555,8 +573,7 @@ async fn a_table_selected_later_is_never_silently_unpublished() {
         .await
         .unwrap();
     assert_ok(&w.godwit(&["run", ps, "--once"], &[]));
-    let (_t, truth) = source_now(&pg, "godwit_cdc_added", "\"public.b\"");
-    assert_reproduces(&w.out(), &truth, "b", &["id"]);
+    assert_reproduces(&w.out(), &db, "b", &["id"]).await;
     assert_ok(&w.godwit(&["drop", ps, "--yes"], &[]));
 }
 
@@ -615,8 +632,7 @@ async fn reload_takes_a_fresh_snapshot_through_a_temporary_slot() {
     );
     assert_ok(&w.godwit(&["run", p, "--once"], &[]));
 
-    let (_t, truth) = source_now(&pg, "godwit_cdc_reload", "\"public.r\"");
-    assert_reproduces(&w.out(), &truth, "r", &["id"]);
+    assert_reproduces(&w.out(), &db, "r", &["id"]).await;
     let kinds: Vec<String> = events(&w.out().join("events.jsonl"))
         .iter()
         .map(|e| e["event_type"].as_str().unwrap().to_string())

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::replay::*;
+use common::source::*;
 use common::*;
 
 /// A small deterministic generator (no dependency needed for test randomness).
@@ -100,27 +101,44 @@ fn pipeline(url: &str, name: &str) -> String {
     )
 }
 
-fn start(w: &Work, pipe: &std::path::Path, extra: &[&str]) -> Child {
+/// Starts a run with its output going to `log`.
+fn start(w: &Work, pipe: &std::path::Path, extra: &[&str], log: &std::path::Path) -> Child {
+    let out = std::fs::File::create(log).unwrap();
     Command::new(env!("CARGO_BIN_EXE_godwit"))
         .current_dir(w.path())
         .arg("run")
         .arg(pipe)
         .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .env("GODWIT_LOG", "info")
+        .stdout(Stdio::from(out.try_clone().unwrap()))
+        .stderr(Stdio::from(out))
         .spawn()
         .expect("start godwit")
 }
 
-/// The source's `acct` now, through a fresh full load.
-fn truth(pg: &Pg, db: &str) -> std::collections::BTreeMap<String, RowMap> {
-    let w = Work::new();
-    let pipe = w.pipeline(&format!(
-        "name = \"truth\"\n[source]\nurl = \"{}\"\n[tables]\ninclude = [\"public.acct\"]\n[target]\nurl = \"file://{{out}}\"\n",
-        pg.url(db)
-    ));
-    assert_ok(&w.godwit(&["run", pipe.to_str().unwrap()], &[]));
-    replay_keyed(&w.out().join("public/acct"), &["id"])
+/// A folder for the runs' logs that outlives the test (under cargo's target dir), emptied
+/// first; a failing run's logs stay there to read.
+fn log_dir(test: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// True while the slot's walsender is streaming changes (not starting up, not exporting a
+/// snapshot for the load).
+async fn streaming(admin: &tokio_postgres::Client, slot: &str) -> bool {
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_replication r
+             JOIN pg_replication_slots s ON s.active_pid = r.pid
+             WHERE s.slot_name = $1 AND r.state = 'streaming'",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        > 0
 }
 
 async fn seed(pg: &Pg, db: &str, rows: i64) -> tokio_postgres::Client {
@@ -137,7 +155,7 @@ async fn seed(pg: &Pg, db: &str, rows: i64) -> tokio_postgres::Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_at_random_moments_every_change_lands_exactly_once() {
     let pg = pg();
-    let _db = seed(&pg, "godwit_cdc_crash", 2000).await;
+    let db = seed(&pg, "godwit_cdc_crash", 2000).await;
     let w = Work::new();
     let pipe = w.pipeline(&pipeline(&pg.url("godwit_cdc_crash"), "crash"));
     let stop = Arc::new(AtomicBool::new(false));
@@ -149,38 +167,81 @@ async fn killed_at_random_moments_every_change_lands_exactly_once() {
         done.clone(),
     ));
     let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+    let admin = pg.connect("postgres").await;
+    let logs = log_dir("cdc_crash_killed_at_random_moments");
     let started = Instant::now();
+    // Where each kill landed: while CDC streamed, or during start-up / the load.
+    let mut landed = Vec::new();
     for round in 0..10 {
         // Every third run crashes itself right after an object completes, before the
         // checkpoint records it; the others are killed from outside at a random moment.
-        let extra: Vec<&str> = if round % 3 == 1 {
+        let crash_point = round % 3 == 1;
+        let extra: Vec<&str> = if crash_point {
             vec!["--crash-after-objects", "2"]
         } else {
             vec![]
         };
-        let mut child = start(&w, &pipe, &extra);
+        let log = logs.join(format!("round-{round}.log"));
+        let mut child = start(&w, &pipe, &extra, &log);
         let wait = Duration::from_millis(4000 + rng.below(4000));
         let deadline = Instant::now() + wait;
+        let mut exited = false;
         while Instant::now() < deadline {
             if child.try_wait().unwrap().is_some() {
+                exited = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let was_streaming = !exited && streaming(&admin, "godwit_crash").await;
         let _ = child.kill();
         let _ = child.wait();
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let where_ = if crash_point {
+            assert!(
+                text.contains("crash point reached"),
+                "round {round} was to crash after its 2nd object: {}",
+                log.display()
+            );
+            // The crash point lands in CDC when its objects were CDC files.
+            if text.contains("CDC started") {
+                "streaming"
+            } else {
+                "load"
+            }
+        } else {
+            assert!(!exited, "round {round} ended by itself: {}", log.display());
+            if was_streaming {
+                "streaming"
+            } else {
+                "start-up"
+            }
+        };
+        landed.push(where_);
     }
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
     let workload_secs = started.elapsed().as_secs();
+    let in_cdc = landed.iter().filter(|w| **w == "streaming").count();
+    assert!(
+        in_cdc * 2 >= landed.len(),
+        "only {in_cdc} of {} kills landed while CDC streamed: {landed:?}; logs in {}",
+        landed.len(),
+        logs.display()
+    );
     // Catch up to the end and stop.
     let last = assert_ok(&w.godwit(&["run", pipe.to_str().unwrap(), "--once"], &[]));
 
     let got = replay_keyed(&w.out().join("public/acct"), &["id"]);
-    let want = truth(&pg, "godwit_cdc_crash");
-    assert_eq!(got.len(), want.len(), "rows after replay\n{last}");
+    let want = pg_keyed(&db, "acct", &["id"]).await;
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "rows after replay\n{last}\nlogs in {}",
+        logs.display()
+    );
     for (k, row) in &want {
-        assert_eq!(got.get(k), Some(row), "row {k}");
+        assert_eq!(got.get(k), Some(row), "row {k}; logs in {}", logs.display());
     }
     // Every committed change once: the CDC rows after the full load are exactly the
     // workload's (the full load may have seen some of them already, so count ≤).
@@ -205,7 +266,6 @@ async fn killed_at_random_moments_every_change_lands_exactly_once() {
 async fn heavy_writes_during_the_initial_load_are_neither_lost_nor_doubled() {
     let pg = pg();
     let db = seed(&pg, "godwit_cdc_handoff", 300_000).await;
-    drop(db);
     let w = Work::new();
     let pipe = w.pipeline(&format!(
         "{}[load]\nparallel = 2\n[tables.\"public.acct\"]\npartitions = 2\n",
@@ -222,7 +282,10 @@ async fn heavy_writes_during_the_initial_load_are_neither_lost_nor_doubled() {
             done.clone(),
         )));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The writers are under way before the load starts.
+    while done.inserts.load(Ordering::Relaxed) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let first = assert_ok(&w.godwit(&["run", pipe.to_str().unwrap(), "--once"], &[]));
     stop.store(true, Ordering::Relaxed);
     for wr in writers {
@@ -230,7 +293,7 @@ async fn heavy_writes_during_the_initial_load_are_neither_lost_nor_doubled() {
     }
     assert_ok(&w.godwit(&["run", pipe.to_str().unwrap(), "--once"], &[]));
     let got = replay_keyed(&w.out().join("public/acct"), &["id"]);
-    let want = truth(&pg, "godwit_cdc_handoff");
+    let want = pg_keyed(&db, "acct", &["id"]).await;
     assert_eq!(got.len(), want.len(), "rows after replay\n{first}");
     for (k, row) in &want {
         assert_eq!(got.get(k), Some(row), "row {k}");

@@ -1056,6 +1056,7 @@ impl<'a, 'b> Apply<'a, 'b> {
                 ..
             } => {
                 self.txn = None;
+                tracing::debug!(end_lsn = %end_lsn, buffered_rows = self.buffered_rows, "transaction received");
                 self.last_commit_end = Some(end_lsn);
                 self.position = self.position.max(end_lsn);
                 self.watch_lag(commit_time);

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod replay;
+pub mod source;
 pub mod type_cases;
 
 use std::path::{Path, PathBuf};
@@ -124,6 +125,32 @@ impl Work {
             .spawn()
             .expect("start godwit")
     }
+}
+
+impl Work {
+    /// Starts `godwit run PIPELINE` in the background with godwit's debug log (stdout and
+    /// stderr) going to `log`.
+    pub fn spawn_run_logged(&self, pipeline: &Path, log: &Path) -> std::process::Child {
+        let out = std::fs::File::create(log).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_godwit"))
+            .current_dir(self.path())
+            .arg("run")
+            .arg(pipeline)
+            .env("GODWIT_LOG", "info,godwit=debug")
+            .stdout(std::process::Stdio::from(out.try_clone().unwrap()))
+            .stderr(std::process::Stdio::from(out))
+            .spawn()
+            .expect("start godwit")
+    }
+}
+
+/// How many lines of the file at `log` contain `needle`.
+pub fn log_count(log: &Path, needle: &str) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
 }
 
 /// stdout + stderr, for assertions and failure messages.
