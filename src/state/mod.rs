@@ -67,6 +67,12 @@ pub struct TableRecord {
     /// CDC high-water mark: every change at or below it is in the target already.
     #[serde(default)]
     pub mark: Option<Mark>,
+    /// The CDC objects the flush in progress is about to write (its intent, saved before the
+    /// first of them): at start, only these are read back to move the mark past what a crash
+    /// left unrecorded. `None` in a record of an older godwit, whose start-up lists the table's
+    /// folder instead.
+    #[serde(default)]
+    pub intents: Option<Vec<String>>,
 }
 
 /// A position in the change stream: a transaction's commit LSN and the change's order in
@@ -128,6 +134,7 @@ impl TableRecord {
             segments: Vec::new(),
             fingerprint: String::new(),
             mark: None,
+            intents: Some(Vec::new()),
         }
     }
 }

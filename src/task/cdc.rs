@@ -755,8 +755,10 @@ impl<'a, 'b> Apply<'a, 'b> {
         let mut by_oid = HashMap::new();
         for plan in plans {
             let key = plan.key();
-            let recorded = task.record.tables.get(&key).and_then(|r| r.mark);
-            let mark = recover_mark(store.as_ref(), &plan.table.name, recorded, &format)
+            let record = task.record.tables.get(&key);
+            let recorded = record.and_then(|r| r.mark);
+            let intents = record.and_then(|r| r.intents.clone());
+            let mark = recover_mark(store.as_ref(), &plan.table.name, recorded, intents, &format)
                 .await
                 .map_err(|e| Error::Runtime(format!("reading back the CDC files of {key}: {e}")))?;
             if mark != recorded {
@@ -904,7 +906,13 @@ impl<'a, 'b> Apply<'a, 'b> {
         }
         // A write may have completed files the checkpoint does not know.
         for t in &mut self.tables {
-            match recover_mark(self.store.as_ref(), &t.name, t.mark, &self.format).await {
+            let intents = self
+                .task
+                .record
+                .tables
+                .get(&t.key)
+                .and_then(|r| r.intents.clone());
+            match recover_mark(self.store.as_ref(), &t.name, t.mark, intents, &self.format).await {
                 Ok(m) => t.mark = m,
                 Err(e) => return Err(Error::Recoverable(format!("reading back {}: {e}", t.key))),
             }
@@ -1363,6 +1371,14 @@ impl<'a, 'b> Apply<'a, 'b> {
                     work.push((ti, key, g));
                 }
             }
+            // The intent: which objects this flush is about to write, saved before the first
+            // one, so a start after a crash reads back only those.
+            for (ti, key, _) in &work {
+                if let Some(r) = self.task.record.tables.get_mut(&self.tables[*ti].key) {
+                    r.intents.get_or_insert_with(Vec::new).push(key.clone());
+                }
+            }
+            self.task.save().await?;
             let store = self.store.clone();
             let format = self.format.clone();
             let written = tokio::task::spawn_blocking(move || {
@@ -1399,6 +1415,7 @@ impl<'a, 'b> Apply<'a, 'b> {
                 r.deletes += counts.deletes;
                 r.data_errors += counts.data_errors;
                 r.mark = t.mark;
+                r.intents = Some(Vec::new());
                 r.last_lsn = t.mark.map(|m| Lsn(m.lsn).to_string());
                 if r.state != TableState::Error {
                     r.state = TableState::Cdc;
@@ -1436,27 +1453,46 @@ impl<'a, 'b> Apply<'a, 'b> {
     }
 }
 
-/// The table's high-water mark: the checkpoint's, moved past the rows of CDC files completed
-/// after it (a crash between a file and its checkpoint).
+/// The table's high-water mark: the checkpoint's, moved past the rows of CDC objects that a
+/// flush completed after it (a crash between an object and its checkpoint). Only the objects
+/// of the recorded intent are read back; without one (a record of an older godwit), every CDC
+/// object of the table's folder at or past the mark.
 async fn recover_mark(
     store: &dyn ObjectStore,
     table: &TableName,
     recorded: Option<Mark>,
+    intents: Option<Vec<String>>,
     format: &FileFormat,
 ) -> Result<Option<Mark>, String> {
-    let prefix = layout::table_prefix(table);
-    let objects = store.list(&prefix).await.map_err(|e| e.to_string())?;
-    let mut mark = recorded;
-    for o in objects {
-        let name = o.key.rsplit('/').next().unwrap_or(&o.key);
-        let Some((_, last)) = layout::parse_cdc_file(name) else {
-            continue;
-        };
-        if recorded.is_some_and(|m| last < m.lsn) {
-            continue;
+    let keys = match intents {
+        Some(keys) => keys,
+        None => {
+            let prefix = layout::table_prefix(table);
+            let objects = store.list(&prefix).await.map_err(|e| e.to_string())?;
+            objects
+                .into_iter()
+                .filter(|o| {
+                    let name = o.key.rsplit('/').next().unwrap_or(&o.key);
+                    layout::parse_cdc_file(name)
+                        .is_some_and(|(_, last)| !recorded.is_some_and(|m| last < m.lsn))
+                })
+                .map(|o| o.key)
+                .collect()
         }
-        let data = store.get(&o.key).await.map_err(|e| e.to_string())?;
-        let found = cdc_files::max_mark(data, format).map_err(|e| format!("{}: {e}", o.key))?;
+    };
+    let mut mark = recorded;
+    for key in keys {
+        let data = match store.get(&key).await {
+            Ok(data) => data,
+            // The crash came before this object was complete: nothing of it is visible.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.to_string()),
+        };
+        let format = format.clone();
+        let found = tokio::task::spawn_blocking(move || cdc_files::max_mark(data, &format))
+            .await
+            .map_err(|e| format!("{key}: reading it back crashed: {e}"))?
+            .map_err(|e| format!("{key}: {e}"))?;
         mark = mark.max(found);
     }
     Ok(mark)
