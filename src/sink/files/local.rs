@@ -141,9 +141,11 @@ impl ObjectStore for LocalStore {
                 }
             }
         }
-        let probe = dir.join(format!(".godwit-check-{}", std::process::id()));
-        fs::write(&probe, b"")?;
-        fs::remove_file(&probe)?;
+        // A new file under a random name (never through a planted symlink), removed again.
+        tempfile::Builder::new()
+            .prefix(".godwit-check-")
+            .tempfile_in(dir)?
+            .close()?;
         Ok(format!("{} is writable", self.root.display()))
     }
 }
@@ -280,6 +282,23 @@ mod tests {
         let meta = fs::symlink_metadata(table.join(name)).unwrap();
         assert!(meta.file_type().is_file());
         assert_eq!(fs::read(table.join(name)).unwrap(), b"data");
+    }
+
+    #[tokio::test]
+    async fn the_probe_leaves_nothing_and_follows_no_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"untouched").unwrap();
+        let out = dir.path().join("out");
+        fs::create_dir(&out).unwrap();
+        for pid in [std::process::id(), 1] {
+            let link = out.join(format!(".godwit-check-{pid}"));
+            std::os::unix::fs::symlink(&victim, link).unwrap();
+        }
+        let before = files(&out);
+        LocalStore::new(&out).probe().await.unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"untouched");
+        assert_eq!(files(&out), before);
     }
 
     #[tokio::test]
