@@ -242,20 +242,20 @@ async fn clean_up_leaves_other_pipelines_work_in_the_same_tree() {
     let db = pg.fresh_db("godwit_paths_cleanup").await;
     db.batch_execute(
         "CREATE TABLE a (id int PRIMARY KEY, label text);
-         INSERT INTO a SELECT i, 'a' || i FROM generate_series(1, 100) i;",
+         INSERT INTO a SELECT i, 'a' || i FROM generate_series(1, 100) i;
+         CREATE TABLE old (id int PRIMARY KEY, label text);
+         INSERT INTO old VALUES (1, 'x');",
     )
     .await
     .unwrap();
     let work = Work::new();
     let lake = work.path().join("lake");
-    // Pipeline A writes public.a into `lake`.
-    let pipeline = work.pipeline(&pipeline_text(
-        "a",
-        &pg.url("godwit_paths_cleanup"),
-        r#"["public.a"]"#,
-        &lake,
-        "",
-    ));
+    // Pipeline A writes public.a into `lake`; its first run also loaded public.old.
+    let text =
+        |include: &str| pipeline_text("a", &pg.url("godwit_paths_cleanup"), include, &lake, "");
+    let pipeline = work.pipeline(&text(r#"["public.a", "public.old"]"#));
+    assert_ok(&work.godwit(&["run", pipeline.to_str().unwrap()], &[]));
+    let pipeline = work.pipeline(&text(r#"["public.a"]"#));
     let plant = |rel: &str| {
         let p = lake.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -272,8 +272,10 @@ async fn clean_up_leaves_other_pipelines_work_in_the_same_tree() {
         ),
         plant("public/a_archive/.LOAD00000001.parquet.Rt78Yu.godwit-tmp"),
     ];
-    // A's own leftovers, in its table folder and in a date folder of it.
+    // A's own leftovers, in its table folder and in date folders of it, and in the folder of
+    // a table its previous run loaded.
     let own = [
+        plant("public/old/.LOAD00000001.parquet.Gf56Ds.godwit-tmp"),
         plant("public/a/.LOAD00000002.parquet.Mn90Kl.godwit-tmp"),
         plant(
             "public/a/2026/01/02/.20260102-000000000-0000000000000001-0000000000000002.parquet.Po12Iu.godwit-tmp",
@@ -290,7 +292,7 @@ async fn clean_up_leaves_other_pipelines_work_in_the_same_tree() {
     for p in &own {
         assert!(!p.exists(), "{} was left behind", p.display());
     }
-    assert!(run.contains("removed 3 incomplete objects"), "{run}");
+    assert!(run.contains("removed 4 incomplete objects"), "{run}");
     assert_eq!(
         id_labels(&lake.join("public/a/LOAD00000001.parquet")),
         pg_id_labels(&db, "a").await

@@ -25,11 +25,15 @@ pub fn table_prefix(table: &TableName) -> String {
     format!("{}/{}/", segment(&table.schema), segment(&table.name))
 }
 
-/// The table folder (`<schema>/<table>/`) of an object key this layout made.
+/// The table folder (`<schema>/<table>/`) of an object key this layout made; `None` for a
+/// key whose folders no [`segment`] gives (such as `..`, from an older version's record).
 pub fn table_prefix_of(key: &str) -> Option<String> {
     let mut parts = key.splitn(3, '/');
+    let ok = |s: &str| !s.is_empty() && !s.starts_with('.');
     match (parts.next(), parts.next(), parts.next()) {
-        (Some(schema), Some(table), Some(_)) => Some(format!("{schema}/{table}/")),
+        (Some(schema), Some(table), Some(_)) if ok(schema) && ok(table) => {
+            Some(format!("{schema}/{table}/"))
+        }
         _ => None,
     }
 }
@@ -175,6 +179,8 @@ mod tests {
             Some("s/t/".into())
         );
         assert_eq!(table_prefix_of("s/t"), None);
+        assert_eq!(table_prefix_of("../../LOAD00000001.parquet"), None);
+        assert_eq!(table_prefix_of("s//LOAD00000001.parquet"), None);
         assert!(in_table_folder("LOAD00000001.parquet"));
         assert!(in_table_folder(".LOAD00000001.parquet.x.godwit-tmp"));
         assert!(in_table_folder("2026/01/02/x.parquet"));
