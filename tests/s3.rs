@@ -559,3 +559,130 @@ async fn expected_bucket_owner_is_sent_on_every_request_and_a_wrong_one_is_refus
     let check = work.godwit(&["check", path.to_str().unwrap()], &[]);
     assert_eq!(check.status.code(), Some(2), "{}", text(&check));
 }
+
+/// Every open multipart upload of a bucket, by key.
+async fn open_uploads(client: &Client, bucket: &str) -> Vec<(String, String)> {
+    let listed = client
+        .list_multipart_uploads()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap();
+    let mut out: Vec<_> = listed
+        .uploads()
+        .iter()
+        .map(|u| {
+            (
+                u.key().unwrap().to_string(),
+                u.upload_id().unwrap().to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn clean_up_aborts_only_the_uploads_of_this_pipelines_tables() {
+    let pg = pg();
+    let db = pg.fresh_db("godwit_s3_nested").await;
+    db.batch_execute(
+        "CREATE TABLE a (id int PRIMARY KEY, label text);
+         INSERT INTO a SELECT i, 'a' || i FROM generate_series(1, 100) i;",
+    )
+    .await
+    .unwrap();
+    let client = s3().await;
+    let b = bucket(&client, "nested-prefixes").await;
+    for (key, id) in open_uploads(&client, &b).await {
+        client
+            .abort_multipart_upload()
+            .bucket(&b)
+            .key(key)
+            .upload_id(id)
+            .send()
+            .await
+            .unwrap();
+    }
+    let start = |key: &'static str| {
+        let client = client.clone();
+        let b = b.clone();
+        async move {
+            client
+                .create_multipart_upload()
+                .bucket(&b)
+                .key(key)
+                .send()
+                .await
+                .unwrap();
+            key.to_string()
+        }
+    };
+    // Other pipelines' unfinished uploads: one whose prefix is `nested`, one whose prefix is
+    // A's table folder, one sharing A's (empty) prefix with its own state, table public.a_archive.
+    let mut others = vec![
+        start("nested/public/a/LOAD00000001.parquet").await,
+        start("public/a/public/b/LOAD00000001.parquet").await,
+        start("public/a/public/b/2026/01/02/20260102-000000000-0000000000000001-0000000000000002.parquet").await,
+        start("public/a_archive/LOAD00000001.parquet").await,
+    ];
+    // Pipeline A's own, in its table folder and in a date folder of it.
+    start("public/a/LOAD00000002.parquet").await;
+    start("public/a/2026/01/02/20260102-000000000-0000000000000001-0000000000000002.parquet").await;
+
+    // Pipeline A: the whole bucket (empty prefix), table public.a.
+    let work = Work::new();
+    let pipeline = work.pipeline(&format!(
+        r#"name = "nested-a"
+mode = "full-load"
+[source]
+url = "{}"
+[tables]
+include = ["public.a"]
+[target]
+url = "s3://{b}"
+endpoint = "{}"
+"#,
+        pg.url("godwit_s3_nested"),
+        endpoint()
+    ));
+    let run = assert_ok(&work.godwit(&["run", pipeline.to_str().unwrap()], &[]));
+    assert!(run.contains("removed 2 incomplete objects"), "{run}");
+    let mut left: Vec<String> = open_uploads(&client, &b)
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    left.sort();
+    others.sort();
+    assert_eq!(left, others);
+
+    let all = objects(&client, &b, "public/a/").await;
+    let batches: Vec<RecordBatch> =
+        ParquetRecordBatchReaderBuilder::try_new(all["public/a/LOAD00000001.parquet"].clone())
+            .unwrap()
+            .build()
+            .unwrap()
+            .map(|b| b.unwrap())
+            .collect();
+    let mut got: Vec<(i32, String)> = Vec::new();
+    for batch in &batches {
+        use arrow::array::AsArray;
+        let ids = batch
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int32Type>();
+        let labels = batch.column(1).as_string::<i32>();
+        for i in 0..batch.num_rows() {
+            got.push((ids.value(i), labels.value(i).to_string()));
+        }
+    }
+    got.sort();
+    let want: Vec<(i32, String)> = db
+        .query("SELECT id, label FROM a ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(got, want);
+}

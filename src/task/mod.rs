@@ -7,6 +7,7 @@ pub mod plan;
 pub mod progress;
 pub mod reload;
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -16,9 +17,9 @@ use crate::notify::Notifier;
 use crate::pg::Snapshot;
 use crate::pg::catalog;
 use crate::pg::connect::Source;
-use crate::sink::files::ObjectStore;
 use crate::sink::files::local::LocalStore;
 use crate::sink::files::s3::{Encryption, S3Settings, S3Store};
+use crate::sink::files::{ObjectStore, layout};
 use crate::state::local::LocalState;
 use crate::state::s3::S3State;
 use crate::state::{Lease, StateStore, TaskRecord};
@@ -133,12 +134,6 @@ pub async fn start(p: &Pipeline) -> Result<Started, Error> {
         .acquire_lease(&p.name)
         .await
         .map_err(|e| Error::Startup(e.to_string()))?;
-    // Start-up is over: from here on godwit writes.
-    match store.cleanup_incomplete().await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!("removed {n} incomplete objects an interrupted run left"),
-        Err(e) => tracing::warn!("cannot clean up after an interrupted run: {e}"),
-    }
     let previous = match state.load().await {
         Ok(p) => p,
         Err(e) => {
@@ -146,6 +141,13 @@ pub async fn start(p: &Pipeline) -> Result<Started, Error> {
             return Err(Error::Runtime(e.to_string()));
         }
     };
+    // Start-up is over: from here on godwit writes.
+    let folders = table_folders(&discovered.plans, previous.as_ref());
+    match store.cleanup_incomplete(&folders).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("removed {n} incomplete objects an interrupted run left"),
+        Err(e) => tracing::warn!("cannot clean up after an interrupted run: {e}"),
+    }
     let notifier = match Notifier::open(&p.name, &p.notify.events_file) {
         Ok(n) => n,
         Err(e) => {
@@ -164,6 +166,23 @@ pub async fn start(p: &Pipeline) -> Result<Started, Error> {
         previous,
         discovered,
     })
+}
+
+/// The table folders this pipeline may have left incomplete objects in: the selected
+/// tables', and those the previous run recorded files in (tables since deselected).
+fn table_folders(plans: &[TablePlan], previous: Option<&TaskRecord>) -> Vec<String> {
+    let mut folders: BTreeSet<String> = plans
+        .iter()
+        .map(|p| layout::table_prefix(&p.table.name))
+        .collect();
+    for t in previous.iter().flat_map(|r| r.tables.values()) {
+        let files = t
+            .files
+            .iter()
+            .chain(t.segments.iter().flat_map(|s| &s.files));
+        folders.extend(files.filter_map(|f| layout::table_prefix_of(&f.key)));
+    }
+    folders.into_iter().collect()
 }
 
 /// Runs the table's filter once on no rows, so a typo fails at start-up, not mid-load.

@@ -4,15 +4,62 @@
 
 use crate::pg::catalog::TableName;
 
-/// Escapes a schema or table name for use as one key segment: `/` (and `%`, so the
-/// escaping can be undone) are percent-encoded; everything else is kept as it is.
+/// Escapes a schema or table name for use as one key segment, so that every name is one
+/// ordinary folder inside the target: `/` (and `%`, so the escaping can be undone) are
+/// percent-encoded, and so is a leading `.` — `.` and `..` are no path steps then, and no
+/// table folder is hidden like the temporary files are. An empty name (PostgreSQL has none)
+/// becomes `%00`. Everything else is kept as it is, as DMS does.
 pub fn segment(name: &str) -> String {
-    name.replace('%', "%25").replace('/', "%2F")
+    if name.is_empty() {
+        return "%00".into();
+    }
+    let escaped = name.replace('%', "%25").replace('/', "%2F");
+    match escaped.strip_prefix('.') {
+        Some(rest) => format!("%2E{rest}"),
+        None => escaped,
+    }
 }
 
 /// `<schema>/<table>/`
 pub fn table_prefix(table: &TableName) -> String {
     format!("{}/{}/", segment(&table.schema), segment(&table.name))
+}
+
+/// The table folder (`<schema>/<table>/`) of an object key this layout made; `None` for a
+/// key whose folders no [`segment`] gives (such as `..`, from an older version's record).
+pub fn table_prefix_of(key: &str) -> Option<String> {
+    let mut parts = key.splitn(3, '/');
+    let ok = |s: &str| !s.is_empty() && !s.starts_with('.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(schema), Some(table), Some(_)) if ok(schema) && ok(table) => {
+            Some(format!("{schema}/{table}/"))
+        }
+        _ => None,
+    }
+}
+
+/// True when `rest`, a key below a table prefix, is a file of that table: in its folder or
+/// in one of its date folders (see [`date_folder`]) — not in a folder some other pipeline
+/// whose prefix lies inside this table's folder could own.
+pub fn in_table_folder(rest: &str) -> bool {
+    let folders: Vec<&str> = rest.split('/').collect();
+    let folders = &folders[..folders.len() - 1];
+    folders.len() <= 4
+        && folders
+            .iter()
+            .enumerate()
+            .all(|(level, name)| is_date_folder(level, name))
+}
+
+/// True when `name` can be the folder at `level` (0 = year) of a date folder path
+/// `yyyy/mm/dd/[hh/]`.
+pub fn is_date_folder(level: usize, name: &str) -> bool {
+    let digits = match level {
+        0 => 4,
+        1..=3 => 2,
+        _ => return false,
+    };
+    name.len() == digits && name.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// A full-load file: `LOAD` + 8 uppercase hex digits, `SEGMENT<n>_` for parallel segments.
@@ -102,6 +149,46 @@ mod tests {
         assert!(is_load_file("SEGMENT12_LOAD00000001.csv"));
         assert!(!is_load_file("20261127-000000000-0-0.parquet"));
         assert!(!is_load_file("LOADX.parquet"));
+    }
+
+    #[test]
+    fn path_syntax_is_encoded() {
+        let folder = |s: &str, t: &str| table_prefix(&TableName::new(s, t));
+        assert_eq!(folder("..", ".."), "%2E./%2E./");
+        assert_eq!(folder(".", "."), "%2E/%2E/");
+        assert_eq!(folder("public", ".x"), "public/%2Ex/");
+        assert_eq!(folder("public", "..."), "public/%2E../");
+        assert_eq!(folder("", "a"), "%00/a/");
+        // Ordinary names, dots inside included, stay as they are.
+        assert_eq!(folder("public", "a.b.."), "public/a.b../");
+        assert_eq!(folder("My Schema", "Order Items"), "My Schema/Order Items/");
+        // Encoded names never collide with each other.
+        assert_ne!(segment(".x"), segment("%2Ex"));
+        assert_eq!(segment("%2Ex"), "%252Ex");
+    }
+
+    #[test]
+    fn table_folders() {
+        let t = TableName::new(".", "a/b");
+        assert_eq!(
+            table_prefix_of(&load_file(&t, Some(2), 1, "csv")),
+            Some(table_prefix(&t))
+        );
+        assert_eq!(
+            table_prefix_of("s/t/2026/01/02/x.parquet"),
+            Some("s/t/".into())
+        );
+        assert_eq!(table_prefix_of("s/t"), None);
+        assert_eq!(table_prefix_of("../../LOAD00000001.parquet"), None);
+        assert_eq!(table_prefix_of("s//LOAD00000001.parquet"), None);
+        assert!(in_table_folder("LOAD00000001.parquet"));
+        assert!(in_table_folder(".LOAD00000001.parquet.x.godwit-tmp"));
+        assert!(in_table_folder("2026/01/02/x.parquet"));
+        assert!(in_table_folder("2026/01/02/03/x.parquet"));
+        assert!(!in_table_folder("public/b/LOAD00000001.parquet"));
+        assert!(!in_table_folder("2026/01/02/03/04/x.parquet"));
+        assert!(!in_table_folder("2026/1/02/x.parquet"));
+        assert!(!in_table_folder("nested/2026/01/02/x.parquet"));
     }
 
     #[test]

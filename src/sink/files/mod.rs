@@ -37,8 +37,10 @@ pub trait ObjectStore: Send + Sync {
     /// was checked.
     async fn probe(&self) -> io::Result<String>;
     /// Removes what an interrupted run may have left half-written (temporary files,
-    /// incomplete multipart uploads); returns how many. Call only while holding the lease.
-    async fn cleanup_incomplete(&self) -> io::Result<usize>;
+    /// incomplete multipart uploads) in the given table folders (`layout::table_prefix`, each
+    /// ending in `/`) and their date folders — nothing elsewhere, so another pipeline's work in
+    /// the same tree is safe; returns how many. Call only while holding the lease.
+    async fn cleanup_incomplete(&self, prefixes: &[String]) -> io::Result<usize>;
 }
 
 /// An object being written.

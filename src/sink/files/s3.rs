@@ -17,6 +17,7 @@ use bytes::Bytes;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
+use super::layout;
 use super::{ObjectInfo, ObjectStore, ObjectWriter};
 
 /// Size of one uploaded part (S3's minimum is 5 MiB, except for the last part).
@@ -267,6 +268,45 @@ impl Inner {
             .build())
     }
 
+    /// The open multipart uploads (key, upload id) of the table folder `prefix` (ending in
+    /// `/`, relative to the store's prefix) and of its date folders, every page of them.
+    async fn open_uploads(&self, prefix: &str) -> io::Result<Vec<(String, String)>> {
+        let s = &self.settings;
+        let full = self.full_key(prefix);
+        let mut out = Vec::new();
+        let (mut key_marker, mut id_marker) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&s.bucket)
+                .prefix(&full)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .set_expected_bucket_owner(s.expected_bucket_owner.clone())
+                .send()
+                .await
+                .map_err(|e| sdk_error(&format!("listing uploads in s3://{}", s.bucket), e))?;
+            for u in page.uploads() {
+                if let (Some(key), Some(id)) = (u.key(), u.upload_id())
+                    && key
+                        .strip_prefix(full.as_str())
+                        .is_some_and(layout::in_table_folder)
+                {
+                    out.push((key.to_string(), id.to_string()));
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                return Ok(out);
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            id_marker = page.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() && id_marker.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
     async fn abort(&self, key: &str, upload_id: &str) {
         let s = &self.settings;
         let res = self
@@ -367,22 +407,11 @@ impl ObjectStore for S3Store {
         }
     }
 
-    async fn cleanup_incomplete(&self) -> io::Result<usize> {
-        let s = &self.inner.settings;
-        let listed = self
-            .inner
-            .client
-            .list_multipart_uploads()
-            .bucket(&s.bucket)
-            .prefix(self.full_key(""))
-            .set_expected_bucket_owner(s.expected_bucket_owner.clone())
-            .send()
-            .await
-            .map_err(|e| sdk_error(&format!("listing uploads in s3://{}", s.bucket), e))?;
+    async fn cleanup_incomplete(&self, prefixes: &[String]) -> io::Result<usize> {
         let mut n = 0;
-        for u in listed.uploads() {
-            if let (Some(key), Some(id)) = (u.key(), u.upload_id()) {
-                self.inner.abort(key, id).await;
+        for prefix in prefixes {
+            for (key, id) in self.inner.open_uploads(prefix).await? {
+                self.inner.abort(&key, &id).await;
                 n += 1;
             }
         }
