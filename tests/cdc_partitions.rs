@@ -91,6 +91,16 @@ fn partition_events(events: &Path) -> Vec<(String, String)> {
     out
 }
 
+/// A background run, ended (SIGKILL) if the test fails before it stops it.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 async fn lsn_now(db: &tokio_postgres::Client) -> i64 {
     db.query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8", &[])
         .await
@@ -176,7 +186,7 @@ async fn a_partition_truncated_while_cdc_runs_is_reloaded() {
     let w = Work::new();
     let pipe = w.pipeline(&pipeline("parts-live", &pg.url("godwit_parts_live")));
     let events = w.path().join("godwit-out/parts-live/events.jsonl");
-    let mut child = w.spawn_run(&pipe);
+    let mut run = Running(w.spawn_run(&pipe));
     let loaded = |n: usize| {
         common::events(&events)
             .iter()
@@ -212,11 +222,11 @@ async fn a_partition_truncated_while_cdc_runs_is_reloaded() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let term = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &run.0.id().to_string()])
         .status()
         .unwrap();
     assert!(term.success());
-    assert_eq!(child.wait().unwrap().code(), Some(0), "a clean stop");
+    assert_eq!(run.0.wait().unwrap().code(), Some(0), "a clean stop");
     assert_files_equal_source(&w.out(), &db).await;
     assert_eq!(
         partition_events(&events),

@@ -598,8 +598,11 @@ async fn run_started(
     };
     let mut apply = Apply::new(p, task, store, reloader, prepared.types, stream, start_lsn).await?;
     // Partition changes made while godwit was not running, then what is queued.
-    apply.check_partitions().await?;
-    let ended = match apply.reload_requested().await {
+    let ended = match apply.check_partitions().await {
+        Ok(()) => apply.reload_requested().await,
+        Err(e) => Err(e),
+    };
+    let ended = match ended {
         Ok(()) => apply.follow(stop_at, opts.max_duration).await,
         Err(e) => Err(e),
     };
@@ -957,8 +960,11 @@ impl<'a, 'b> Apply<'a, 'b> {
                 return Ok(true);
             }
         }
-        // A reload's switch a failed write interrupted.
-        self.finish_switches().await?;
+        // A reload's switch a failed write interrupted (failing again: wait and retry).
+        if let Err(e) = self.finish_switches().await {
+            tracing::warn!("{e}");
+            return Ok(false);
+        }
         // A write may have completed files the checkpoint does not know.
         for t in &mut self.tables {
             match recover_mark(self.store.as_ref(), &t.name, t.mark, &self.format).await {
@@ -1082,6 +1088,11 @@ impl<'a, 'b> Apply<'a, 'b> {
             r.last_lsn = None;
             r.fingerprint = fingerprints.get(&key).cloned().unwrap_or_default();
             r.switch_pending = true;
+            // Its changes wait for the switch; from then on they count from the new mark.
+            if let Some(t) = self.tables.iter_mut().find(|t| t.key == key) {
+                t.mark = Some(mark);
+                t.suspended = true;
+            }
             self.reload_failures.remove(&key);
             tracing::info!(table = %key, consistent_point = %point, "reloaded; CDC goes on after the new snapshot");
         }
@@ -1735,6 +1746,13 @@ async fn recover_mark(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_wait_5_s_doubling_to_30_min() {
+        let secs: Vec<u64> = (1..=11).map(|a| backoff(a).as_secs()).collect();
+        assert_eq!(secs, [5, 10, 20, 40, 80, 160, 320, 640, 1280, 1800, 1800]);
+        assert_eq!(backoff(1000).as_secs(), 1800);
+    }
 
     #[test]
     fn the_stop_point_is_a_record_end() {
