@@ -46,6 +46,9 @@ enum Command {
         /// Test crash point: abort right after the N-th completed object.
         #[arg(long, hide = true)]
         crash_after_objects: Option<u64>,
+        /// Test failure point: the N-th object fails to complete (an I/O error).
+        #[arg(long, hide = true)]
+        fail_object: Option<u64>,
     },
     /// Validate the file and every prerequisite without moving data.
     Check {
@@ -126,8 +129,10 @@ fn main() -> ExitCode {
                 once,
                 max_duration,
                 crash_after_objects,
+                fail_object,
             } => {
                 godwit::faults::crash_after_objects(crash_after_objects.unwrap_or(0));
+                godwit::faults::fail_object(fail_object.unwrap_or(0));
                 let max_duration = match max_duration.as_deref().map(godwit::config::parse_duration)
                 {
                     None => None,

@@ -324,7 +324,45 @@ async fn cdc_checks(
             out.push(("wal_keep", "ok", format!("max_slot_wal_keep_size = {keep}")));
         }
     }
+    if let Some(item) = partitions_check(p, plans) {
+        out.push(item);
+    }
     out
+}
+
+/// How CDC handles the partition changes PostgreSQL does not publish (see `task::partitions`).
+fn partitions_check(
+    p: &Pipeline,
+    plans: &[TablePlan],
+) -> Option<(&'static str, &'static str, String)> {
+    let roots: Vec<String> = plans
+        .iter()
+        .filter(|pl| pl.table.partitioned)
+        .map(|pl| pl.key())
+        .collect();
+    if roots.is_empty() {
+        return None;
+    }
+    let unpublished = "a partition's own TRUNCATE, DETACH, ATTACH and DROP are not in the stream";
+    Some(if p.mode == crate::config::Mode::FullLoadAndCdc {
+        (
+            "partitions",
+            "ok",
+            format!(
+                "{} partitioned: {unpublished}; godwit compares the partitions with the load's                  at start and every 5 s and reloads the table when they changed (table.truncated)",
+                roots.join(", ")
+            ),
+        )
+    } else {
+        (
+            "partitions",
+            "warning",
+            format!(
+                "{} partitioned: {unpublished}; mode cdc only reports them (table.truncated) —                  the change files do not hold those rows leaving",
+                roots.join(", ")
+            ),
+        )
+    })
 }
 
 /// 1536 → "1.5 KiB".

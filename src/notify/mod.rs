@@ -54,9 +54,12 @@ pub enum EventKind {
         policy: String,
         remedy: String,
     },
+    /// A TRUNCATE from the stream (`lsn`), or rows of a partition that went without a change
+    /// record (`partition`).
     TableTruncated {
         table: String,
-        lsn: String,
+        lsn: Option<String>,
+        partition: Option<PartitionChange>,
     },
     TableReloadRequested {
         table: String,
@@ -70,6 +73,18 @@ pub enum EventKind {
         reason: String,
         remedy: String,
     },
+}
+
+/// A partition whose rows changed without a change record in the stream: PostgreSQL does not
+/// publish a leaf's TRUNCATE under `publish_via_partition_root`, nor DETACH, ATTACH or DROP.
+#[derive(Debug, Clone)]
+pub struct PartitionChange {
+    /// `schema.table` of the partition (`oid N` when it was dropped).
+    pub partition: String,
+    /// `truncated`, `detached`, `attached`, `dropped`, `detached and attached again`.
+    pub change: String,
+    /// What godwit does about it.
+    pub action: String,
 }
 
 /// The JSON object of SPEC §6.
@@ -170,13 +185,29 @@ impl EventKind {
                 None,
                 json!({"error": error, "policy": policy, "remedy": remedy}),
             ),
-            EventKind::TableTruncated { table, lsn } => (
+            EventKind::TableTruncated {
+                table,
+                lsn,
+                partition,
+            } => (
                 "table.truncated",
                 Severity::Warning,
                 Some(table.clone()),
-                format!("{table} was truncated at {lsn}"),
+                match (partition, lsn) {
+                    (Some(pc), _) => format!(
+                        "{table}: partition {} was {}; {}",
+                        pc.partition, pc.change, pc.action
+                    ),
+                    (None, Some(lsn)) => format!("{table} was truncated at {lsn}"),
+                    (None, None) => format!("{table} was truncated"),
+                },
                 None,
-                json!({"lsn": lsn}),
+                match partition {
+                    Some(pc) => {
+                        json!({"lsn": lsn, "partition": pc.partition, "change": pc.change, "action": pc.action})
+                    }
+                    None => json!({"lsn": lsn}),
+                },
             ),
             EventKind::TableReloadRequested { table } => (
                 "table.reload_requested",

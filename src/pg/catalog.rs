@@ -192,3 +192,85 @@ pub async fn discover(
     }
     Ok(tables)
 }
+
+/// The partition fingerprint of each partitioned root in `roots`: every table below it as
+/// `oid:relfilenode:xmin-of-its-pg_inherits-link`, in oid order, with the root first.
+/// TRUNCATE (and VACUUM FULL, CLUSTER) gives a partition a new relfilenode; ATTACH and
+/// DETACH add or remove a `pg_inherits` row (a detach-and-reattach leaves a new one), DROP
+/// removes the table. Plain catalog reads (no `pg_partition_tree()`, which reads the latest
+/// catalog), so inside an imported snapshot the fingerprint is the snapshot's.
+pub async fn partition_fingerprints(
+    client: &Client,
+    roots: &[u32],
+) -> Result<HashMap<u32, String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "WITH RECURSIVE tree(root, relid, link) AS (
+                 SELECT r, r, ''::text FROM unnest($1::oid[]) r
+               UNION ALL
+                 SELECT t.root, i.inhrelid, i.xmin::text
+                 FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid
+             )
+             SELECT t.root, string_agg(t.relid::text || ':' || c.relfilenode::text || ':' || t.link,
+                                       ',' ORDER BY t.relid <> t.root, t.relid)
+             FROM tree t JOIN pg_class c ON c.oid = t.relid
+             GROUP BY t.root",
+            &[&roots],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// One table of a partition fingerprint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FingerprintEntry {
+    pub oid: u32,
+    pub relfilenode: u32,
+    /// The xmin of its `pg_inherits` row (empty for the root).
+    pub link: u32,
+}
+
+/// The entries of a fingerprint written by [`partition_fingerprints`]; `None` when `text` is
+/// not one (an older state's format).
+pub fn parse_fingerprint(text: &str) -> Option<Vec<FingerprintEntry>> {
+    text.split(',')
+        .map(|e| {
+            let mut parts = e.split(':');
+            let oid = parts.next()?.parse().ok()?;
+            let relfilenode = parts.next()?.parse().ok()?;
+            let link = match parts.next()? {
+                "" => 0,
+                x => x.parse().ok()?,
+            };
+            parts.next().is_none().then_some(FingerprintEntry {
+                oid,
+                relfilenode,
+                link,
+            })
+        })
+        .collect()
+}
+
+/// Names (`schema.table`) of the tables among `oids` that still exist.
+pub async fn table_names(
+    client: &Client,
+    oids: &[u32],
+) -> Result<HashMap<u32, TableName>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT c.oid, n.nspname::text, c.relname::text
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.oid = ANY($1)",
+            &[&oids],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                TableName::new(r.get::<_, String>(1), r.get::<_, String>(2)),
+            )
+        })
+        .collect())
+}

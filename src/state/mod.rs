@@ -61,9 +61,14 @@ pub struct TableRecord {
     /// Parallel segments of the load (empty when read as one stream).
     #[serde(default)]
     pub segments: Vec<SegmentRecord>,
-    /// The table's storage/write fingerprint when its load started (see `pg::catalog`).
+    /// A partitioned table's partition fingerprint (see `pg::catalog::partition_fingerprints`)
+    /// in the snapshot its files were loaded from; CDC reloads the table when it changes.
     #[serde(default)]
     pub fingerprint: String,
+    /// A reload's new load (`files`, staged) is complete and being switched in; a run that
+    /// finds this set finishes the switch before anything else.
+    #[serde(default)]
+    pub switch_pending: bool,
     /// CDC high-water mark: every change at or below it is in the target already.
     #[serde(default)]
     pub mark: Option<Mark>,
@@ -133,6 +138,7 @@ impl TableRecord {
             load_seconds: None,
             segments: Vec::new(),
             fingerprint: String::new(),
+            switch_pending: false,
             mark: None,
             intents: Some(Vec::new()),
         }

@@ -13,11 +13,13 @@ use tokio_postgres::Client;
 
 use super::full_load::{self, RunOptions, RunSummary, Shared, now};
 use super::plan::TablePlan;
-use super::{Discovered, Started, reload};
+use super::{Discovered, Started, partitions, reload};
 use crate::batch::changes::{Layout, Op, Row, TableBuffer};
-use crate::config::{CdcMode, DataErrorPolicy, DatePartitioning, Mode, NumericMode, Pipeline};
+use crate::config::{
+    CdcMode, DataErrorPolicy, DatePartitioning, Mode, NumericMode, Pipeline, TableErrorPolicy,
+};
 use crate::error::Error;
-use crate::notify::{EventKind, Notifier};
+use crate::notify::{EventKind, Notifier, PartitionChange};
 use crate::pg::catalog::{self, Column, TableName, Types};
 use crate::pg::connect::{Source, describe_error};
 use crate::pg::lsn::Lsn;
@@ -478,6 +480,11 @@ async fn run_started(
             mode: p.mode.as_str().into(),
             tables: plans.len(),
         });
+        // Taken in the load's own snapshot: a partition change after it is seen by the
+        // first check, however soon it comes.
+        let fingerprints = partitions::in_snapshot(&source, &new.snapshot, &plans)
+            .await
+            .map_err(|e| Error::Runtime(format!("reading the partitions in the snapshot: {e}")))?;
         let shared = Shared {
             source: source.clone(),
             store: store.clone(),
@@ -501,20 +508,23 @@ async fn run_started(
             return Err(Error::Runtime(fatal));
         }
         // CDC files an earlier life of this pipeline left (before a `drop`) would replay
-        // over the new load.
+        // over the new load; so would a reload's staged load, switched in later.
         for plan in &plans {
-            let loaded = task
-                .record
-                .tables
-                .get(&plan.key())
-                .is_some_and(|r| r.state == TableState::Completed);
-            if loaded {
-                reload::remove_cdc_files(store.as_ref(), &plan.table.name)
-                    .await
-                    .map_err(|e| {
-                        Error::Runtime(format!("removing old CDC files of {}: {e}", plan.key()))
-                    })?;
+            let Some(r) = task.record.tables.get_mut(&plan.key()) else {
+                continue;
+            };
+            if r.state != TableState::Completed {
+                continue;
             }
+            r.fingerprint = fingerprints.get(&plan.key()).cloned().unwrap_or_default();
+            let name = &plan.table.name;
+            let cleaned = match reload::remove_cdc_files(store.as_ref(), name, u64::MAX).await {
+                Ok(_) => reload::discard_staged(store.as_ref(), name).await,
+                Err(e) => Err(e),
+            };
+            cleaned.map_err(|e| {
+                Error::Runtime(format!("removing old CDC files of {}: {e}", plan.key()))
+            })?;
         }
         cdc.full_load_done = true;
         task.record.cdc = Some(cdc.clone());
@@ -577,6 +587,9 @@ async fn run_started(
             .await
             .map_err(|e| Error::Runtime(e.to_string()))?;
     }
+    finish_switches(task, store.as_ref(), &plans)
+        .await
+        .map_err(Error::Runtime)?;
     let reloader = Reloader {
         source: source.clone(),
         publications: cdc.publications.clone(),
@@ -584,7 +597,12 @@ async fn run_started(
         progress: opts.progress,
     };
     let mut apply = Apply::new(p, task, store, reloader, prepared.types, stream, start_lsn).await?;
-    let ended = match apply.reload_requested().await {
+    // Partition changes made while godwit was not running, then what is queued.
+    let ended = match apply.check_partitions().await {
+        Ok(()) => apply.reload_requested().await,
+        Err(e) => Err(e),
+    };
+    let ended = match ended {
         Ok(()) => apply.follow(stop_at, opts.max_duration).await,
         Err(e) => Err(e),
     };
@@ -629,6 +647,42 @@ async fn record_slot_intent(task: &mut Task<'_>, cdc: &mut CdcRecord) -> Result<
     cdc.consistent_point = None;
     task.record.cdc = Some(cdc.clone());
     task.save().await
+}
+
+/// Finishes the reload switches an interrupted run (or a failed write) left half done (see
+/// `reload`); returns the tables switched.
+async fn finish_switches(
+    task: &mut Task<'_>,
+    store: &dyn ObjectStore,
+    plans: &[TablePlan],
+) -> Result<Vec<String>, String> {
+    let mut done = Vec::new();
+    for plan in plans {
+        let key = plan.key();
+        let Some(r) = task.record.tables.get(&key).filter(|r| r.switch_pending) else {
+            continue;
+        };
+        let up_to = r.mark.map(|m| m.lsn).unwrap_or(0);
+        reload::switch(store, &plan.table.name, &r.files, up_to)
+            .await
+            .map_err(|e| format!("switching in the reloaded load of {key}: {e}"))?;
+        if let Some(r) = task.record.tables.get_mut(&key) {
+            r.switch_pending = false;
+        }
+        task.save().await.map_err(|e| e.to_string())?;
+        let _ = task.state.clear_reload(&key).await;
+        tracing::info!(table = %key, "the reloaded load is in place");
+        done.push(key);
+    }
+    Ok(done)
+}
+
+/// The wait before retry `attempt` (1-based) of something recoverable: 5 s, doubling, at most
+/// 30 min.
+fn backoff(attempt: u64) -> Duration {
+    Duration::from_secs(5)
+        .saturating_mul(1u32 << (attempt.max(1) - 1).min(9) as u32)
+        .min(Duration::from_secs(1800))
 }
 
 /// What ends a CDC run cleanly: SIGTERM, SIGINT, `--max-duration`.
@@ -729,6 +783,10 @@ struct Apply<'a, 'b> {
     files_written: u64,
     reloader: Reloader,
     last_request_check: Instant,
+    /// An ordinary connection for the partition checks (opened when first needed).
+    catalog: Option<Client>,
+    /// Failed reloads: attempts so far, and when the next may start.
+    reload_failures: HashMap<String, (u64, Instant)>,
 }
 
 /// What reloading single tables needs.
@@ -811,6 +869,8 @@ impl<'a, 'b> Apply<'a, 'b> {
             files_written: 0,
             reloader,
             last_request_check: Instant::now(),
+            catalog: None,
+            reload_failures: HashMap::new(),
         })
     }
 
@@ -877,9 +937,7 @@ impl<'a, 'b> Apply<'a, 'b> {
         attempt: u64,
         stops: &mut Stops,
     ) -> Result<bool, Error> {
-        let wait = Duration::from_secs(5)
-            .saturating_mul(1u32 << (attempt - 1).min(9) as u32)
-            .min(Duration::from_secs(1800));
+        let wait = backoff(attempt);
         tracing::warn!(
             attempt,
             wait_s = wait.as_secs(),
@@ -903,6 +961,11 @@ impl<'a, 'b> Apply<'a, 'b> {
                 tracing::info!("{why} while waiting to reconnect: stopping");
                 return Ok(true);
             }
+        }
+        // A reload's switch a failed write interrupted (failing again: wait and retry).
+        if let Err(e) = self.finish_switches().await {
+            tracing::warn!("{e}");
+            return Ok(false);
         }
         // A write may have completed files the checkpoint does not know.
         for t in &mut self.tables {
@@ -934,10 +997,11 @@ impl<'a, 'b> Apply<'a, 'b> {
         Ok(false)
     }
 
-    /// Reloads the tables `godwit reload` (or a newly selected table) asked for: what is
-    /// buffered is written first, the stream waits (its keepalives are still answered), the
-    /// tables load from a temporary slot's snapshot, their old CDC files go, and their marks
-    /// move to that slot's consistent point.
+    /// Reloads the tables `godwit reload`, a partition change or a newly selected table asked
+    /// for: what is buffered is written first, the stream waits (its keepalives are still
+    /// answered), the tables load from a temporary slot's snapshot into the staging area and
+    /// are switched in (see `reload`), and their marks move to that slot's consistent point.
+    /// A table whose reload failed is in `Table error` and tried again after a back-off.
     async fn reload_requested(&mut self) -> Result<(), Error> {
         let requests = self
             .task
@@ -948,19 +1012,25 @@ impl<'a, 'b> Apply<'a, 'b> {
         if requests.is_empty() {
             return Ok(());
         }
+        for r in &requests {
+            if !self.reloader.plans.iter().any(|pl| &pl.key() == r) {
+                tracing::warn!(table = %r, "reload requested for a table this pipeline does not select; dropped");
+                let _ = self.task.state.clear_reload(r).await;
+            }
+        }
+        let now = Instant::now();
         let plans: Vec<TablePlan> = self
             .reloader
             .plans
             .iter()
             .filter(|pl| requests.contains(&pl.key()))
+            .filter(|pl| {
+                self.reload_failures
+                    .get(&pl.key())
+                    .is_none_or(|(_, next)| now >= *next)
+            })
             .cloned()
             .collect();
-        for r in &requests {
-            if !plans.iter().any(|pl| &pl.key() == r) {
-                tracing::warn!(table = %r, "reload requested for a table this pipeline does not select; dropped");
-                let _ = self.task.state.clear_reload(r).await;
-            }
-        }
         if plans.is_empty() {
             return Ok(());
         }
@@ -977,7 +1047,7 @@ impl<'a, 'b> Apply<'a, 'b> {
             state: self.task.state.clone(),
             notifier: self.task.notifier.clone(),
         };
-        let (record, point) = reload::load_from_temporary_slot(
+        let attempt = reload::load_from_temporary_slot(
             self.p,
             self.reloader.progress,
             shared,
@@ -987,41 +1057,251 @@ impl<'a, 'b> Apply<'a, 'b> {
             self.task.record.clone(),
         )
         .await?;
-        self.task.record = record;
+        let (point, fingerprints) = match attempt {
+            reload::Attempt::Loaded {
+                record,
+                point,
+                fingerprints,
+            } => {
+                self.task.record = *record;
+                (point, fingerprints)
+            }
+            reload::Attempt::NotStarted(why) => {
+                for pl in &plans {
+                    self.reload_failed(&pl.key(), &why, true).await?;
+                }
+                return self.task.save().await;
+            }
+        };
         // Changes committed before the consistent point are in the new load.
         let mark = Mark {
             lsn: point.0.saturating_sub(1),
             seq: u64::MAX,
         };
-        let mut done = Vec::new();
         for pl in &plans {
             let key = pl.key();
-            let loaded = self
-                .task
-                .record
-                .tables
-                .get(&key)
-                .is_some_and(|r| r.state == TableState::Completed);
-            if !loaded {
+            let Some(r) = self.task.record.tables.get_mut(&key) else {
+                continue;
+            };
+            if r.state != TableState::Completed {
+                // The load said why (state and `table.error`); the old load is untouched.
+                let why = r
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "the load did not complete".into());
+                self.reload_failed(&key, &why, false).await?;
                 continue;
             }
-            let removed = reload::remove_cdc_files(self.store.as_ref(), &pl.table.name)
-                .await
-                .map_err(|e| Error::Runtime(format!("removing old CDC files of {key}: {e}")))?;
-            tracing::info!(table = %key, removed, consistent_point = %point, "reloaded; CDC goes on after the new snapshot");
+            r.mark = Some(mark);
+            r.last_lsn = None;
+            r.fingerprint = fingerprints.get(&key).cloned().unwrap_or_default();
+            r.switch_pending = true;
+            // Its changes wait for the switch; from then on they count from the new mark.
             if let Some(t) = self.tables.iter_mut().find(|t| t.key == key) {
                 t.mark = Some(mark);
-                t.suspended = false;
+                t.suspended = true;
             }
-            if let Some(r) = self.task.record.tables.get_mut(&key) {
-                r.mark = Some(mark);
-                r.last_lsn = None;
-            }
-            done.push(key);
+            self.reload_failures.remove(&key);
+            tracing::info!(table = %key, consistent_point = %point, "reloaded; CDC goes on after the new snapshot");
         }
         self.task.save().await?;
+        self.finish_switches().await
+    }
+
+    /// Finishes pending reload switches and follows the switched tables from their new marks.
+    async fn finish_switches(&mut self) -> Result<(), Error> {
+        let plans = self.reloader.plans.clone();
+        let done = finish_switches(self.task, self.store.as_ref(), &plans)
+            .await
+            .map_err(Error::Recoverable)?;
         for key in done {
-            let _ = self.task.state.clear_reload(&key).await;
+            let mark = self.task.record.tables.get(&key).and_then(|r| r.mark);
+            if let Some(t) = self.tables.iter_mut().find(|t| t.key == key) {
+                t.mark = mark;
+                t.suspended = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// A reload of `key` failed (`why`): the table goes to `Table error` (its changes wait for
+    /// the reload) and the reload is tried again after a back-off, `[errors]
+    /// recoverable_retries` times; `emit` when no `table.error` was emitted for it yet.
+    async fn reload_failed(&mut self, key: &str, why: &str, emit: bool) -> Result<(), Error> {
+        let policy = if self.p.errors.table == TableErrorPolicy::StopTask {
+            "stop-task"
+        } else {
+            "suspend-table"
+        };
+        let entry = self
+            .reload_failures
+            .entry(key.to_string())
+            .or_insert((0, Instant::now()));
+        entry.0 += 1;
+        let attempt = entry.0;
+        let wait = backoff(attempt);
+        entry.1 = Instant::now() + wait;
+        let retries = self.p.errors.recoverable_retries;
+        let spent = retries >= 0 && attempt > retries as u64;
+        let remedy = if spent {
+            let _ = self.task.state.clear_reload(key).await;
+            format!(
+                "the reload failed {attempt} times ([errors] recoverable_retries = {retries}); fix \
+                 the cause, then run `godwit reload PIPELINE --table {key}`"
+            )
+        } else {
+            format!(
+                "godwit tries the reload again in {}s (attempt {}); the previous load stays in \
+                 place until a reload completes",
+                wait.as_secs(),
+                attempt + 1
+            )
+        };
+        let error = format!("reload failed: {why}");
+        tracing::warn!(table = %key, "{error}; {remedy}");
+        if let Some(r) = self.task.record.tables.get_mut(key) {
+            r.state = TableState::Error;
+            r.last_error = Some(error.clone());
+            r.remedy = Some(remedy.clone());
+        }
+        if let Some(t) = self.tables.iter_mut().find(|t| t.key == key) {
+            t.suspended = true;
+        }
+        if emit {
+            self.task.notifier.emit(EventKind::TableError {
+                table: key.to_string(),
+                error: error.clone(),
+                policy: policy.into(),
+                remedy,
+            });
+        }
+        if policy == "stop-task" {
+            return Err(Error::Runtime(format!("{key}: {error}")));
+        }
+        Ok(())
+    }
+
+    /// Partition changes the stream does not carry (see `partitions`): a followed partitioned
+    /// table whose partitions changed since its files were loaded is reloaded (in
+    /// full-load-and-cdc), with a `table.truncated` event naming each partition. Tables
+    /// already waiting for a reload, or in error, are left to it. A catalog that cannot be read
+    /// now is tried again at the next check.
+    async fn check_partitions(&mut self) -> Result<(), Error> {
+        let roots: Vec<TablePlan> = self
+            .reloader
+            .plans
+            .iter()
+            .filter(|pl| pl.table.partitioned)
+            .filter(|pl| !self.tables.iter().any(|t| t.key == pl.key() && t.suspended))
+            .cloned()
+            .collect();
+        if roots.is_empty() {
+            return Ok(());
+        }
+        let pending = match self.task.state.reload_requests().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("reading reload requests: {e}");
+                return Ok(());
+            }
+        };
+        let roots: Vec<&TablePlan> = roots
+            .iter()
+            .filter(|pl| !pending.contains(&pl.key()))
+            .collect();
+        if roots.is_empty() {
+            return Ok(());
+        }
+        if self.catalog.is_none() {
+            match self.reloader.source.connect().await {
+                Ok(c) => self.catalog = Some(c),
+                Err(e) => {
+                    tracing::warn!("checking the partitions: {e}");
+                    return Ok(());
+                }
+            }
+        }
+        let Some(client) = self.catalog.as_ref() else {
+            return Ok(());
+        };
+        let read = async {
+            let current = partitions::now(client, &roots).await?;
+            let mut oids = Vec::new();
+            for pl in &roots {
+                let stored = self.task.record.tables.get(&pl.key());
+                for text in [
+                    stored.map(|r| r.fingerprint.as_str()),
+                    current.get(&pl.key()).map(String::as_str),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    oids.extend(
+                        catalog::parse_fingerprint(text)
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|e| e.oid),
+                    );
+                }
+            }
+            let names = catalog::table_names(client, &oids).await?;
+            Ok::<_, tokio_postgres::Error>((current, names))
+        };
+        let (current, names) = match read.await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(
+                    "checking the partitions: {}",
+                    describe_error(&e, &self.reloader.source.display)
+                );
+                self.catalog = None;
+                return Ok(());
+            }
+        };
+        let reload = self.p.mode == Mode::FullLoadAndCdc;
+        let mut save = false;
+        for pl in roots {
+            let key = pl.key();
+            let (Some(now), Some(r)) = (current.get(&key), self.task.record.tables.get_mut(&key))
+            else {
+                continue;
+            };
+            if &r.fingerprint == now {
+                continue;
+            }
+            let changes = partitions::diff(&r.fingerprint, now, &|oid| names.contains_key(&oid));
+            if changes.is_empty() || !reload {
+                // Nothing recorded yet (an older state), or a changes-only pipeline.
+                r.fingerprint = now.clone();
+                save = true;
+            }
+            let action = if reload {
+                "its rows changed without a change record in the stream: the table is reloaded"
+            } else {
+                "its rows changed without a change record in the stream (mode cdc writes no \
+                 full load): `godwit reload` the table for a copy that is whole again"
+            };
+            for c in &changes {
+                self.task.notifier.emit(EventKind::TableTruncated {
+                    table: key.clone(),
+                    lsn: None,
+                    partition: Some(PartitionChange {
+                        partition: partitions::name_of(&names, c.oid),
+                        change: c.change.into(),
+                        action: action.into(),
+                    }),
+                });
+            }
+            if reload && !changes.is_empty() {
+                self.task
+                    .state
+                    .request_reload(&key)
+                    .await
+                    .map_err(|e| Error::Runtime(e.to_string()))?;
+            }
+        }
+        if save {
+            self.task.save().await?;
         }
         Ok(())
     }
@@ -1029,6 +1309,7 @@ impl<'a, 'b> Apply<'a, 'b> {
     async fn on_tick(&mut self) -> Result<(), Error> {
         if self.last_request_check.elapsed() >= Duration::from_secs(5) {
             self.last_request_check = Instant::now();
+            self.check_partitions().await?;
             self.reload_requested().await?;
         }
         if let Some(since) = self.buffered_since
@@ -1277,7 +1558,8 @@ impl<'a, 'b> Apply<'a, 'b> {
             Op::Truncate => {
                 self.task.notifier.emit(EventKind::TableTruncated {
                     table: t.key.clone(),
-                    lsn: Lsn(mark.lsn).to_string(),
+                    lsn: Some(Lsn(mark.lsn).to_string()),
+                    partition: None,
                 });
             }
         }
@@ -1501,6 +1783,13 @@ async fn recover_mark(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_wait_5_s_doubling_to_30_min() {
+        let secs: Vec<u64> = (1..=11).map(|a| backoff(a).as_secs()).collect();
+        assert_eq!(secs, [5, 10, 20, 40, 80, 160, 320, 640, 1280, 1800, 1800]);
+        assert_eq!(backoff(1000).as_secs(), 1800);
+    }
 
     #[test]
     fn the_stop_point_is_a_record_end() {

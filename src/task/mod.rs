@@ -3,6 +3,7 @@
 
 pub mod cdc;
 pub mod full_load;
+pub(crate) mod partitions;
 pub mod plan;
 pub mod progress;
 pub mod reload;

@@ -2,19 +2,55 @@
 //! workers do it: a temporary slot with an exported snapshot for the table's full load; the
 //! slot's consistent point becomes the table's high-water mark, so CDC skips exactly the
 //! changes the snapshot already holds.
+//!
+//! The new load is written beside the old one, under `_godwit/staging/<schema>/<table>/`
+//! (outside the table's folder, so no reader of the table sees it), and switched in only when
+//! complete: the switch is recorded in the state first (`TableRecord::switch_pending`), then
+//! each staged object is moved over its final name, the old load's other objects and the CDC
+//! files the new load holds are removed. A switch that was interrupted is finished by the
+//! next start. A reload that fails leaves the previous load as it was.
+
+use std::io;
+use std::sync::Arc;
+
+use std::collections::BTreeMap;
 
 use super::full_load::{self, RunOptions, Shared};
+use super::partitions;
 use super::plan::TablePlan;
 use crate::config::Pipeline;
 use crate::error::Error;
+use crate::pg::catalog::TableName;
 use crate::pg::connect::Endpoint;
 use crate::pg::lsn::Lsn;
 use crate::pg::replication::session::NewSlot;
-use crate::sink::files::{ObjectStore, layout};
+use crate::sink::files::writer::WrittenFile;
+use crate::sink::files::{ObjectInfo, ObjectStore, ObjectWriter, layout};
 use crate::state::TaskRecord;
 
-/// Loads `plans` from a temporary slot's snapshot; returns the updated record and the slot's
-/// consistent point (changes committed before it are in the load).
+/// Where a reload's load is written until it is switched in.
+const STAGING: &str = "_godwit/staging/";
+
+/// The staged name of final key `key`.
+fn staged(key: &str) -> String {
+    format!("{STAGING}{key}")
+}
+
+/// How a reload's load went.
+pub(crate) enum Attempt {
+    /// The load ran (each table's record says whether it completed); changes committed before
+    /// `point` are in it; `fingerprints` are the partitioned tables' in its snapshot.
+    Loaded {
+        record: Box<TaskRecord>,
+        point: Lsn,
+        fingerprints: BTreeMap<String, String>,
+    },
+    /// No load could start (the temporary slot or its snapshot failed): why.
+    NotStarted(String),
+}
+
+/// Loads `plans` from a temporary slot's snapshot into the staging area. `Err` only when the
+/// task must stop (the `stop-task` policy, a crashed loader).
 pub(crate) async fn load_from_temporary_slot(
     p: &Pipeline,
     progress: bool,
@@ -23,13 +59,28 @@ pub(crate) async fn load_from_temporary_slot(
     publications: &[String],
     plans: Vec<TablePlan>,
     record: TaskRecord,
-) -> Result<(TaskRecord, Lsn), Error> {
+) -> Result<Attempt, Error> {
     let mut name = format!("{}_reload_{}", p.source.slot, std::process::id());
     name.truncate(63);
-    let temp = NewSlot::create(endpoint, &name, publications, true)
-        .await
-        .map_err(|e| Error::Runtime(e.to_string()))?;
+    let temp = match NewSlot::create(endpoint, &name, publications, true).await {
+        Ok(t) => t,
+        Err(e) => return Ok(Attempt::NotStarted(format!("creating slot {name}: {e}"))),
+    };
     let point = temp.consistent_point;
+    let fingerprints = match partitions::in_snapshot(&shared.source, &temp.snapshot, &plans).await {
+        Ok(f) => f,
+        Err(e) => {
+            return Ok(Attempt::NotStarted(format!(
+                "reading the partitions in the reload's snapshot: {e}"
+            )));
+        }
+    };
+    let shared = Shared {
+        store: Arc::new(Staging {
+            inner: shared.store,
+        }),
+        ..shared
+    };
     let outcome = full_load::load(
         p,
         &RunOptions { progress },
@@ -43,23 +94,190 @@ pub(crate) async fn load_from_temporary_slot(
     drop(temp);
     match outcome.fatal {
         Some(e) => Err(Error::Runtime(e)),
-        None => Ok((outcome.record, point)),
+        None => Ok(Attempt::Loaded {
+            record: Box::new(outcome.record),
+            point,
+            fingerprints,
+        }),
     }
 }
 
-/// Removes a table's CDC files: a reload's snapshot holds everything they held.
+/// Puts a complete staged load of `table` in place (see the module comment): `files` are the
+/// new load's objects (final keys), `up_to` the last commit LSN the new load holds. Safe to
+/// repeat after an interruption.
+pub(crate) async fn switch(
+    store: &dyn ObjectStore,
+    table: &TableName,
+    files: &[WrittenFile],
+    up_to: u64,
+) -> io::Result<()> {
+    for f in files {
+        match store.rename(&staged(&f.key), &f.key).await {
+            // Moved already, by the run that was interrupted.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            other => other?,
+        }
+    }
+    let prefix = layout::table_prefix(table);
+    for object in store.list(&prefix).await? {
+        let name = &object.key[prefix.len()..];
+        if !name.contains('/')
+            && layout::is_load_file(name)
+            && !files.iter().any(|w| w.key == object.key)
+        {
+            store.delete(&object.key).await?;
+        }
+    }
+    remove_cdc_files(store, table, up_to).await?;
+    discard_staged(store, table).await
+}
+
+/// Removes what a reload of `table` left in the staging area.
+pub(crate) async fn discard_staged(store: &dyn ObjectStore, table: &TableName) -> io::Result<()> {
+    for o in store.list(&staged(&layout::table_prefix(table))).await? {
+        store.delete(&o.key).await?;
+    }
+    Ok(())
+}
+
+/// Removes a table's CDC files whose commits are all at or below `up_to`: a load taken
+/// after them holds everything they held.
 pub(crate) async fn remove_cdc_files(
     store: &dyn ObjectStore,
-    table: &crate::pg::catalog::TableName,
-) -> std::io::Result<usize> {
+    table: &TableName,
+    up_to: u64,
+) -> io::Result<usize> {
     let prefix = layout::table_prefix(table);
     let mut n = 0;
     for o in store.list(&prefix).await? {
         let name = o.key.rsplit('/').next().unwrap_or(&o.key);
-        if layout::parse_cdc_file(name).is_some() {
+        if layout::parse_cdc_file(name).is_some_and(|(_, last)| last <= up_to) {
             store.delete(&o.key).await?;
             n += 1;
         }
     }
     Ok(n)
+}
+
+/// The target seen through the staging area: every key is written, listed and removed under
+/// [`STAGING`], and reported without it.
+struct Staging {
+    inner: Arc<dyn ObjectStore>,
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for Staging {
+    fn create(&self, key: &str) -> io::Result<Box<dyn ObjectWriter>> {
+        self.inner.create(&staged(key))
+    }
+
+    async fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
+        Ok(self
+            .inner
+            .list(&staged(prefix))
+            .await?
+            .into_iter()
+            .map(|o| ObjectInfo {
+                key: o.key[STAGING.len()..].to_string(),
+                size: o.size,
+            })
+            .collect())
+    }
+
+    async fn get(&self, key: &str) -> io::Result<bytes::Bytes> {
+        self.inner.get(&staged(key)).await
+    }
+
+    async fn delete(&self, key: &str) -> io::Result<()> {
+        self.inner.delete(&staged(key)).await
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        self.inner.rename(&staged(from), &staged(to)).await
+    }
+
+    fn describe(&self) -> String {
+        format!("{} (staging)", self.inner.describe())
+    }
+
+    async fn probe(&self) -> io::Result<String> {
+        self.inner.probe().await
+    }
+
+    async fn cleanup_incomplete(&self) -> io::Result<usize> {
+        self.inner.cleanup_incomplete().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::files::local::LocalStore;
+    use std::io::Write;
+
+    fn put(store: &dyn ObjectStore, key: &str, body: &str) {
+        let mut w = store.create(key).unwrap();
+        w.write_all(body.as_bytes()).unwrap();
+        w.complete().unwrap();
+    }
+
+    fn file(key: &str) -> WrittenFile {
+        WrittenFile {
+            key: key.into(),
+            rows: 1,
+            bytes: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_switch_replaces_the_load_and_can_be_repeated() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()));
+        let t = TableName::new("public", "t");
+        put(store.as_ref(), "public/t/LOAD00000001.parquet", "old1");
+        put(store.as_ref(), "public/t/LOAD00000002.parquet", "old2");
+        put(
+            store.as_ref(),
+            "public/t/20260101-000000000-0000000000000010-0000000000000020.parquet",
+            "cdc-old",
+        );
+        put(
+            store.as_ref(),
+            "public/t/20260101-000000000-0000000000000090-0000000000000090.parquet",
+            "cdc-new",
+        );
+        let staging = Staging {
+            inner: store.clone(),
+        };
+        put(&staging, "public/t/LOAD00000001.parquet", "new1");
+        let listed = staging.list("public/t/").await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].key, "public/t/LOAD00000001.parquet");
+        // Readers of the table folder see only the old load so far.
+        assert_eq!(
+            &store.get("public/t/LOAD00000001.parquet").await.unwrap()[..],
+            b"old1"
+        );
+        let files = [file("public/t/LOAD00000001.parquet")];
+        switch(store.as_ref(), &t, &files, 0x50).await.unwrap();
+        switch(store.as_ref(), &t, &files, 0x50).await.unwrap();
+        let keys: Vec<String> = store
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                "public/t/20260101-000000000-0000000000000090-0000000000000090.parquet",
+                "public/t/LOAD00000001.parquet",
+            ]
+        );
+        assert_eq!(
+            &store.get("public/t/LOAD00000001.parquet").await.unwrap()[..],
+            b"new1"
+        );
+    }
 }

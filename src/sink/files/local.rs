@@ -89,6 +89,14 @@ impl ObjectStore for LocalStore {
         }
     }
 
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let to = self.path(to);
+        if let Some(dir) = to.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        fs::rename(self.path(from), to)
+    }
+
     fn describe(&self) -> String {
         format!("file://{}", self.root.display())
     }

@@ -31,6 +31,9 @@ pub trait ObjectStore: Send + Sync {
     async fn get(&self, key: &str) -> io::Result<bytes::Bytes>;
     /// Removes an object; a missing one is not an error.
     async fn delete(&self, key: &str) -> io::Result<()>;
+    /// Moves a complete object to another key, replacing what is there (a reader sees the old
+    /// object or the new one, never a part); a missing `from` is [`io::ErrorKind::NotFound`].
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()>;
     /// Where this store points, for messages.
     fn describe(&self) -> String;
     /// Checks that objects can be written here without leaving anything behind; says what

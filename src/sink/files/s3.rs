@@ -188,6 +188,18 @@ impl S3Store {
     }
 }
 
+/// A key as `x-amz-copy-source` wants it: percent-encoded, `/` kept.
+fn copy_source_key(key: &str) -> String {
+    key.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Why a conditional write did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum PutError {
@@ -396,6 +408,33 @@ impl ObjectStore for S3Store {
             .await
             .map(|_| ())
             .map_err(|e| sdk_error(&format!("deleting {key}"), e))
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        // A server-side copy (one request, objects up to 5 GiB), then the source goes.
+        let s = &self.inner.settings;
+        let (sse, kms_key) = self.inner.sse();
+        let source = format!("{}/{}", s.bucket, copy_source_key(&self.full_key(from)));
+        let res = self
+            .inner
+            .client
+            .copy_object()
+            .bucket(&s.bucket)
+            .key(self.full_key(to))
+            .copy_source(source)
+            .set_expected_bucket_owner(s.expected_bucket_owner.clone())
+            .set_expected_source_bucket_owner(s.expected_bucket_owner.clone())
+            .set_server_side_encryption(sse)
+            .set_ssekms_key_id(kms_key)
+            .send()
+            .await;
+        match res {
+            Ok(_) => self.delete(from).await,
+            Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(404) => Err(
+                io::Error::new(io::ErrorKind::NotFound, format!("{from}: no such object")),
+            ),
+            Err(e) => Err(sdk_error(&format!("copying {from} to {to}"), e)),
+        }
     }
 
     fn describe(&self) -> String {

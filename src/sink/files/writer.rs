@@ -94,6 +94,13 @@ pub(crate) fn complete(encoder: Box<dyn FileEncoder>, key: &str) -> Result<u64, 
         key: key.to_string(),
         message,
     })?;
+    if let Err(source) = crate::faults::object_completing(key) {
+        object.abort();
+        return Err(WriteError::Io {
+            key: key.to_string(),
+            source,
+        });
+    }
     let bytes = object.complete().map_err(|source| WriteError::Io {
         key: key.to_string(),
         source,
