@@ -468,10 +468,9 @@ impl ColumnBuilder {
             self.append_null();
             return Ok(());
         };
-        let start = self.len();
         let done = self.values.append(v);
         if done.is_err() {
-            self.truncate(start);
+            self.truncate(self.len());
         }
         done
     }
@@ -483,10 +482,9 @@ impl ColumnBuilder {
     ///
     /// On a [`DataError`] nothing was appended (not even part of an array).
     pub fn append_text(&mut self, v: &[u8]) -> Result<(), DataError> {
-        let start = self.len();
         let done = self.values.append_text(v);
         if done.is_err() {
-            self.truncate(start);
+            self.truncate(self.len());
         }
         done
     }
@@ -497,7 +495,9 @@ impl ColumnBuilder {
     }
 
     /// Takes back every value after the first `len` (with their list elements, offsets and
-    /// nulls): the rollback of a row that failed part-way. A `len` past the end does nothing.
+    /// nulls): the rollback of a row that failed part-way. `truncate(len())` drops only what
+    /// a failed value left in a list's children (a list ends a row after its elements); a `len`
+    /// past the end does nothing.
     pub fn truncate(&mut self, len: usize) {
         if let Values::List(l) = &mut self.values {
             // Lists shrink in place (they never settle chunks), and their children also when
@@ -517,7 +517,9 @@ impl ColumnBuilder {
             // The cut falls inside rows settled earlier: drop the current rows and cut there.
             drop(self.values.finish_current());
             while self.settled_len > len {
-                let last = self.settled.pop().expect("settled rows are in chunks");
+                let Some(last) = self.settled.pop() else {
+                    break;
+                };
                 self.settled_len -= last.len();
                 if self.settled_len < len {
                     self.settled.push(last.slice(0, len - self.settled_len));
