@@ -355,8 +355,9 @@ fn malformed(what: &str, len: usize) -> DataError {
 /// How a key value appears in a data error: `shown` goes into messages, logs, events and
 /// `task.json`; `sample` only into a debug line.
 ///
-/// Integer and uuid keys are identifiers and are shown whole; any other key can be personal
-/// data (an e-mail address, a name) and is shown as its type and length only.
+/// Integer, numeric and uuid keys are identifiers and are shown whole; any other key can be
+/// personal data (an e-mail address, a name, a birth date) and is shown as its type and
+/// length only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyText {
     pub shown: String,
@@ -371,6 +372,9 @@ impl KeyText {
             (PgType::Int4, 4) => Some(i32::from_be_bytes([v[0], v[1], v[2], v[3]]).to_string()),
             (PgType::Int8, 8) => v.try_into().ok().map(|b| i64::from_be_bytes(b).to_string()),
             (PgType::Uuid, 16) => uuid::Uuid::from_slice(v).ok().map(|u| u.to_string()),
+            (PgType::Decimal { scale, .. }, _) => decode_numeric(v, *scale)
+                .ok()
+                .map(|n| decimal_text(n, *scale)),
             _ => None,
         };
         // Text-like keys travel as their UTF-8 text; others have no readable binary form.
@@ -387,6 +391,9 @@ impl KeyText {
                 text.parse::<i64>().ok().map(|n| n.to_string())
             }
             PgType::Uuid => uuid::Uuid::parse_str(&text).ok().map(|u| u.to_string()),
+            PgType::Decimal { scale, .. } => text_numeric(&text, *scale)
+                .ok()
+                .map(|n| decimal_text(n, *scale)),
             _ => None,
         };
         KeyText::build(t, shown, Some(&text), v.len())
@@ -1182,6 +1189,22 @@ fn utf8(v: &[u8]) -> Result<&str, DataError> {
     std::str::from_utf8(v).map_err(|e| DataError::new(format!("invalid UTF-8 in text value: {e}")))
 }
 
+/// The unscaled value of a Decimal128 with `scale` as text (`-12.50`).
+fn decimal_text(unscaled: i128, scale: i8) -> String {
+    let digits = format!(
+        "{:0>width$}",
+        unscaled.unsigned_abs(),
+        width = scale as usize + 1
+    );
+    let (int, frac) = digits.split_at(digits.len() - scale as usize);
+    let sign = if unscaled < 0 { "-" } else { "" };
+    if frac.is_empty() {
+        format!("{sign}{int}")
+    } else {
+        format!("{sign}{int}.{frac}")
+    }
+}
+
 /// NaN and ±infinity have no Decimal128 form.
 fn not_decimal(what: &str) -> DataError {
     DataError::new(format!(
@@ -1488,6 +1511,22 @@ mod tests {
             KeyText::binary(&PgType::Int4, &7i32.to_be_bytes()).shown,
             "7"
         );
+        let money = PgType::Decimal {
+            precision: 10,
+            scale: 2,
+        };
+        assert_eq!(KeyText::text(&money, b"-0.05").shown, "-0.05");
+        let v = numeric_bytes(3, 1, 0, 3, &[1, 2345, 6780]);
+        let thousands = PgType::Decimal {
+            precision: 10,
+            scale: 3,
+        };
+        assert_eq!(KeyText::binary(&thousands, &v).shown, "12345.678");
+        let whole = PgType::Decimal {
+            precision: 10,
+            scale: 0,
+        };
+        assert_eq!(KeyText::text(&whole, b"120").shown, "120");
         let bin = KeyText::binary(&PgType::Text, b"bob");
         assert_eq!(bin.shown, "<text, 3 bytes>");
         // A value that claims to be an integer key but is not one is withheld too.
