@@ -107,28 +107,15 @@ impl Layout {
     /// A row's key as data errors show it (`id=42`; withheld types as type and length), and
     /// the debug sample of withheld values.
     fn describe_key(&self, values: &[Value]) -> (String, Option<String>) {
-        let (mut shown, mut sampled, mut any_sample) = (Vec::new(), Vec::new(), false);
-        for &(rel, out) in &self.key {
+        KeyText::row(self.key.iter().map(|&(rel, out)| {
             let (name, t) = &self.columns[out];
             let key = match values.get(rel) {
                 Some(Value::Text(v) | Value::Binary(v)) => KeyText::text(t, v),
-                Some(Value::Null) => KeyText {
-                    shown: "NULL".into(),
-                    sample: None,
-                },
-                _ => KeyText {
-                    shown: "unknown".into(),
-                    sample: None,
-                },
+                Some(Value::Null) => KeyText::plain("NULL"),
+                _ => KeyText::plain("unknown"),
             };
-            any_sample |= key.sample.is_some();
-            sampled.push(format!(
-                "{name}={}",
-                key.sample.as_ref().unwrap_or(&key.shown)
-            ));
-            shown.push(format!("{name}={}", key.shown));
-        }
-        (shown.join(", "), any_sample.then(|| sampled.join(", ")))
+            (name.as_str(), key)
+        }))
     }
 }
 

@@ -292,26 +292,16 @@ impl CopyDecoder {
             let at = format!("row {} of the COPY (the table has no key)", self.rows_seen);
             return (at, None);
         }
-        let (mut shown, mut sampled, mut any_sample) = (Vec::new(), Vec::new(), false);
-        for &k in &self.spec.key_columns {
+        KeyText::row(self.spec.key_columns.iter().map(|&k| {
             let (start, len) = self.fields[k];
             let (name, t) = &self.spec.columns[k];
             let key = if len < 0 {
-                KeyText {
-                    shown: "NULL".into(),
-                    sample: None,
-                }
+                KeyText::plain("NULL")
             } else {
                 KeyText::binary(t, &buf[start..start + len as usize])
             };
-            any_sample |= key.sample.is_some();
-            sampled.push(format!(
-                "{name}={}",
-                key.sample.as_ref().unwrap_or(&key.shown)
-            ));
-            shown.push(format!("{name}={}", key.shown));
-        }
-        (shown.join(", "), any_sample.then(|| sampled.join(", ")))
+            (name.as_str(), key)
+        }))
     }
 }
 

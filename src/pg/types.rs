@@ -399,6 +399,31 @@ impl KeyText {
         KeyText::build(t, shown, Some(&text), v.len())
     }
 
+    /// A key value that is SQL NULL (or otherwise has nothing to withhold).
+    pub fn plain(shown: &str) -> KeyText {
+        KeyText {
+            shown: shown.into(),
+            sample: None,
+        }
+    }
+
+    /// A row's key from its columns' values: what messages show (`id=42, email=<text, 24
+    /// bytes>`) and, when a value is withheld, the same with its sample, for the debug line.
+    pub fn row<'a>(
+        parts: impl IntoIterator<Item = (&'a str, KeyText)>,
+    ) -> (String, Option<String>) {
+        let (mut shown, mut sampled, mut any_sample) = (Vec::new(), Vec::new(), false);
+        for (name, key) in parts {
+            any_sample |= key.sample.is_some();
+            sampled.push(format!(
+                "{name}={}",
+                key.sample.as_ref().unwrap_or(&key.shown)
+            ));
+            shown.push(format!("{name}={}", key.shown));
+        }
+        (shown.join(", "), any_sample.then(|| sampled.join(", ")))
+    }
+
     fn build(t: &PgType, shown: Option<String>, text: Option<&str>, len: usize) -> KeyText {
         match shown {
             Some(shown) => KeyText {
