@@ -5,16 +5,14 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanArray, BooleanBuilder, Int64Builder, ListBuilder, StringBuilder,
-    TimestampMicrosecondBuilder,
+    ArrayRef, Int64Builder, ListBuilder, StringBuilder, TimestampMicrosecondBuilder,
 };
-use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
 use crate::pg::replication::pgoutput::Value;
-use crate::pg::types::{ColumnBuilder, DataError, PgType};
+use crate::pg::types::{ColumnBuilder, DataError, KeyText, PgType};
 use crate::state::Mark;
 
 /// The kind of a CDC row.
@@ -47,6 +45,8 @@ pub struct Layout {
     pub columns: Vec<(String, PgType)>,
     /// For each relation column, its written position (`None`: excluded).
     pub rel_to_out: Vec<Option<usize>>,
+    /// The key columns (relation position, written position), to name a bad row.
+    key: Vec<(usize, usize)>,
     pub schema: SchemaRef,
     with_op: bool,
     with_ts: bool,
@@ -84,10 +84,38 @@ impl Layout {
             generation,
             columns,
             rel_to_out,
+            key: Vec::new(),
             schema: Arc::new(Schema::new(fields)),
             with_op,
             with_ts: timestamp_column.is_some(),
         }
+    }
+
+    /// Names the table's key columns (written ones only), so a bad row is named by its key.
+    pub fn with_key(mut self, key_columns: &[String]) -> Layout {
+        self.key = key_columns
+            .iter()
+            .filter_map(|k| {
+                let out = self.columns.iter().position(|(n, _)| n == k)?;
+                let rel = self.rel_to_out.iter().position(|&o| o == Some(out))?;
+                Some((rel, out))
+            })
+            .collect();
+        self
+    }
+
+    /// A row's key as data errors show it (`id=42`; withheld types as type and length), and
+    /// the debug sample of withheld values.
+    fn describe_key(&self, values: &[Value]) -> (String, Option<String>) {
+        KeyText::row(self.key.iter().map(|&(rel, out)| {
+            let (name, t) = &self.columns[out];
+            let key = match values.get(rel) {
+                Some(Value::Text(v) | Value::Binary(v)) => KeyText::text(t, v),
+                Some(Value::Null) => KeyText::plain("NULL"),
+                _ => KeyText::plain("unknown"),
+            };
+            (name.as_str(), key)
+        }))
     }
 }
 
@@ -102,11 +130,26 @@ pub struct Row<'a, 'b> {
     pub old: Option<&'b [Value<'a>]>,
 }
 
-/// A column value that could not be decoded (the row is dropped).
+/// A column value that could not be decoded (the row is left out of the batch).
 #[derive(Debug)]
 pub struct BadValue {
     pub column: String,
+    /// The row's key as [`KeyText`] shows it (`id=42`), empty when the table has no key:
+    /// safe for logs, events and `task.json`.
+    pub key: String,
+    /// Truncated prefixes of key values that `key` withholds, for the debug line only.
+    pub key_sample: Option<String>,
     pub error: DataError,
+}
+
+impl BadValue {
+    /// The debug-level line with the truncated prefixes of the bad value and withheld keys.
+    pub fn log_detail(&self, table: &str) {
+        tracing::debug!(table = %table, column = %self.column,
+            key = self.key_sample.as_deref().unwrap_or(&self.key),
+            value = self.error.sample.as_deref().unwrap_or("-"),
+            "data error detail (values truncated)");
+    }
 }
 
 /// Arrow builders for rows of one layout.
@@ -118,8 +161,6 @@ pub struct Builder {
     lsn: Int64Builder,
     seq: Int64Builder,
     unchanged: ListBuilder<StringBuilder>,
-    keep: BooleanBuilder,
-    dropped: bool,
     pub rows: usize,
     /// Rough Arrow bytes appended (value bytes plus fixed per-row overhead).
     pub bytes: usize,
@@ -139,20 +180,17 @@ impl Builder {
             lsn: Int64Builder::new(),
             seq: Int64Builder::new(),
             unchanged: ListBuilder::new(StringBuilder::new()),
-            keep: BooleanBuilder::new(),
-            dropped: false,
             rows: 0,
             bytes: 0,
             layout,
         }
     }
 
-    /// Appends one row. A value that does not decode drops the row (it stays out of the
-    /// batch) and is returned, for the `[errors].data` policy.
+    /// Appends one row. A value that does not decode leaves no trace of the row in any
+    /// builder and is returned, for the `[errors].data` policy.
     pub fn append(&mut self, row: &Row) -> Result<(), BadValue> {
         let layout = self.layout.clone();
         let mut written = vec![false; self.cols.len()];
-        let mut bad = None;
         let mut unchanged: Vec<&str> = Vec::new();
         let mut bytes = 40;
         for (i, v) in row.values.iter().enumerate() {
@@ -177,9 +215,15 @@ impl Builder {
                 Value::Text(t) | Value::Binary(t) => {
                     bytes += t.len();
                     if let Err(error) = col.append_text(t) {
-                        col.append_null();
-                        bad.get_or_insert(BadValue {
+                        // Roll back the columns this row already reached.
+                        for c in &mut self.cols {
+                            c.truncate(self.rows);
+                        }
+                        let (key, key_sample) = layout.describe_key(row.values);
+                        return Err(BadValue {
                             column: layout.columns[out].0.clone(),
+                            key,
+                            key_sample,
                             error,
                         });
                     }
@@ -204,18 +248,12 @@ impl Builder {
             self.unchanged.values().append_value(c);
         }
         self.unchanged.append(true);
-        self.keep.append_value(bad.is_none());
-        self.dropped |= bad.is_some();
         self.rows += 1;
         self.bytes += bytes;
-        match bad {
-            Some(b) => Err(b),
-            None => Ok(()),
-        }
+        Ok(())
     }
 
-    /// The rows appended so far as one batch (dropped rows filtered out); the builder is
-    /// empty again afterwards.
+    /// The rows appended so far as one batch; the builder is empty again afterwards.
     pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.layout.schema.fields().len());
         if self.layout.with_op {
@@ -224,21 +262,18 @@ impl Builder {
         if self.layout.with_ts {
             columns.push(Arc::new(self.ts.finish()));
         }
-        columns.extend(self.cols.iter_mut().map(|c| c.finish()));
+        for c in &mut self.cols {
+            columns.push(c.finish()?);
+        }
         columns.push(Arc::new(self.lsn.finish()));
         columns.push(Arc::new(self.seq.finish()));
         let unchanged = self.unchanged.finish();
         // The list's item field must match the schema's exactly.
         columns.push(Arc::new(unchanged));
         let batch = RecordBatch::try_new(self.layout.schema.clone(), columns)?;
-        let keep: BooleanArray = self.keep.finish();
         self.rows = 0;
         self.bytes = 0;
-        if std::mem::take(&mut self.dropped) {
-            filter_record_batch(&batch, &keep)
-        } else {
-            Ok(batch)
-        }
+        Ok(batch)
     }
 }
 
@@ -267,7 +302,8 @@ impl Group {
 }
 
 impl TableBuffer {
-    /// Appends a row under `folder`, cutting batches at `batch_rows`.
+    /// Appends a row under `folder`, cutting batches at `batch_rows`. A bad row is not
+    /// counted and leaves no trace: no rows, no bytes, no group of its own, no file LSN.
     pub fn push(
         &mut self,
         layout: &Arc<Layout>,
@@ -289,7 +325,12 @@ impl TableBuffer {
         }
         let g = self.groups.last_mut().expect("a group was just ensured");
         let before = g.builder.bytes;
-        let result = g.builder.append(row);
+        if let Err(bad) = g.builder.append(row) {
+            if !fits {
+                self.groups.pop();
+            }
+            return Ok(Err(bad));
+        }
         g.last = row.mark;
         self.bytes += g.builder.bytes - before;
         self.rows += 1;
@@ -297,7 +338,7 @@ impl TableBuffer {
             let b = g.builder.finish()?;
             g.batches.push(b);
         }
-        Ok(result)
+        Ok(Ok(()))
     }
 
     /// Takes every group, builders finished into batches.

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::types::{ColumnBuilder, DataError, PgType};
+use super::types::{ColumnBuilder, DataError, KeyText, PgType};
 
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 
@@ -39,15 +39,28 @@ impl CopySpec {
     }
 }
 
-/// A row that could not be converted.
+/// A row that could not be converted (it is left out of every batch).
 #[derive(Debug, Clone)]
 pub struct RowError {
     /// 1-based position of the row in the COPY stream.
     pub row: u64,
     pub column: String,
-    /// The row's key as `col=value, …` (or its position when the table has no usable key).
+    /// The row's key as `col=value, …` as [`KeyText`] shows it (or its position when the
+    /// table has no usable key): safe for logs, events and `task.json`.
     pub key: String,
+    /// Truncated prefixes of key values that `key` withholds, for the debug line only.
+    pub key_sample: Option<String>,
     pub error: DataError,
+}
+
+impl RowError {
+    /// The debug-level line with the truncated prefixes of the bad value and withheld keys.
+    pub fn log_detail(&self, table: &str) {
+        tracing::debug!(table = %table, row = self.row, column = %self.column,
+            key = self.key_sample.as_deref().unwrap_or(&self.key),
+            value = self.error.sample.as_deref().unwrap_or("-"),
+            "data error detail (values truncated)");
+    }
 }
 
 /// Errors of the COPY itself (as opposed to one bad value).
@@ -146,7 +159,7 @@ impl CopyDecoder {
                 "the COPY stream ended before its trailer".into(),
             ));
         }
-        self.cut(out, false)
+        self.cut(out)
     }
 
     /// Parses as much of `buf` as forms complete items; returns the bytes consumed.
@@ -168,8 +181,10 @@ impl CopyDecoder {
                     if &buf[pos..pos + SIGNATURE.len()] != SIGNATURE {
                         return Err(CopyError::Protocol("missing binary COPY signature".into()));
                     }
-                    let ext = be_i32(&buf[pos + SIGNATURE.len() + 4..]) as usize;
-                    if buf.len() - pos < fixed + ext {
+                    let ext = usize::try_from(be_i32(&buf[pos + SIGNATURE.len() + 4..])).map_err(
+                        |_| CopyError::Protocol("a negative COPY header extension length".into()),
+                    )?;
+                    if buf.len() - pos - fixed < ext {
                         return Ok(pos);
                     }
                     pos += fixed + ext;
@@ -200,6 +215,11 @@ impl CopyDecoder {
                         }
                         let len = be_i32(&buf[p..]);
                         p += 4;
+                        if len < -1 {
+                            return Err(CopyError::Protocol(format!(
+                                "a field of length {len} in the COPY data"
+                            )));
+                        }
                         if len > 0 {
                             if buf.len() - p < len as usize {
                                 return Ok(pos);
@@ -210,93 +230,78 @@ impl CopyDecoder {
                             self.fields.push((p, len));
                         }
                     }
-                    self.append_row(buf, out)?;
-                    self.bytes_in_batch += (p - pos) as u64;
+                    self.append_row(buf, (p - pos) as u64, out)?;
                     pos = p;
                 }
             }
         }
     }
 
-    fn append_row(&mut self, buf: &[u8], out: &mut Decoded) -> Result<(), CopyError> {
+    /// Appends one row to every builder, or — when a value does not convert — to none: the
+    /// columns already appended are truncated back to where the row began.
+    fn append_row(&mut self, buf: &[u8], bytes: u64, out: &mut Decoded) -> Result<(), CopyError> {
         self.rows_seen += 1;
-        let mut bad = None;
         for (i, &(start, len)) in self.fields.iter().enumerate() {
             let value = (len >= 0).then(|| &buf[start..start + len as usize]);
-            let builder = &mut self.builders[i];
-            if let Err(e) = builder.append(value) {
-                builder.append_null();
-                bad.get_or_insert((i, e));
+            if let Err(error) = self.builders[i].append(value) {
+                for b in &mut self.builders[..i] {
+                    b.truncate(self.rows_in_batch);
+                }
+                let (key, key_sample) = self.describe_key(buf);
+                out.errors.push(RowError {
+                    row: self.rows_seen,
+                    column: self.spec.columns[i].0.clone(),
+                    key,
+                    key_sample,
+                    error,
+                });
+                return Ok(());
             }
         }
         self.rows_in_batch += 1;
-        if let Some((col, error)) = bad {
-            out.errors.push(RowError {
-                row: self.rows_seen,
-                column: self.spec.columns[col].0.clone(),
-                key: self.describe_key(buf),
-                error,
-            });
-            return self.cut(out, true);
-        }
+        self.bytes_in_batch += bytes;
         if self.rows_in_batch >= self.spec.batch_rows
             || self.bytes_in_batch >= self.spec.batch_bytes
         {
-            self.cut(out, false)?;
+            self.cut(out)?;
         }
         Ok(())
     }
 
-    /// Finishes the current batch; `drop_last` leaves out the row just appended.
-    fn cut(&mut self, out: &mut Decoded, drop_last: bool) -> Result<(), CopyError> {
+    /// Finishes the current batch.
+    fn cut(&mut self, out: &mut Decoded) -> Result<(), CopyError> {
         if self.rows_in_batch == 0 {
             return Ok(());
         }
-        let columns = self.builders.iter_mut().map(|b| b.finish()).collect();
+        let columns = self
+            .builders
+            .iter_mut()
+            .map(|b| b.finish())
+            .collect::<Result<Vec<_>, _>>()?;
         let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
-        let keep = self.rows_in_batch - usize::from(drop_last);
+        self.rows_out += self.rows_in_batch as u64;
         self.rows_in_batch = 0;
         self.bytes_in_batch = 0;
-        if keep > 0 {
-            self.rows_out += keep as u64;
-            out.batches.push(batch.slice(0, keep));
-        }
+        out.batches.push(batch);
         Ok(())
     }
 
-    fn describe_key(&self, buf: &[u8]) -> String {
-        let mut parts = Vec::new();
-        for &k in &self.spec.key_columns {
+    /// The current row's key as shown in errors, and the debug sample of withheld values.
+    fn describe_key(&self, buf: &[u8]) -> (String, Option<String>) {
+        if self.spec.key_columns.is_empty() {
+            let at = format!("row {} of the COPY (the table has no key)", self.rows_seen);
+            return (at, None);
+        }
+        KeyText::row(self.spec.key_columns.iter().map(|&k| {
             let (start, len) = self.fields[k];
             let (name, t) = &self.spec.columns[k];
-            let value = if len < 0 {
-                "NULL".to_string()
+            let key = if len < 0 {
+                KeyText::plain("NULL")
             } else {
-                key_text(t, &buf[start..start + len as usize])
+                KeyText::binary(t, &buf[start..start + len as usize])
             };
-            parts.push(format!("{name}={value}"));
-        }
-        if parts.is_empty() {
-            format!("row {} of the COPY (the table has no key)", self.rows_seen)
-        } else {
-            parts.join(", ")
-        }
-    }
-}
-
-/// A readable form of a key value, for error messages.
-fn key_text(t: &PgType, v: &[u8]) -> String {
-    match (t, v.len()) {
-        (PgType::Int2, 2) => i16::from_be_bytes([v[0], v[1]]).to_string(),
-        (PgType::Int4, 4) => be_i32(v).to_string(),
-        (PgType::Int8, 8) => i64::from_be_bytes(v.try_into().unwrap_or([0; 8])).to_string(),
-        (PgType::Uuid, 16) => uuid::Uuid::from_slice(v)
-            .map(|u| u.to_string())
-            .unwrap_or_default(),
-        (PgType::Text | PgType::AsText { .. }, _) => {
-            format!("{:?}", String::from_utf8_lossy(&v[..v.len().min(64)]))
-        }
-        _ => format!("<{} bytes>", v.len()),
+            (name.as_str(), key)
+        }))
     }
 }
 
@@ -415,5 +420,126 @@ mod tests {
         let mut out = Decoded::default();
         d.feed(&bytes[..bytes.len() - 3], &mut out).unwrap();
         assert!(d.finish(&mut out).is_err());
+    }
+
+    /// A COPY stream of rows given as raw fields.
+    fn raw_stream(rows: &[Vec<Option<Vec<u8>>>]) -> Vec<u8> {
+        let mut v = SIGNATURE.to_vec();
+        v.extend_from_slice(&[0; 8]);
+        for r in rows {
+            v.extend_from_slice(&(r.len() as i16).to_be_bytes());
+            for f in r {
+                match f {
+                    Some(b) => {
+                        v.extend_from_slice(&(b.len() as i32).to_be_bytes());
+                        v.extend_from_slice(b);
+                    }
+                    None => v.extend_from_slice(&(-1i32).to_be_bytes()),
+                }
+            }
+        }
+        v.extend_from_slice(&(-1i16).to_be_bytes());
+        v
+    }
+
+    fn int_array(items: &[i32]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for x in [1, 0, 23, items.len() as i32, 1] {
+            v.extend_from_slice(&x.to_be_bytes());
+        }
+        for x in items {
+            v.extend_from_slice(&4i32.to_be_bytes());
+            v.extend_from_slice(&x.to_be_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn a_bad_row_leaves_no_trace_in_any_column() {
+        let columns = vec![
+            ("name".to_string(), PgType::Text),
+            (
+                "arr".to_string(),
+                PgType::Array {
+                    elem: Box::new(PgType::Int4),
+                    dims: 1,
+                },
+            ),
+            ("n".to_string(), PgType::Int4),
+        ];
+        let row = |name: &str, arr: &[i32], n: Vec<u8>| {
+            vec![
+                Some(name.as_bytes().to_vec()),
+                Some(int_array(arr)),
+                Some(n),
+            ]
+        };
+        let good = |i: i32| row(&format!("row{i}"), &[i, i + 1], i.to_be_bytes().to_vec());
+        // The array column is complete when the last column fails (3 bytes for an integer).
+        let bad = |i: i32| row(&format!("secret{i}"), &[-i, -i], vec![0; 3]);
+        // Bad rows first, inside, at a batch end and last.
+        let rows = vec![
+            bad(0),
+            good(1),
+            good(2),
+            bad(3),
+            good(4),
+            bad(5),
+            good(6),
+            bad(7),
+        ];
+        let bytes = raw_stream(&rows);
+        for batch_rows in [1, 2, 3, 100] {
+            let mut d = CopyDecoder::new(CopySpec {
+                statement: String::new(),
+                columns: columns.clone(),
+                key_columns: vec![0],
+                batch_rows,
+                batch_bytes: u64::MAX,
+            });
+            let mut out = Decoded::default();
+            d.feed(&bytes, &mut out).unwrap();
+            d.finish(&mut out).unwrap();
+            let mut got = Vec::new();
+            for b in &out.batches {
+                let names = b.column(0).as_string::<i32>();
+                let arrs = b.column(1).as_list::<i32>();
+                let ns = b.column(2).as_primitive::<Int32Type>();
+                for i in 0..b.num_rows() {
+                    let arr = arrs.value(i);
+                    let arr: Vec<i32> = arr.as_primitive::<Int32Type>().values().to_vec();
+                    got.push((names.value(i).to_string(), arr, ns.value(i)));
+                }
+            }
+            let want: Vec<_> = [1, 2, 4, 6]
+                .map(|i| (format!("row{i}"), vec![i, i + 1], i))
+                .to_vec();
+            assert_eq!(got, want, "batch_rows {batch_rows}");
+            assert_eq!(d.rows_out(), 4);
+            let errors: Vec<_> = out.errors.iter().map(|e| e.row).collect();
+            assert_eq!(errors, [1, 4, 6, 8]);
+            let e = &out.errors[0];
+            assert_eq!(e.column, "n");
+            assert_eq!(e.key, "name=<text, 7 bytes>");
+            assert_eq!(e.key_sample.as_deref(), Some("name=\"sec\"… (7 bytes)"));
+            assert_eq!(
+                e.error.to_string(),
+                "malformed binary integer value (3 bytes)"
+            );
+        }
+    }
+
+    #[test]
+    fn impossible_lengths_are_protocol_errors() {
+        let mut header = SIGNATURE.to_vec();
+        header.extend_from_slice(&0i32.to_be_bytes());
+        header.extend_from_slice(&(-2i32).to_be_bytes());
+        let mut d = CopyDecoder::new(spec(4));
+        assert!(d.feed(&header, &mut Decoded::default()).is_err());
+        let mut bytes = stream(&[Some(1)]);
+        let at = SIGNATURE.len() + 8 + 2;
+        bytes[at..at + 4].copy_from_slice(&(-5i32).to_be_bytes());
+        let mut d = CopyDecoder::new(spec(4));
+        assert!(d.feed(&bytes, &mut Decoded::default()).is_err());
     }
 }

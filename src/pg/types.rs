@@ -6,12 +6,14 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder,
+    Array, ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder,
     Float32Builder, Float64Builder, Int16Builder, Int32Builder, Int64Builder, ListArray,
     NullBufferBuilder, StringBuilder, Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
 };
 use arrow::buffer::{OffsetBuffer, ScalarBuffer};
+use arrow::compute::concat;
 use arrow::datatypes::{DataType, Field, FieldRef, TimeUnit};
+use arrow::error::ArrowError;
 
 /// Days between 1970-01-01 (Arrow) and 2000-01-01 (PostgreSQL).
 const PG_EPOCH_DAYS: i32 = 10_957;
@@ -307,15 +309,151 @@ fn elem_field(t: DataType) -> Field {
 }
 
 /// A value that cannot be represented in its Arrow column: a data error (`[errors].data`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DataError(pub String);
-
-fn malformed(what: &str, len: usize) -> DataError {
-    DataError(format!("malformed binary {what} value ({len} bytes)"))
+///
+/// The message says what is wrong, never the value (a value can be a secret or personal
+/// data); `sample` is a short, truncated prefix of the value, for a debug-level line only.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{problem}")]
+pub struct DataError {
+    pub problem: String,
+    pub sample: Option<String>,
 }
 
-/// An Arrow builder for one column, fed with the column's binary COPY values.
-pub enum ColumnBuilder {
+impl DataError {
+    pub fn new(problem: impl Into<String>) -> DataError {
+        DataError {
+            problem: problem.into(),
+            sample: None,
+        }
+    }
+
+    /// Keeps a [`sample`] of the bad value `text`.
+    fn with_sample(mut self, text: &str) -> DataError {
+        self.sample = Some(sample(text));
+        self
+    }
+
+    /// The error of an element inside an array value.
+    fn in_array(mut self) -> DataError {
+        self.problem = format!("an array element: {}", self.problem);
+        self
+    }
+}
+
+/// The most of a value godwit ever shows, and only at debug level: its first characters —
+/// half of them, at most 6, so a value never appears whole — marked as cut, and its length.
+pub fn sample(text: &str) -> String {
+    let chars = text.chars().count();
+    let prefix: String = text.chars().take((chars / 2).min(6)).collect();
+    format!("{prefix:?}… ({} bytes)", text.len())
+}
+
+fn malformed(what: &str, len: usize) -> DataError {
+    DataError::new(format!("malformed binary {what} value ({len} bytes)"))
+}
+
+/// How a key value appears in a data error: `shown` goes into messages, logs, events and
+/// `task.json`; `sample` only into a debug line.
+///
+/// Integer, numeric and uuid keys are identifiers and are shown whole; any other key can be
+/// personal data (an e-mail address, a name, a birth date) and is shown as its type and
+/// length only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyText {
+    pub shown: String,
+    pub sample: Option<String>,
+}
+
+impl KeyText {
+    /// A key value as the full load reads it (binary COPY form).
+    pub fn binary(t: &PgType, v: &[u8]) -> KeyText {
+        let shown = match (t, v.len()) {
+            (PgType::Int2, 2) => Some(i16::from_be_bytes([v[0], v[1]]).to_string()),
+            (PgType::Int4, 4) => Some(i32::from_be_bytes([v[0], v[1], v[2], v[3]]).to_string()),
+            (PgType::Int8, 8) => v.try_into().ok().map(|b| i64::from_be_bytes(b).to_string()),
+            (PgType::Uuid, 16) => uuid::Uuid::from_slice(v).ok().map(|u| u.to_string()),
+            (PgType::Decimal { scale, .. }, _) => decode_numeric(v, *scale)
+                .ok()
+                .map(|n| decimal_text(n, *scale)),
+            _ => None,
+        };
+        // Text-like keys travel as their UTF-8 text; others have no readable binary form.
+        let text =
+            matches!(t, PgType::Text | PgType::AsText { .. }).then(|| String::from_utf8_lossy(v));
+        KeyText::build(t, shown, text.as_deref(), v.len())
+    }
+
+    /// A key value in PostgreSQL's text form (what pgoutput sends).
+    pub fn text(t: &PgType, v: &[u8]) -> KeyText {
+        let text = String::from_utf8_lossy(v);
+        let shown = match t {
+            PgType::Int2 | PgType::Int4 | PgType::Int8 => {
+                text.parse::<i64>().ok().map(|n| n.to_string())
+            }
+            PgType::Uuid => uuid::Uuid::parse_str(&text).ok().map(|u| u.to_string()),
+            PgType::Decimal { scale, .. } => text_numeric(&text, *scale)
+                .ok()
+                .map(|n| decimal_text(n, *scale)),
+            _ => None,
+        };
+        KeyText::build(t, shown, Some(&text), v.len())
+    }
+
+    /// A key value that is SQL NULL (or otherwise has nothing to withhold).
+    pub fn plain(shown: &str) -> KeyText {
+        KeyText {
+            shown: shown.into(),
+            sample: None,
+        }
+    }
+
+    /// A row's key from its columns' values: what messages show (`id=42, email=<text, 24
+    /// bytes>`) and, when a value is withheld, the same with its sample, for the debug line.
+    pub fn row<'a>(
+        parts: impl IntoIterator<Item = (&'a str, KeyText)>,
+    ) -> (String, Option<String>) {
+        let (mut shown, mut sampled, mut any_sample) = (Vec::new(), Vec::new(), false);
+        for (name, key) in parts {
+            any_sample |= key.sample.is_some();
+            sampled.push(format!(
+                "{name}={}",
+                key.sample.as_ref().unwrap_or(&key.shown)
+            ));
+            shown.push(format!("{name}={}", key.shown));
+        }
+        (shown.join(", "), any_sample.then(|| sampled.join(", ")))
+    }
+
+    fn build(t: &PgType, shown: Option<String>, text: Option<&str>, len: usize) -> KeyText {
+        match shown {
+            Some(shown) => KeyText {
+                shown,
+                sample: None,
+            },
+            None => KeyText {
+                shown: format!("<{}, {len} bytes>", t.describe()),
+                sample: text.map(sample),
+            },
+        }
+    }
+}
+
+/// An Arrow builder for one column, fed with the column's binary COPY values or their text
+/// form (pgoutput).
+///
+/// A failed append leaves no trace, and [`ColumnBuilder::truncate`] takes whole rows back, so
+/// a row that fails in one column can be removed from every column (values, offsets, nulls).
+pub struct ColumnBuilder {
+    values: Values,
+    /// Rows kept by a rollback. Arrow's leaf builders cannot shrink: [`ColumnBuilder::truncate`]
+    /// finishes them and keeps the rows before the cut here, and `finish` puts these chunks in
+    /// front of the rest. Only the rare error path pays for it.
+    settled: Vec<ArrayRef>,
+    settled_len: usize,
+}
+
+/// The builder of each Arrow type.
+enum Values {
     Int16(Int16Builder),
     Int32(Int32Builder),
     Int64(Int64Builder),
@@ -337,47 +475,149 @@ pub enum ColumnBuilder {
 }
 
 /// A list column: offsets and validity of its own, elements in a child builder.
-pub struct ListBuilder {
+struct ListBuilder {
     field: FieldRef,
     offsets: Vec<i32>,
     nulls: NullBufferBuilder,
     child: ColumnBuilder,
-    child_len: i32,
 }
 
 impl ColumnBuilder {
     /// A builder for `t`, sized for `rows` values.
     pub fn new(t: &PgType, rows: usize) -> ColumnBuilder {
+        ColumnBuilder {
+            values: Values::new(t, rows),
+            settled: Vec::new(),
+            settled_len: 0,
+        }
+    }
+
+    /// Appends one binary COPY value (`None` is SQL NULL).
+    ///
+    /// On a [`DataError`] nothing was appended (not even part of an array).
+    pub fn append(&mut self, value: Option<&[u8]>) -> Result<(), DataError> {
+        let Some(v) = value else {
+            self.append_null();
+            return Ok(());
+        };
+        let done = self.values.append(v);
+        if done.is_err() {
+            self.truncate(self.len());
+        }
+        done
+    }
+
+    /// Appends one value in PostgreSQL's text form (what pgoutput sends), giving the same
+    /// Arrow value as [`ColumnBuilder::append`] does for the binary form. The session must
+    /// have pinned `DateStyle=ISO`, `TimeZone=UTC`, `IntervalStyle=iso_8601`,
+    /// `extra_float_digits=3`, `bytea_output=hex`, `lc_monetary=C`.
+    ///
+    /// On a [`DataError`] nothing was appended (not even part of an array).
+    pub fn append_text(&mut self, v: &[u8]) -> Result<(), DataError> {
+        let done = self.values.append_text(v);
+        if done.is_err() {
+            self.truncate(self.len());
+        }
+        done
+    }
+
+    /// Appends SQL NULL.
+    pub fn append_null(&mut self) {
+        self.values.append_null();
+    }
+
+    /// Takes back every value after the first `len` (with their list elements, offsets and
+    /// nulls): the rollback of a row that failed part-way. `truncate(len())` drops only what
+    /// a failed value left in a list's children (a list ends a row after its elements); a `len`
+    /// past the end does nothing.
+    pub fn truncate(&mut self, len: usize) {
+        if let Values::List(l) = &mut self.values {
+            // Lists shrink in place (they never settle chunks), and their children also when
+            // no row was added: a row that failed part-way left elements there.
+            if len <= l.len() {
+                l.truncate(len);
+            }
+            return;
+        }
+        if len >= self.len() {
+            return;
+        }
+        if len > self.settled_len {
+            let current = self.values.finish_current();
+            self.settled.push(current.slice(0, len - self.settled_len));
+        } else {
+            // The cut falls inside rows settled earlier: drop the current rows and cut there.
+            drop(self.values.finish_current());
+            while self.settled_len > len {
+                let Some(last) = self.settled.pop() else {
+                    break;
+                };
+                self.settled_len -= last.len();
+                if self.settled_len < len {
+                    self.settled.push(last.slice(0, len - self.settled_len));
+                }
+            }
+        }
+        self.settled_len = len;
+    }
+
+    /// Builds the array of everything appended so far and starts empty again.
+    pub fn finish(&mut self) -> Result<ArrayRef, ArrowError> {
+        let current = match &mut self.values {
+            Values::List(l) => l.finish()?,
+            other => other.finish_current(),
+        };
+        if self.settled.is_empty() {
+            return Ok(current);
+        }
+        let mut parts = std::mem::take(&mut self.settled);
+        self.settled_len = 0;
+        parts.push(current);
+        let parts: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+        concat(&parts)
+    }
+
+    /// Number of values appended since the last finish.
+    pub fn len(&self) -> usize {
+        self.settled_len + self.values.len()
+    }
+
+    /// True when nothing was appended since the last finish.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Values {
+    fn new(t: &PgType, rows: usize) -> Values {
         match t {
-            PgType::Int2 => ColumnBuilder::Int16(Int16Builder::with_capacity(rows)),
-            PgType::Int4 => ColumnBuilder::Int32(Int32Builder::with_capacity(rows)),
-            PgType::Int8 => ColumnBuilder::Int64(Int64Builder::with_capacity(rows)),
-            PgType::Float4 => ColumnBuilder::Float32(Float32Builder::with_capacity(rows)),
-            PgType::Float8 => ColumnBuilder::Float64(Float64Builder::with_capacity(rows)),
-            PgType::Bool => ColumnBuilder::Bool(BooleanBuilder::with_capacity(rows)),
-            PgType::Decimal { precision, scale } => ColumnBuilder::Decimal(
+            PgType::Int2 => Values::Int16(Int16Builder::with_capacity(rows)),
+            PgType::Int4 => Values::Int32(Int32Builder::with_capacity(rows)),
+            PgType::Int8 => Values::Int64(Int64Builder::with_capacity(rows)),
+            PgType::Float4 => Values::Float32(Float32Builder::with_capacity(rows)),
+            PgType::Float8 => Values::Float64(Float64Builder::with_capacity(rows)),
+            PgType::Bool => Values::Bool(BooleanBuilder::with_capacity(rows)),
+            PgType::Decimal { precision, scale } => Values::Decimal(
                 Decimal128Builder::with_capacity(rows)
                     .with_data_type(DataType::Decimal128(*precision, *scale)),
                 *scale,
             ),
             PgType::AsText {
                 cast: TextCast::Money,
-            } => ColumnBuilder::Money(StringBuilder::with_capacity(rows, rows * 8)),
+            } => Values::Money(StringBuilder::with_capacity(rows, rows * 8)),
             PgType::Text | PgType::Json | PgType::AsText { .. } => {
-                ColumnBuilder::Utf8(StringBuilder::with_capacity(rows, rows * 16))
+                Values::Utf8(StringBuilder::with_capacity(rows, rows * 16))
             }
-            PgType::Jsonb => ColumnBuilder::Jsonb(StringBuilder::with_capacity(rows, rows * 32)),
-            PgType::Uuid => ColumnBuilder::Uuid(StringBuilder::with_capacity(rows, rows * 36)),
-            PgType::Inet { .. } => {
-                ColumnBuilder::Inet(StringBuilder::with_capacity(rows, rows * 16))
-            }
-            PgType::Bytea => ColumnBuilder::Binary(BinaryBuilder::with_capacity(rows, rows * 16)),
-            PgType::Date => ColumnBuilder::Date(Date32Builder::with_capacity(rows)),
-            PgType::Time => ColumnBuilder::Time(Time64MicrosecondBuilder::with_capacity(rows)),
+            PgType::Jsonb => Values::Jsonb(StringBuilder::with_capacity(rows, rows * 32)),
+            PgType::Uuid => Values::Uuid(StringBuilder::with_capacity(rows, rows * 36)),
+            PgType::Inet { .. } => Values::Inet(StringBuilder::with_capacity(rows, rows * 16)),
+            PgType::Bytea => Values::Binary(BinaryBuilder::with_capacity(rows, rows * 16)),
+            PgType::Date => Values::Date(Date32Builder::with_capacity(rows)),
+            PgType::Time => Values::Time(Time64MicrosecondBuilder::with_capacity(rows)),
             PgType::Timestamp => {
-                ColumnBuilder::Timestamp(TimestampMicrosecondBuilder::with_capacity(rows))
+                Values::Timestamp(TimestampMicrosecondBuilder::with_capacity(rows))
             }
-            PgType::Timestamptz => ColumnBuilder::Timestamp(
+            PgType::Timestamptz => Values::Timestamp(
                 TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC"),
             ),
             PgType::Array { elem, dims } => {
@@ -389,108 +629,91 @@ impl ColumnBuilder {
                 } else {
                     (**elem).clone()
                 };
-                ColumnBuilder::List(Box::new(ListBuilder {
+                Values::List(Box::new(ListBuilder {
                     field: Arc::new(elem_field(inner.arrow_type())),
                     offsets: vec![0],
                     nulls: NullBufferBuilder::new(rows),
                     child: ColumnBuilder::new(&inner, rows),
-                    child_len: 0,
                 }))
             }
         }
     }
 
-    /// Appends one binary COPY value (`None` is SQL NULL).
-    ///
-    /// On a [`DataError`] nothing was appended; the caller appends a NULL in its place.
-    pub fn append(&mut self, value: Option<&[u8]>) -> Result<(), DataError> {
-        let Some(v) = value else {
-            self.append_null();
-            return Ok(());
-        };
+    /// A binary value; a list may have appended part of it when this fails.
+    fn append(&mut self, v: &[u8]) -> Result<(), DataError> {
         match self {
-            ColumnBuilder::Int16(b) => b.append_value(i16::from_be_bytes(fixed(v, "smallint")?)),
-            ColumnBuilder::Int32(b) => b.append_value(i32::from_be_bytes(fixed(v, "integer")?)),
-            ColumnBuilder::Int64(b) => b.append_value(i64::from_be_bytes(fixed(v, "bigint")?)),
-            ColumnBuilder::Float32(b) => b.append_value(f32::from_be_bytes(fixed(v, "real")?)),
-            ColumnBuilder::Float64(b) => {
-                b.append_value(f64::from_be_bytes(fixed(v, "double precision")?))
-            }
-            ColumnBuilder::Bool(b) => b.append_value(fixed::<1>(v, "boolean")?[0] != 0),
-            ColumnBuilder::Decimal(b, scale) => b.append_value(decode_numeric(v, *scale)?),
-            ColumnBuilder::Utf8(b) | ColumnBuilder::Money(b) => b.append_value(utf8(v)?),
-            ColumnBuilder::Jsonb(b) => match v.split_first() {
+            Values::Int16(b) => b.append_value(i16::from_be_bytes(fixed(v, "smallint")?)),
+            Values::Int32(b) => b.append_value(i32::from_be_bytes(fixed(v, "integer")?)),
+            Values::Int64(b) => b.append_value(i64::from_be_bytes(fixed(v, "bigint")?)),
+            Values::Float32(b) => b.append_value(f32::from_be_bytes(fixed(v, "real")?)),
+            Values::Float64(b) => b.append_value(f64::from_be_bytes(fixed(v, "double precision")?)),
+            Values::Bool(b) => b.append_value(fixed::<1>(v, "boolean")?[0] != 0),
+            Values::Decimal(b, scale) => b.append_value(decode_numeric(v, *scale)?),
+            Values::Utf8(b) | Values::Money(b) => b.append_value(utf8(v)?),
+            Values::Jsonb(b) => match v.split_first() {
                 Some((1, json)) => b.append_value(utf8(json)?),
                 _ => return Err(malformed("jsonb", v.len())),
             },
-            ColumnBuilder::Uuid(b) => {
+            Values::Uuid(b) => {
                 let id = uuid::Uuid::from_slice(v).map_err(|_| malformed("uuid", v.len()))?;
                 b.append_value(
                     id.hyphenated()
                         .encode_lower(&mut uuid::Uuid::encode_buffer()),
                 )
             }
-            ColumnBuilder::Inet(b) => b.append_value(inet_text(v)?),
-            ColumnBuilder::Binary(b) => b.append_value(v),
-            ColumnBuilder::Date(b) => {
+            Values::Inet(b) => b.append_value(inet_text(v)?),
+            Values::Binary(b) => b.append_value(v),
+            Values::Date(b) => {
                 let days = i32::from_be_bytes(fixed(v, "date")?);
                 b.append_value(match days {
                     i32::MAX | i32::MIN => days,
                     d => d
                         .checked_add(PG_EPOCH_DAYS)
-                        .ok_or_else(|| DataError("date outside the Arrow range".into()))?,
+                        .ok_or_else(|| DataError::new("date outside the Arrow range"))?,
                 })
             }
-            ColumnBuilder::Time(b) => b.append_value(i64::from_be_bytes(fixed(v, "time")?)),
-            ColumnBuilder::Timestamp(b) => {
+            Values::Time(b) => b.append_value(i64::from_be_bytes(fixed(v, "time")?)),
+            Values::Timestamp(b) => {
                 let micros = i64::from_be_bytes(fixed(v, "timestamp")?);
                 b.append_value(match micros {
                     i64::MAX | i64::MIN => micros,
                     m => m
                         .checked_add(PG_EPOCH_MICROS)
-                        .ok_or_else(|| DataError("timestamp outside the Arrow range".into()))?,
+                        .ok_or_else(|| DataError::new("timestamp outside the Arrow range"))?,
                 })
             }
-            ColumnBuilder::List(l) => l.append_array(v)?,
+            Values::List(l) => l.append_array(v)?,
         }
         Ok(())
     }
 
-    /// Appends one value in PostgreSQL's text form (what pgoutput sends), giving the same
-    /// Arrow value as [`ColumnBuilder::append`] does for the binary form. The session must
-    /// have pinned `DateStyle=ISO`, `TimeZone=UTC`, `IntervalStyle=iso_8601`,
-    /// `extra_float_digits=3`, `bytea_output=hex`, `lc_monetary=C`.
-    ///
-    /// On a [`DataError`] nothing was appended; the caller appends a NULL in its place.
-    pub fn append_text(&mut self, v: &[u8]) -> Result<(), DataError> {
+    /// A text value; a list may have appended part of it when this fails.
+    fn append_text(&mut self, v: &[u8]) -> Result<(), DataError> {
         let s = utf8(v)?;
-        let bad = |what: &str| DataError(format!("{s:?} is not a valid {what}"));
+        let bad = |what: &str| DataError::new(format!("not a valid {what}")).with_sample(s);
         match self {
-            ColumnBuilder::Int16(b) => b.append_value(s.parse().map_err(|_| bad("smallint"))?),
-            ColumnBuilder::Int32(b) => b.append_value(s.parse().map_err(|_| bad("integer"))?),
-            ColumnBuilder::Int64(b) => b.append_value(s.parse().map_err(|_| bad("bigint"))?),
-            ColumnBuilder::Float32(b) => {
-                b.append_value(parse_float(s).ok_or_else(|| bad("real"))? as f32)
-            }
-            ColumnBuilder::Float64(b) => {
+            Values::Int16(b) => b.append_value(s.parse().map_err(|_| bad("smallint"))?),
+            Values::Int32(b) => b.append_value(s.parse().map_err(|_| bad("integer"))?),
+            Values::Int64(b) => b.append_value(s.parse().map_err(|_| bad("bigint"))?),
+            Values::Float32(b) => b.append_value(parse_float(s).ok_or_else(|| bad("real"))? as f32),
+            Values::Float64(b) => {
                 b.append_value(parse_float(s).ok_or_else(|| bad("double precision"))?)
             }
-            ColumnBuilder::Bool(b) => b.append_value(match s {
+            Values::Bool(b) => b.append_value(match s {
                 "t" => true,
                 "f" => false,
                 _ => return Err(bad("boolean")),
             }),
-            ColumnBuilder::Decimal(b, scale) => b.append_value(text_numeric(s, *scale)?),
-            ColumnBuilder::Utf8(b)
-            | ColumnBuilder::Jsonb(b)
-            | ColumnBuilder::Uuid(b)
-            | ColumnBuilder::Inet(b) => b.append_value(s),
-            ColumnBuilder::Money(b) => b.append_value(s.replace(['$', ','], "")),
-            ColumnBuilder::Binary(b) => {
+            Values::Decimal(b, scale) => b.append_value(text_numeric(s, *scale)?),
+            Values::Utf8(b) | Values::Jsonb(b) | Values::Uuid(b) | Values::Inet(b) => {
+                b.append_value(s)
+            }
+            Values::Money(b) => b.append_value(s.replace(['$', ','], "")),
+            Values::Binary(b) => {
                 let hex = s.strip_prefix("\\x").ok_or_else(|| bad("bytea (hex)"))?;
                 b.append_value(decode_hex(hex).ok_or_else(|| bad("bytea (hex)"))?)
             }
-            ColumnBuilder::Date(b) => b.append_value(match s {
+            Values::Date(b) => b.append_value(match s {
                 "infinity" => i32::MAX,
                 "-infinity" => i32::MIN,
                 _ => {
@@ -499,13 +722,13 @@ impl ColumnBuilder {
                         .map_err(|_| bad("date in range"))?
                 }
             }),
-            ColumnBuilder::Time(b) => b.append_value(text_time(s).ok_or_else(|| bad("time"))?),
-            ColumnBuilder::Timestamp(b) => b.append_value(match s {
+            Values::Time(b) => b.append_value(text_time(s).ok_or_else(|| bad("time"))?),
+            Values::Timestamp(b) => b.append_value(match s {
                 "infinity" => i64::MAX,
                 "-infinity" => i64::MIN,
                 _ => text_timestamp(s).ok_or_else(|| bad("timestamp"))?,
             }),
-            ColumnBuilder::List(l) => {
+            Values::List(l) => {
                 let node = parse_array(s).ok_or_else(|| bad("array"))?;
                 l.append_text_array(&node)?
             }
@@ -513,85 +736,93 @@ impl ColumnBuilder {
         Ok(())
     }
 
-    /// Appends SQL NULL.
-    pub fn append_null(&mut self) {
+    fn append_null(&mut self) {
         match self {
-            ColumnBuilder::Int16(b) => b.append_null(),
-            ColumnBuilder::Int32(b) => b.append_null(),
-            ColumnBuilder::Int64(b) => b.append_null(),
-            ColumnBuilder::Float32(b) => b.append_null(),
-            ColumnBuilder::Float64(b) => b.append_null(),
-            ColumnBuilder::Bool(b) => b.append_null(),
-            ColumnBuilder::Decimal(b, _) => b.append_null(),
-            ColumnBuilder::Utf8(b)
-            | ColumnBuilder::Money(b)
-            | ColumnBuilder::Jsonb(b)
-            | ColumnBuilder::Uuid(b)
-            | ColumnBuilder::Inet(b) => b.append_null(),
-            ColumnBuilder::Binary(b) => b.append_null(),
-            ColumnBuilder::Date(b) => b.append_null(),
-            ColumnBuilder::Time(b) => b.append_null(),
-            ColumnBuilder::Timestamp(b) => b.append_null(),
-            ColumnBuilder::List(l) => {
-                l.offsets.push(l.child_len);
-                l.nulls.append_null();
-            }
+            Values::Int16(b) => b.append_null(),
+            Values::Int32(b) => b.append_null(),
+            Values::Int64(b) => b.append_null(),
+            Values::Float32(b) => b.append_null(),
+            Values::Float64(b) => b.append_null(),
+            Values::Bool(b) => b.append_null(),
+            Values::Decimal(b, _) => b.append_null(),
+            Values::Utf8(b)
+            | Values::Money(b)
+            | Values::Jsonb(b)
+            | Values::Uuid(b)
+            | Values::Inet(b) => b.append_null(),
+            Values::Binary(b) => b.append_null(),
+            Values::Date(b) => b.append_null(),
+            Values::Time(b) => b.append_null(),
+            Values::Timestamp(b) => b.append_null(),
+            Values::List(l) => l.push_row(false),
         }
     }
 
-    /// Builds the array of everything appended so far and starts empty again.
-    pub fn finish(&mut self) -> ArrayRef {
+    /// Finishes a leaf builder (lists finish through [`ListBuilder::finish`]).
+    fn finish_current(&mut self) -> ArrayRef {
         match self {
-            ColumnBuilder::Int16(b) => Arc::new(b.finish()),
-            ColumnBuilder::Int32(b) => Arc::new(b.finish()),
-            ColumnBuilder::Int64(b) => Arc::new(b.finish()),
-            ColumnBuilder::Float32(b) => Arc::new(b.finish()),
-            ColumnBuilder::Float64(b) => Arc::new(b.finish()),
-            ColumnBuilder::Bool(b) => Arc::new(b.finish()),
-            ColumnBuilder::Decimal(b, _) => Arc::new(b.finish()),
-            ColumnBuilder::Utf8(b)
-            | ColumnBuilder::Money(b)
-            | ColumnBuilder::Jsonb(b)
-            | ColumnBuilder::Uuid(b)
-            | ColumnBuilder::Inet(b) => Arc::new(b.finish()),
-            ColumnBuilder::Binary(b) => Arc::new(b.finish()),
-            ColumnBuilder::Date(b) => Arc::new(b.finish()),
-            ColumnBuilder::Time(b) => Arc::new(b.finish()),
-            ColumnBuilder::Timestamp(b) => Arc::new(b.finish()),
-            ColumnBuilder::List(l) => l.finish(),
+            Values::Int16(b) => Arc::new(b.finish()),
+            Values::Int32(b) => Arc::new(b.finish()),
+            Values::Int64(b) => Arc::new(b.finish()),
+            Values::Float32(b) => Arc::new(b.finish()),
+            Values::Float64(b) => Arc::new(b.finish()),
+            Values::Bool(b) => Arc::new(b.finish()),
+            Values::Decimal(b, _) => Arc::new(b.finish()),
+            Values::Utf8(b)
+            | Values::Money(b)
+            | Values::Jsonb(b)
+            | Values::Uuid(b)
+            | Values::Inet(b) => Arc::new(b.finish()),
+            Values::Binary(b) => Arc::new(b.finish()),
+            Values::Date(b) => Arc::new(b.finish()),
+            Values::Time(b) => Arc::new(b.finish()),
+            Values::Timestamp(b) => Arc::new(b.finish()),
+            Values::List(_) => unreachable!("lists finish through ListBuilder::finish"),
         }
     }
 
-    /// Number of values appended since the last finish.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         match self {
-            ColumnBuilder::Int16(b) => b.len(),
-            ColumnBuilder::Int32(b) => b.len(),
-            ColumnBuilder::Int64(b) => b.len(),
-            ColumnBuilder::Float32(b) => b.len(),
-            ColumnBuilder::Float64(b) => b.len(),
-            ColumnBuilder::Bool(b) => b.len(),
-            ColumnBuilder::Decimal(b, _) => b.len(),
-            ColumnBuilder::Utf8(b)
-            | ColumnBuilder::Money(b)
-            | ColumnBuilder::Jsonb(b)
-            | ColumnBuilder::Uuid(b)
-            | ColumnBuilder::Inet(b) => b.len(),
-            ColumnBuilder::Binary(b) => b.len(),
-            ColumnBuilder::Date(b) => b.len(),
-            ColumnBuilder::Time(b) => b.len(),
-            ColumnBuilder::Timestamp(b) => b.len(),
-            ColumnBuilder::List(l) => l.offsets.len() - 1,
+            Values::Int16(b) => b.len(),
+            Values::Int32(b) => b.len(),
+            Values::Int64(b) => b.len(),
+            Values::Float32(b) => b.len(),
+            Values::Float64(b) => b.len(),
+            Values::Bool(b) => b.len(),
+            Values::Decimal(b, _) => b.len(),
+            Values::Utf8(b)
+            | Values::Money(b)
+            | Values::Jsonb(b)
+            | Values::Uuid(b)
+            | Values::Inet(b) => b.len(),
+            Values::Binary(b) => b.len(),
+            Values::Date(b) => b.len(),
+            Values::Time(b) => b.len(),
+            Values::Timestamp(b) => b.len(),
+            Values::List(l) => l.len(),
         }
-    }
-
-    /// True when nothing was appended since the last finish.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
 impl ListBuilder {
+    fn len(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    /// Ends a row at the child's current length (`valid` false: a NULL list).
+    fn push_row(&mut self, valid: bool) {
+        // A batch is cut long before 2^31 elements (batch_rows, batch_bytes).
+        let end = i32::try_from(self.child.len()).expect("a batch holds < 2^31 list elements");
+        self.offsets.push(end);
+        self.nulls.append(valid);
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.offsets.truncate(len + 1);
+        self.nulls.truncate(len);
+        self.child.truncate(self.offsets[len] as usize);
+    }
+
     /// Appends one binary array value: `ndim`, flags, element oid, (size, lower bound) per
     /// dimension, then every element as length + bytes in row-major order.
     fn append_array(&mut self, v: &[u8]) -> Result<(), DataError> {
@@ -602,29 +833,31 @@ impl ListBuilder {
         let declared = self.depth();
         if ndim == 0 {
             // An empty array of any declared dimensionality is an empty outer list.
-            self.offsets.push(self.child_len);
-            self.nulls.append_non_null();
+            self.push_row(true);
             return Ok(());
         }
         if ndim as usize != declared {
-            return Err(DataError(format!(
+            return Err(DataError::new(format!(
                 "array with {ndim} dimensions in a column declared with {declared}"
             )));
         }
-        let mut dims = Vec::with_capacity(ndim as usize);
+        let mut dims = Vec::with_capacity(declared);
         for _ in 0..ndim {
             let size = r.i32()?;
             let _lower = r.i32()?;
-            if size < 0 {
-                return Err(malformed("array", v.len()));
-            }
-            dims.push(size as usize);
+            dims.push(usize::try_from(size).map_err(|_| malformed("array", v.len()))?);
         }
-        // Validate the whole value before appending, so a bad value leaves no trace.
-        let mut check = r.clone();
-        let count: usize = dims.iter().product();
-        for _ in 0..count {
-            check.element()?;
+        // The sizes come from the wire: every element takes at least its 4-byte length, so a
+        // claimed count the value cannot hold is malformed before anything is appended.
+        let count = dims
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .filter(|&n| n <= r.remaining() / 4)
+            .ok_or_else(|| malformed("array", v.len()))?;
+        if count == 0 {
+            // PostgreSQL reads an array with no elements as the empty array.
+            self.push_row(true);
+            return Ok(());
         }
         self.append_dims(&dims, &mut r)
     }
@@ -632,17 +865,16 @@ impl ListBuilder {
     /// Appends a parsed array literal (see [`parse_array`]).
     fn append_text_array(&mut self, node: &ArrayNode) -> Result<(), DataError> {
         let ArrayNode::List(items) = node else {
-            return Err(DataError("an array value that is not a list".into()));
+            return Err(DataError::new("an array value that is not a list"));
         };
         if items.is_empty() {
-            self.offsets.push(self.child_len);
-            self.nulls.append_non_null();
+            self.push_row(true);
             return Ok(());
         }
         let declared = self.depth();
         let depth = node.depth();
         if depth != declared {
-            return Err(DataError(format!(
+            return Err(DataError::new(format!(
                 "array with {depth} dimensions in a column declared with {declared}"
             )));
         }
@@ -651,95 +883,90 @@ impl ListBuilder {
 
     fn append_text_items(&mut self, items: &[ArrayNode]) -> Result<(), DataError> {
         for item in items {
-            match (&mut self.child, item) {
-                (ColumnBuilder::List(inner), ArrayNode::List(sub)) => {
-                    inner.append_text_items(sub)?
+            match (&mut self.child.values, item) {
+                (Values::List(inner), ArrayNode::List(sub)) => inner.append_text_items(sub)?,
+                (Values::List(_), ArrayNode::Leaf(_)) | (_, ArrayNode::List(_)) => {
+                    return Err(DataError::new("a ragged array"));
                 }
-                (leaf, ArrayNode::Leaf(None)) => leaf.append_null(),
-                (leaf, ArrayNode::Leaf(Some(text))) => {
-                    if let Err(e) = leaf.append_text(text.as_bytes()) {
-                        leaf.append_null();
-                        return Err(e);
-                    }
-                }
-                _ => return Err(DataError("a ragged array".into())),
+                (_, ArrayNode::Leaf(None)) => self.child.append_null(),
+                (_, ArrayNode::Leaf(Some(text))) => self
+                    .child
+                    .append_text(text.as_bytes())
+                    .map_err(DataError::in_array)?,
             }
-            self.child_len += 1;
         }
-        self.offsets.push(self.child_len);
-        self.nulls.append_non_null();
+        self.push_row(true);
         Ok(())
     }
 
     fn depth(&self) -> usize {
-        match &self.child {
-            ColumnBuilder::List(inner) => 1 + inner.depth(),
+        match &self.child.values {
+            Values::List(inner) => 1 + inner.depth(),
             _ => 1,
         }
     }
 
     fn append_dims(&mut self, dims: &[usize], r: &mut Reader<'_>) -> Result<(), DataError> {
         for _ in 0..dims[0] {
-            match &mut self.child {
-                ColumnBuilder::List(inner) if dims.len() > 1 => inner.append_dims(&dims[1..], r)?,
-                leaf => {
+            match &mut self.child.values {
+                Values::List(inner) if dims.len() > 1 => inner.append_dims(&dims[1..], r)?,
+                _ => {
                     let elem = r.element()?;
-                    if let Err(e) = leaf.append(elem) {
-                        leaf.append_null();
-                        return Err(e);
-                    }
+                    self.child.append(elem).map_err(DataError::in_array)?;
                 }
             }
-            self.child_len += 1;
         }
-        self.offsets.push(self.child_len);
-        self.nulls.append_non_null();
+        self.push_row(true);
         Ok(())
     }
 
-    fn finish(&mut self) -> ArrayRef {
+    fn finish(&mut self) -> Result<ArrayRef, ArrowError> {
         let offsets = std::mem::replace(&mut self.offsets, vec![0]);
-        self.child_len = 0;
-        let values = self.child.finish();
+        let values = self.child.finish()?;
         let offsets = OffsetBuffer::new(ScalarBuffer::from(offsets));
-        Arc::new(ListArray::new(
+        Ok(Arc::new(ListArray::try_new(
             self.field.clone(),
             offsets,
             values,
             self.nulls.finish(),
-        ))
+        )?))
     }
 }
 
 /// A cursor over a binary value.
-#[derive(Clone)]
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn i32(&mut self) -> Result<i32, DataError> {
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DataError> {
         let b = self
-            .buf
-            .get(self.pos..self.pos + 4)
+            .pos
+            .checked_add(n)
+            .and_then(|end| self.buf.get(self.pos..end))
             .ok_or_else(|| malformed("array", self.buf.len()))?;
-        self.pos += 4;
+        self.pos += n;
+        Ok(b)
+    }
+
+    fn i32(&mut self) -> Result<i32, DataError> {
+        let b = self.take(4)?;
         Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
     fn element(&mut self) -> Result<Option<&'a [u8]>, DataError> {
-        let len = self.i32()?;
-        if len < 0 {
-            return Ok(None);
+        match self.i32()? {
+            -1 => Ok(None),
+            len => {
+                let len = usize::try_from(len).map_err(|_| malformed("array", self.buf.len()))?;
+                self.take(len).map(Some)
+            }
         }
-        let end = self.pos + len as usize;
-        let b = self
-            .buf
-            .get(self.pos..end)
-            .ok_or_else(|| malformed("array", self.buf.len()))?;
-        self.pos = end;
-        Ok(Some(b))
     }
 }
 
@@ -799,12 +1026,16 @@ pub fn parse_array(s: &str) -> Option<ArrayNode> {
         _ => s,
     };
     let mut chars = s.chars().peekable();
-    let node = parse_list(&mut chars)?;
+    let node = parse_list(&mut chars, 0)?;
     chars.next().is_none().then_some(node)
 }
 
-fn parse_list(c: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Option<ArrayNode> {
-    if c.next()? != '{' {
+/// PostgreSQL's MAXDIM: no array has more dimensions, so deeper nesting is not an array
+/// (and cannot exhaust the stack).
+const MAX_ARRAY_DIMS: usize = 6;
+
+fn parse_list(c: &mut std::iter::Peekable<std::str::Chars<'_>>, depth: usize) -> Option<ArrayNode> {
+    if c.next()? != '{' || depth >= MAX_ARRAY_DIMS {
         return None;
     }
     let mut items = Vec::new();
@@ -814,7 +1045,7 @@ fn parse_list(c: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Option<ArrayN
     }
     loop {
         match c.peek()? {
-            '{' => items.push(parse_list(c)?),
+            '{' => items.push(parse_list(c, depth + 1)?),
             '"' => {
                 c.next();
                 let mut v = String::new();
@@ -864,12 +1095,12 @@ fn parse_float(s: &str) -> Option<f64> {
 
 /// Numeric text (`-12.50`) → the unscaled i128 of a Decimal128 with `scale`.
 fn text_numeric(s: &str, scale: i8) -> Result<i128, DataError> {
-    if s == "NaN" || s.ends_with("Infinity") {
-        return Err(DataError(format!(
-            "{s} cannot be stored in a decimal column (set numeric = \"text\" for this table)"
-        )));
+    match s {
+        "NaN" => return Err(not_decimal("NaN")),
+        "Infinity" | "-Infinity" => return Err(not_decimal("infinity")),
+        _ => {}
     }
-    let bad = || DataError(format!("{s:?} is not a valid numeric"));
+    let bad = || DataError::new("not a valid numeric").with_sample(s);
     let (neg, digits) = match s.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, s),
@@ -980,7 +1211,30 @@ fn fixed<const N: usize>(v: &[u8], what: &str) -> Result<[u8; N], DataError> {
 }
 
 fn utf8(v: &[u8]) -> Result<&str, DataError> {
-    std::str::from_utf8(v).map_err(|e| DataError(format!("invalid UTF-8 in text value: {e}")))
+    std::str::from_utf8(v).map_err(|e| DataError::new(format!("invalid UTF-8 in text value: {e}")))
+}
+
+/// The unscaled value of a Decimal128 with `scale` as text (`-12.50`).
+fn decimal_text(unscaled: i128, scale: i8) -> String {
+    let digits = format!(
+        "{:0>width$}",
+        unscaled.unsigned_abs(),
+        width = scale as usize + 1
+    );
+    let (int, frac) = digits.split_at(digits.len() - scale as usize);
+    let sign = if unscaled < 0 { "-" } else { "" };
+    if frac.is_empty() {
+        format!("{sign}{int}")
+    } else {
+        format!("{sign}{int}.{frac}")
+    }
+}
+
+/// NaN and ±infinity have no Decimal128 form.
+fn not_decimal(what: &str) -> DataError {
+    DataError::new(format!(
+        "{what} cannot be stored in a decimal column (set numeric = \"text\" for this table)"
+    ))
 }
 
 /// Binary numeric → the unscaled i128 of a Decimal128 with `scale`.
@@ -999,19 +1253,13 @@ fn decode_numeric(v: &[u8], scale: i8) -> Result<i128, DataError> {
     match sign {
         0x0000 | 0x4000 => {}
         0xC000 => {
-            return Err(DataError(
-                "NaN cannot be stored in a decimal column (set numeric = \"text\" for this table)"
-                    .into(),
-            ));
+            return Err(not_decimal("NaN"));
         }
         _ => {
-            return Err(DataError(
-                "infinity cannot be stored in a decimal column (set numeric = \"text\" for this table)"
-                    .into(),
-            ));
+            return Err(not_decimal("infinity"));
         }
     }
-    let overflow = || DataError("numeric value does not fit its declared precision".into());
+    let overflow = || DataError::new("numeric value does not fit its declared precision");
     let mut acc: i128 = 0;
     for i in 0..ndigits.max(0) as usize {
         let digit = head(4 + i)? as i128;
@@ -1135,5 +1383,178 @@ mod tests {
         };
         assert_eq!(arr.select_expr("\"a\""), "\"a\"::text[]");
         assert_eq!(PgType::Int4.select_expr("\"i\""), "\"i\"");
+    }
+
+    fn decimal_array(dims: usize) -> PgType {
+        PgType::Array {
+            elem: Box::new(PgType::Decimal {
+                precision: 10,
+                scale: 2,
+            }),
+            dims,
+        }
+    }
+
+    /// A binary array value of numeric elements (`None`: NULL element).
+    fn binary_array(dims: &[i32], elems: &[Option<Vec<u8>>]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for x in [dims.len() as i32, 1, 1700] {
+            v.extend_from_slice(&x.to_be_bytes());
+        }
+        for d in dims {
+            v.extend_from_slice(&d.to_be_bytes());
+            v.extend_from_slice(&1i32.to_be_bytes());
+        }
+        for e in elems {
+            match e {
+                Some(b) => {
+                    v.extend_from_slice(&(b.len() as i32).to_be_bytes());
+                    v.extend_from_slice(b);
+                }
+                None => v.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        v
+    }
+
+    /// Renders a finished column as text, one entry per row.
+    fn rows_of(a: &ArrayRef) -> Vec<String> {
+        let opts = arrow::util::display::FormatOptions::default().with_null("NULL");
+        let f = arrow::util::display::ArrayFormatter::try_new(a.as_ref(), &opts).unwrap();
+        (0..a.len()).map(|i| f.value(i).to_string()).collect()
+    }
+
+    fn n(units: i16, cents: i16) -> Option<Vec<u8>> {
+        // units.cents with units < 10000: digits [units, cents * 100], weight 0
+        Some(numeric_bytes(2, 0, 0, 2, &[units, cents * 100]))
+    }
+
+    #[test]
+    fn a_failed_text_array_leaves_no_trace() {
+        let mut b = ColumnBuilder::new(&decimal_array(1), 4);
+        b.append_text(b"{1.50}").unwrap();
+        let e = b.append_text(b"{1.50,NaN}").unwrap_err();
+        assert!(e.problem.contains("NaN cannot be stored"), "{e}");
+        assert_eq!(b.len(), 1);
+        b.append_text(b"{2.00,3.25}").unwrap();
+        b.append_null();
+        let e = b.append_text(b"{4.00,1.234}").unwrap_err();
+        assert_eq!(e.problem, "an array element: not a valid numeric");
+        assert_eq!(e.sample.as_deref(), Some("\"1.\"… (5 bytes)"));
+        b.append_text(b"{5.00}").unwrap();
+        let a = b.finish().unwrap();
+        assert_eq!(rows_of(&a), ["[1.50]", "[2.00, 3.25]", "NULL", "[5.00]"]);
+    }
+
+    #[test]
+    fn a_failed_binary_2d_array_leaves_no_trace() {
+        let nan = Some(numeric_bytes(0, 0, 0xC000, 0, &[]));
+        let mut b = ColumnBuilder::new(&decimal_array(2), 4);
+        b.append(Some(&binary_array(
+            &[2, 2],
+            &[n(1, 50), n(2, 0), n(3, 0), None],
+        )))
+        .unwrap();
+        // The first sub-array is complete when the second one fails.
+        let bad = binary_array(&[2, 2], &[n(7, 0), n(8, 0), n(9, 0), nan]);
+        assert!(b.append(Some(&bad)).is_err());
+        // Cut short: elements missing from the end.
+        let short = binary_array(&[2, 2], &[n(7, 0), n(8, 0), n(9, 0)]);
+        assert!(b.append(Some(&short)).is_err());
+        assert_eq!(b.len(), 1);
+        b.append(Some(&binary_array(&[1, 1], &[n(4, 25)]))).unwrap();
+        let a = b.finish().unwrap();
+        assert_eq!(rows_of(&a), ["[[1.50, 2.00], [3.00, NULL]]", "[[4.25]]"]);
+    }
+
+    #[test]
+    fn truncate_takes_back_whole_rows() {
+        // A leaf: truncations settle chunks, also cutting inside rows settled before.
+        let mut b = ColumnBuilder::new(&PgType::Int4, 4);
+        for i in 0..5 {
+            b.append_text(i.to_string().as_bytes()).unwrap();
+        }
+        b.truncate(4);
+        b.append_text(b"40").unwrap();
+        b.append_text(b"50").unwrap();
+        b.truncate(2);
+        b.append_text(b"20").unwrap();
+        b.truncate(9);
+        assert_eq!(b.len(), 3);
+        assert_eq!(rows_of(&b.finish().unwrap()), ["0", "1", "20"]);
+        assert!(b.is_empty());
+        // A list of lists: offsets, nulls and every level of children.
+        let mut b = ColumnBuilder::new(&decimal_array(2), 4);
+        b.append_text(b"{{1.00},{2.00}}").unwrap();
+        b.append_null();
+        b.append_text(b"{{3.00,4.00}}").unwrap();
+        b.truncate(1);
+        b.append_text(b"{{5.00}}").unwrap();
+        assert_eq!(
+            rows_of(&b.finish().unwrap()),
+            ["[[1.00], [2.00]]", "[[5.00]]"]
+        );
+    }
+
+    #[test]
+    fn claimed_sizes_must_fit_the_value() {
+        let mut b = ColumnBuilder::new(&decimal_array(2), 4);
+        // 2^30 × 2^30 elements claimed in a 40-byte value; also an overflowing product.
+        for dims in [[1 << 30, 1 << 30], [i32::MAX, i32::MAX], [1 << 30, 0]] {
+            let v = binary_array(&dims, &[n(1, 0)]);
+            match b.append(Some(&v)) {
+                // A zero size: no elements, the empty array (as PostgreSQL reads it).
+                Ok(()) => assert_eq!(dims[1], 0),
+                Err(e) => assert!(e.problem.contains("malformed binary array"), "{e}"),
+            }
+        }
+        let v = binary_array(&[1, 1], &[Some(vec![0; 3])]);
+        let mut bad_len = v.clone();
+        let at = bad_len.len() - 7;
+        bad_len[at..at + 4].copy_from_slice(&(-7i32).to_be_bytes());
+        assert!(b.append(Some(&bad_len)).is_err());
+        assert_eq!(rows_of(&b.finish().unwrap()), ["[]"]);
+        // Nesting deeper than any PostgreSQL array is not an array (and no stack overflow).
+        let deep = format!("{}1{}", "{".repeat(100_000), "}".repeat(100_000));
+        assert_eq!(parse_array(&deep), None);
+        assert!(parse_array("{{{{{{1}}}}}}").is_some());
+    }
+
+    #[test]
+    fn messages_and_samples_never_hold_a_whole_value() {
+        assert_eq!(sample("NaN"), "\"N\"… (3 bytes)");
+        assert_eq!(sample("alice@example.com"), "\"alice@\"… (17 bytes)");
+        assert_eq!(sample(""), "\"\"… (0 bytes)");
+        let mut b = ColumnBuilder::new(&PgType::Date, 1);
+        let e = b.append_text(b"secret-value").unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
+        let text_key = KeyText::text(&PgType::Text, b"alice@example.com");
+        assert_eq!(text_key.shown, "<text, 17 bytes>");
+        assert_eq!(text_key.sample.as_deref(), Some("\"alice@\"… (17 bytes)"));
+        assert_eq!(KeyText::text(&PgType::Int8, b"42").shown, "42");
+        assert_eq!(
+            KeyText::binary(&PgType::Int4, &7i32.to_be_bytes()).shown,
+            "7"
+        );
+        let money = PgType::Decimal {
+            precision: 10,
+            scale: 2,
+        };
+        assert_eq!(KeyText::text(&money, b"-0.05").shown, "-0.05");
+        let v = numeric_bytes(3, 1, 0, 3, &[1, 2345, 6780]);
+        let thousands = PgType::Decimal {
+            precision: 10,
+            scale: 3,
+        };
+        assert_eq!(KeyText::binary(&thousands, &v).shown, "12345.678");
+        let whole = PgType::Decimal {
+            precision: 10,
+            scale: 0,
+        };
+        assert_eq!(KeyText::text(&whole, b"120").shown, "120");
+        let bin = KeyText::binary(&PgType::Text, b"bob");
+        assert_eq!(bin.shown, "<text, 3 bytes>");
+        // A value that claims to be an integer key but is not one is withheld too.
+        assert_eq!(KeyText::text(&PgType::Int4, b"x1").shown, "<int4, 2 bytes>");
     }
 }

@@ -1503,13 +1503,16 @@ impl<'a, 'b> Apply<'a, 'b> {
                 }
                 None => 0,
             };
-            t.layout = Some(Arc::new(Layout::new(
-                generation,
-                columns,
-                rel_to_out,
-                !self.p.target.cdc_inserts_only,
-                self.p.target.timestamp_column.as_deref(),
-            )));
+            t.layout = Some(Arc::new(
+                Layout::new(
+                    generation,
+                    columns,
+                    rel_to_out,
+                    !self.p.target.cdc_inserts_only,
+                    self.p.target.timestamp_column.as_deref(),
+                )
+                .with_key(&t.primary_key),
+            ));
         }
         self.rels.insert(
             r.oid,
@@ -1589,13 +1592,18 @@ impl<'a, 'b> Apply<'a, 'b> {
         self.buffered_since.get_or_insert_with(Instant::now);
         if let Err(bad) = pushed {
             t.counts.data_errors += 1;
+            let key = match bad.key.as_str() {
+                "" => String::new(),
+                k => format!(", key {k}"),
+            };
             let what = format!(
-                "data error in {} at LSN {} (column {}): {}",
+                "data error in {} at LSN {}{key} (column {}): {}",
                 t.key,
                 Lsn(mark.lsn),
                 bad.column,
-                bad.error.0
+                bad.error
             );
+            bad.log_detail(&t.key);
             match self.p.errors.data {
                 DataErrorPolicy::IgnoreRecord => {}
                 DataErrorPolicy::LogError => {

@@ -558,8 +558,9 @@ async fn load_table(
         let n = data_errors.fetch_add(1, Ordering::Relaxed) + 1;
         let what = format!(
             "data error in {table} at {} (column {}): {}",
-            e.key, e.column, e.error.0
+            e.key, e.column, e.error
         );
+        e.log_detail(&table);
         if policy.data_escalation_count > 0 && n >= policy.data_escalation_count {
             return Err(format!(
                 "{what}; {n} data errors reached data_escalation_count"

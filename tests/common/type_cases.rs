@@ -575,7 +575,7 @@ CREATE DOMAIN price AS numeric(8,3);
 CREATE DOMAIN email AS text;
 ";
 
-/// Creates every case table (and the two data-error tables) in `db`.
+/// Creates every case table (and the data-error tables) in `db`.
 pub async fn seed(db: &Client) {
     db.batch_execute(SETUP).await.unwrap();
     for case in cases() {
@@ -595,7 +595,11 @@ pub async fn seed(db: &Client) {
         "CREATE TABLE t_nan_decimal (id int PRIMARY KEY, v numeric(10,2));
          INSERT INTO t_nan_decimal VALUES (0, 1.25), (1, 'NaN'), (2, NULL);
          CREATE TABLE t_arr_shape (id int PRIMARY KEY, v int[]);
-         INSERT INTO t_arr_shape VALUES (0, '{1}'), (1, '{{1,2},{3,4}}'), (2, '{}');",
+         INSERT INTO t_arr_shape VALUES (0, '{1}'), (1, '{{1,2},{3,4}}'), (2, '{}');
+         CREATE TABLE t_nan_array (id int PRIMARY KEY, v numeric(10,2)[]);
+         INSERT INTO t_nan_array VALUES (0, '{1.25}'), (1, '{2.50,NaN}'), (2, '{3.75,NULL}');
+         CREATE TABLE t_nan_grid (id int PRIMARY KEY, v numeric(10,2)[][]);
+         INSERT INTO t_nan_grid VALUES (0, '{{1.00,2.00}}'), (1, '{{1.00},{NaN}}'), (2, '{{3.00},{4.00}}');",
     )
     .await
     .unwrap();

@@ -119,6 +119,13 @@ impl<'a> Cursor<'a> {
         Ok(s)
     }
 
+    /// Room for `count` items that take at least `min_size` bytes each: a count read off the
+    /// wire never reserves more than the rest of the message can hold.
+    fn capacity(&self, count: i32, min_size: usize) -> usize {
+        let count = usize::try_from(count).unwrap_or(0);
+        count.min((self.buf.len() - self.pos) / min_size)
+    }
+
     fn u8(&mut self, what: &str) -> Result<u8, DecodeError> {
         Ok(self.take(1, what)?[0])
     }
@@ -164,7 +171,8 @@ impl<'a> Cursor<'a> {
 
     fn tuple(&mut self) -> Result<Vec<Value<'a>>, DecodeError> {
         let n = self.i16("tuple column count")?;
-        let mut values = Vec::with_capacity(n.max(0) as usize);
+        // Each value takes at least its kind byte.
+        let mut values = Vec::with_capacity(self.capacity(n.into(), 1));
         for _ in 0..n {
             values.push(match self.u8("tuple value kind")? {
                 b'n' => Value::Null,
@@ -223,7 +231,8 @@ pub fn decode(buf: &[u8]) -> Result<Message<'_>, DecodeError> {
             let name = c.string("relation name")?;
             let replica_identity = c.u8("replica identity")?;
             let n = c.i16("column count")?;
-            let mut columns = Vec::with_capacity(n.max(0) as usize);
+            // flags, name terminator, type, typmod
+            let mut columns = Vec::with_capacity(c.capacity(n.into(), 10));
             for _ in 0..n {
                 columns.push(RelationColumn {
                     is_key: c.u8("column flags")? & 1 == 1,
@@ -292,7 +301,7 @@ pub fn decode(buf: &[u8]) -> Result<Message<'_>, DecodeError> {
         b'T' => {
             let n = c.i32("relation count")?;
             let options = c.u8("truncate options")?;
-            let mut relations = Vec::with_capacity(n.max(0) as usize);
+            let mut relations = Vec::with_capacity(c.capacity(n, 4));
             for _ in 0..n {
                 relations.push(c.u32("relation id")?);
             }
@@ -430,5 +439,22 @@ mod tests {
         for n in 0..m.len() {
             assert!(decode(&m[..n]).is_err());
         }
+    }
+
+    #[test]
+    fn claimed_counts_reserve_no_more_than_the_message_holds() {
+        let c = Cursor {
+            buf: &[0; 10],
+            pos: 2,
+        };
+        assert_eq!(c.capacity(i32::MAX, 4), 2);
+        assert_eq!(c.capacity(1, 4), 1);
+        assert_eq!(c.capacity(-5, 1), 0);
+        // Truncate claiming 2^31-1 relations with one id: an error, not an 8 GiB reservation.
+        let mut t = vec![b'T'];
+        t.extend_from_slice(&i32::MAX.to_be_bytes());
+        t.push(0);
+        t.extend_from_slice(&1u32.to_be_bytes());
+        assert!(decode(&t).is_err());
     }
 }
