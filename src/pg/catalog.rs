@@ -64,9 +64,6 @@ pub struct Table {
     /// Heap blocks now (the largest partition's for a partitioned table), from the relation
     /// size: the basis of ctid segments, found without scanning.
     pub pages: u64,
-    /// Storage ids and write counters of the table (or its partitions): unchanged means no
-    /// row was written since it was taken, so segments loaded earlier are still valid.
-    pub fingerprint: String,
     pub columns: Vec<Column>,
     /// Primary-key column names, in key order.
     pub key: Vec<String>,
@@ -120,14 +117,11 @@ pub async fn discover(
                         COALESCE((SELECT sum(greatest(l.reltuples, 0))::float8 FROM pg_partition_tree(c.oid) t
                                   JOIN pg_class l ON l.oid = t.relid WHERE t.isleaf), 0)
                     ELSE greatest(c.reltuples, 0)::float8 END,
-                    leaves.pages, leaves.fingerprint
+                    leaves.pages
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              CROSS JOIN LATERAL (
-                 SELECT COALESCE(max(pg_relation_size(l.oid) / current_setting('block_size')::int), 0)::int8 AS pages,
-                        string_agg(l.relfilenode::text || ':' ||
-                                   COALESCE(s.n_tup_ins + s.n_tup_upd + s.n_tup_del, 0)::text, ',' ORDER BY l.oid)
-                            AS fingerprint
-                 FROM pg_class l LEFT JOIN pg_stat_all_tables s ON s.relid = l.oid
+                 SELECT COALESCE(max(pg_relation_size(l.oid) / current_setting('block_size')::int), 0)::int8 AS pages
+                 FROM pg_class l
                  WHERE l.oid IN (SELECT relid FROM pg_partition_tree(c.oid) WHERE isleaf)
                     OR (c.relkind = 'r' AND l.oid = c.oid)
              ) leaves
@@ -147,7 +141,6 @@ pub async fn discover(
             partitioned: r.get(3),
             estimated_rows: r.get::<_, f64>(4) as u64,
             pages: r.get::<_, i64>(5).max(0) as u64,
-            fingerprint: r.get::<_, Option<String>>(6).unwrap_or_default(),
             columns: Vec::new(),
             key: Vec::new(),
         })

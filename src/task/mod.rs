@@ -170,7 +170,8 @@ pub async fn start(p: &Pipeline) -> Result<Started, Error> {
 }
 
 /// The table folders this pipeline may have left incomplete objects in: the selected
-/// tables', and those the previous run recorded files in (tables since deselected).
+/// tables', those the previous run recorded files in (tables since deselected), and their
+/// reload staging folders.
 fn table_folders(plans: &[TablePlan], previous: Option<&TaskRecord>) -> Vec<String> {
     let mut folders: BTreeSet<String> = plans
         .iter()
@@ -183,6 +184,9 @@ fn table_folders(plans: &[TablePlan], previous: Option<&TaskRecord>) -> Vec<Stri
             .chain(t.segments.iter().flat_map(|s| &s.files));
         folders.extend(files.filter_map(|f| layout::table_prefix_of(&f.key)));
     }
+    // A reload writes beside the table's folder until it is switched in.
+    let staged: Vec<String> = folders.iter().map(|f| reload::staged(f)).collect();
+    folders.extend(staged);
     folders.into_iter().collect()
 }
 

@@ -32,7 +32,7 @@ use crate::state::TaskRecord;
 const STAGING: &str = "_godwit/staging/";
 
 /// The staged name of final key `key`.
-fn staged(key: &str) -> String {
+pub(crate) fn staged(key: &str) -> String {
     format!("{STAGING}{key}")
 }
 
@@ -204,8 +204,9 @@ impl ObjectStore for Staging {
         self.inner.probe().await
     }
 
-    async fn cleanup_incomplete(&self) -> io::Result<usize> {
-        self.inner.cleanup_incomplete().await
+    async fn cleanup_incomplete(&self, prefixes: &[String]) -> io::Result<usize> {
+        let staged: Vec<String> = prefixes.iter().map(|p| staged(p)).collect();
+        self.inner.cleanup_incomplete(&staged).await
     }
 }
 
