@@ -1764,7 +1764,7 @@ async fn recover_mark(
                 .filter(|o| {
                     let name = o.key.rsplit('/').next().unwrap_or(&o.key);
                     layout::parse_cdc_file(name)
-                        .is_some_and(|(_, last)| !recorded.is_some_and(|m| last < m.lsn))
+                        .is_some_and(|(_, last)| recorded.is_none_or(|m| last >= m.lsn))
                 })
                 .map(|o| o.key)
                 .collect()
