@@ -16,6 +16,7 @@ use crate::notify::Notifier;
 use crate::pg::Snapshot;
 use crate::pg::catalog;
 use crate::pg::connect::Source;
+use crate::pg::filter::Filter;
 use crate::sink::files::ObjectStore;
 use crate::sink::files::local::LocalStore;
 use crate::sink::files::s3::{Encryption, S3Settings, S3Store};
@@ -126,6 +127,12 @@ pub struct Started {
 /// are start-up failures (exit 2).
 pub async fn start(p: &Pipeline) -> Result<Started, Error> {
     crate::config::unsupported(p)?;
+    if let Some(w) = Source::from_url(p.source.url.expose())
+        .ok()
+        .and_then(|s| s.unverified_warning())
+    {
+        tracing::warn!("{w}");
+    }
     let store = target_store(p).await?;
     let state = state_store(p).await?;
     let discovered = discover(p).await?;
@@ -166,8 +173,10 @@ pub async fn start(p: &Pipeline) -> Result<Started, Error> {
     })
 }
 
-/// Runs the table's filter once on no rows, so a typo fails at start-up, not mid-load.
-async fn check_where(snapshot: &Snapshot, plan: &TablePlan, w: &str) -> Result<(), String> {
+/// Runs the table's filter once on no rows, so a typo fails at start-up, not mid-load. The
+/// probe goes through the extended protocol (one statement, never several) inside the
+/// read-only snapshot, behind a savepoint.
+async fn check_where(snapshot: &Snapshot, plan: &TablePlan, w: &Filter) -> Result<(), String> {
     let c = snapshot.client();
     c.batch_execute("SAVEPOINT godwit_where")
         .await
@@ -176,7 +185,7 @@ async fn check_where(snapshot: &Snapshot, plan: &TablePlan, w: &str) -> Result<(
         "SELECT 1 FROM {} WHERE ({w}) LIMIT 0",
         plan.table.name.quoted()
     );
-    let result = c.simple_query(&probe).await;
+    let result = c.query(probe.as_str(), &[]).await;
     c.batch_execute("ROLLBACK TO SAVEPOINT godwit_where")
         .await
         .map_err(|e| e.to_string())?;
