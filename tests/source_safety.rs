@@ -179,7 +179,13 @@ async fn a_filter_with_or_keeps_parallel_segments_disjoint() {
     let (load, _) = table_files(&w.out().join("public").join("t"));
     let segments = load
         .iter()
-        .filter(|f| f.file_name().unwrap().to_str().unwrap().starts_with("SEGMENT"))
+        .filter(|f| {
+            f.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("SEGMENT")
+        })
         .count();
     assert_eq!(segments, 3, "three segment files: {load:?}");
     let mut got: Vec<RowMap> = load.iter().flat_map(|f| render(&read_parquet(f))).collect();
@@ -288,7 +294,12 @@ fn wrong_ca(w: &Work) -> std::path::PathBuf {
     let path = w.path().join("wrong-ca.pem");
     let made = std::process::Command::new("openssl")
         .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=wrong-ca"])
+        .args([
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=wrong-ca",
+        ])
         .args(["-days", "2", "-keyout"])
         .arg(w.path().join("wrong-ca.key"))
         .arg("-out")
@@ -342,13 +353,7 @@ async fn the_replication_connection_verifies_the_server_under_verify_full() {
     assert!(!msg.contains(&pg.password), "{msg}");
 
     // A CDC run under verify-full captures a change.
-    let pipe = w.pipeline(&pipeline_text(
-        "ss_tls",
-        "cdc",
-        &url(&ca),
-        "public.t",
-        "",
-    ));
+    let pipe = w.pipeline(&pipeline_text("ss_tls", "cdc", &url(&ca), "public.t", ""));
     let p = pipe.to_str().unwrap();
     assert_ok(&w.godwit(&["run", p, "--once"], &[]));
     db.batch_execute("INSERT INTO t VALUES (1, 'over TLS'), (2, NULL)")
@@ -359,7 +364,10 @@ async fn the_replication_connection_verifies_the_server_under_verify_full() {
     let mut got: Vec<RowMap> = cdc.iter().flat_map(|f| render(&read_parquet(f))).collect();
     got.sort_by(|a, b| a["id"].cmp(&b["id"]));
     let want: Vec<(String, String)> = db
-        .query("SELECT id::text, coalesce(v, 'NULL') FROM t ORDER BY id", &[])
+        .query(
+            "SELECT id::text, coalesce(v, 'NULL') FROM t ORDER BY id",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
