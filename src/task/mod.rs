@@ -97,9 +97,15 @@ pub async fn discover(p: &Pipeline) -> Result<Discovered, Error> {
             Error::Config(p.error_at(&format!("{settings_key}.exclude_columns"), msg))
         })?;
         if let Some(w) = &plan.settings.where_clause {
-            check_where(&snapshot, &plan, w)
-                .await
-                .map_err(|msg| Error::Config(p.error_at(&format!("{settings_key}.where"), msg)))?;
+            check_where(&snapshot, &plan, w).await.map_err(|msg| {
+                Error::Config(
+                    p.error_at(&format!("{settings_key}.where"), msg)
+                        .with_hint(format!(
+                            "the filter runs as SELECT … FROM {} WHERE (<filter>); try it in psql",
+                            plan.table.name.quoted()
+                        )),
+                )
+            })?;
         }
         plans.push(plan);
     }

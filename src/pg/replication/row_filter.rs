@@ -154,7 +154,7 @@ async fn function_problem(
 fn volatility(provolatile: &str, oid: u32) -> String {
     let kind = match provolatile {
         "v" => "volatile",
-        "s" => "stable (its result can change within a statement's lifetime)",
+        "s" => "stable (its result can change from one statement to the next)",
         _ => "immutable",
     };
     if oid >= FIRST_NORMAL_OID {
