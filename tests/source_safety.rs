@@ -372,6 +372,13 @@ async fn the_replication_connection_verifies_the_server_under_verify_full() {
         .collect();
     assert_eq!(ssl, [true], "one walsender, on TLS");
     drop(slot);
+    // An IP address is verified against the certificate's IP names, as libpq does.
+    let by_ip = Source::from_url(&url(&ca).replace("@localhost:", "@127.0.0.1:"))
+        .unwrap()
+        .endpoint();
+    NewSlot::create(&by_ip, "godwit_ss_tls_ip", &[], true)
+        .await
+        .expect("replication session to 127.0.0.1 under verify-full");
     let bad = Source::from_url(&url(bad_ca.to_str().unwrap()))
         .unwrap()
         .endpoint();
