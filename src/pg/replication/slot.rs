@@ -209,10 +209,6 @@ pub async fn add_table(
 
 /// Drops a publication if it exists.
 pub async fn drop_publication(client: &Client, name: &str) -> Result<(), tokio_postgres::Error> {
-    client
-        .batch_execute(&format!(
-            "DROP PUBLICATION IF EXISTS {}",
-            escape_identifier(name)
-        ))
-        .await
+    let statement = format!("DROP PUBLICATION IF EXISTS {}", escape_identifier(name));
+    client.execute(statement.as_str(), &[]).await.map(|_| ())
 }
