@@ -7,7 +7,7 @@ use tokio_postgres::Client;
 
 use crate::config::{self, CdcMode, Pipeline};
 use crate::error::Error;
-use crate::pg::replication::{identity, slot};
+use crate::pg::replication::{identity, row_filter, slot};
 use crate::task::plan::TablePlan;
 use crate::task::{discover, state_store, target_store};
 
@@ -36,6 +36,8 @@ struct TableReport {
     replica_identity: String,
     /// Why CDC could not publish its UPDATE/DELETE safely, with the fix.
     cdc_problem: Option<String>,
+    /// In CDC modes, whether its `where` filter can be the publication's row filter.
+    row_filter: Option<String>,
     columns: Vec<ColumnReport>,
 }
 
@@ -72,6 +74,12 @@ pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
     if let Err(e) = config::unsupported(&p) {
         report.add("config", "error", e.to_string());
     }
+    if let Some(w) = crate::pg::connect::Source::from_url(p.source.url.expose())
+        .ok()
+        .and_then(|s| s.unverified_warning())
+    {
+        report.add("tls", "warning", w);
+    }
     match discover(&p).await {
         Ok(d) => {
             report.add(
@@ -89,17 +97,39 @@ pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
                 let idents = identities.get(&plan.table.oid).cloned().unwrap_or_default();
                 let cdc_problem = match plan.settings.cdc {
                     CdcMode::InsertsOnly => None,
-                    CdcMode::All => identity::problem(
-                        &plan.table,
-                        &idents,
-                        plan.settings.where_clause.as_deref(),
-                    ),
+                    CdcMode::All => {
+                        identity::problem(&plan.table, &idents, plan.settings.where_clause.as_ref())
+                    }
                 };
                 if let Some(problem) = &cdc_problem
                     && p.mode.has_cdc()
                 {
                     report.add("identity", "error", problem.clone());
                 }
+                let row_filter = match &plan.settings.where_clause {
+                    Some(f) if p.mode.has_cdc() => {
+                        Some(match row_filter::problems(c, &plan.table, f).await {
+                            Ok(problems) if problems.is_empty() => {
+                                let msg = format!(
+                                    "the filter `{f}` of {} qualifies as a publication row filter",
+                                    plan.table.name
+                                );
+                                report.add("row_filter", "ok", msg);
+                                "qualifies".to_string()
+                            }
+                            Ok(problems) => {
+                                let msg = row_filter::describe(&plan.table, f, &problems);
+                                report.add("row_filter", "error", msg);
+                                format!("does not qualify: {}", problems.join("; "))
+                            }
+                            Err(e) => {
+                                report.add("row_filter", "error", e.to_string());
+                                format!("unknown: {e}")
+                            }
+                        })
+                    }
+                    _ => None,
+                };
                 let privilege: bool = c
                     .query_one(
                         "SELECT has_table_privilege(c.oid, 'SELECT') FROM pg_class c WHERE c.oid = $1",
@@ -133,6 +163,7 @@ pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
                         .collect::<Vec<_>>()
                         .join("; "),
                     cdc_problem,
+                    row_filter,
                     columns: plan
                         .copy
                         .columns
@@ -401,6 +432,9 @@ fn print_report(r: &Report) {
         println!("      replica identity: {}", t.replica_identity);
         if let Some(p) = &t.cdc_problem {
             println!("      for CDC: {p}");
+        }
+        if let Some(f) = &t.row_filter {
+            println!("      row filter: {f}");
         }
         for c in &t.columns {
             println!("      {:<30} {:<32} → {}", c.name, c.pg_type, c.arrow_type);

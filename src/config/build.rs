@@ -355,7 +355,11 @@ fn table_entry(
                 .err(ctx, "is empty")
                 .with_hint("leave `where` out to load every row"));
         }
-        s.where_clause = Some(clause);
+        let filter = crate::pg::filter::Filter::parse(&clause).map_err(|e| {
+            w.err(ctx, format!("the filter `{}` {e}", clause.trim()))
+                .with_hint(e.hint())
+        })?;
+        s.where_clause = Some(filter);
     }
     if let Some(ec) = sec.get("exclude_columns") {
         let cols = ec.strings(ctx)?;

@@ -279,8 +279,9 @@ impl Tables {
 /// `[tables."schema.table"]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableSettings {
-    /// Full-load filter (and publication row filter in CDC modes). Key `where` in the file.
-    pub where_clause: Option<String>,
+    /// Full-load filter (and publication row filter in CDC modes), checked to be one
+    /// expression when the file is read. Key `where` in the file.
+    pub where_clause: Option<crate::pg::filter::Filter>,
     pub exclude_columns: Vec<String>,
     /// Parallel full-load segments, 1..=1024, default 1.
     pub partitions: u32,

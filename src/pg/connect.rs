@@ -141,6 +141,46 @@ impl Source {
         self.tls
     }
 
+    /// A warning when this URL reaches a server off this machine without checking its
+    /// certificate (`disable`, `prefer`, `require` without `sslrootcert`): the connection may
+    /// be plaintext, or encrypted to whoever answers. libpq's meaning of each mode is kept;
+    /// only the risk is said, with the fix.
+    pub fn unverified_warning(&self) -> Option<String> {
+        let how = match self.tls {
+            TlsMode::Disable => "sends everything in plaintext",
+            TlsMode::Prefer => {
+                "may fall back to plaintext and does not check the server's certificate"
+            }
+            TlsMode::Require => "encrypts but does not check the server's certificate",
+            TlsMode::VerifyCa | TlsMode::VerifyFull => return None,
+        };
+        let remote: Vec<String> = self
+            .config
+            .get_hosts()
+            .iter()
+            .filter(|h| !is_local(h))
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            })
+            .collect();
+        if remote.is_empty() {
+            return None;
+        }
+        let mode = match self.tls {
+            TlsMode::Disable => "disable",
+            TlsMode::Prefer => "prefer (the default)",
+            _ => "require",
+        };
+        Some(format!(
+            "source.url reaches {} with sslmode={mode}, which {how}: anyone on the network path \
+             could read or change the data and the login. Fix: add \
+             sslmode=verify-full&sslrootcert=<the server's CA file> to source.url \
+             (sslrootcert=system for a public CA, as on RDS with its bundle installed)",
+            remote.join(", ")
+        ))
+    }
+
     /// What a replication session needs to reach the same server as the same user.
     pub fn endpoint(&self) -> Endpoint {
         use tokio_postgres::config::Host;
@@ -239,6 +279,29 @@ impl Source {
                 .map_err(|e| ConnectError::Tls(format!("{}: {e}", path.display())))?;
         }
         Ok(store)
+    }
+}
+
+/// Whether `host` is this machine: a unix socket, `localhost` (or a name under it) or a
+/// loopback address.
+pub fn is_local(host: &tokio_postgres::config::Host) -> bool {
+    use tokio_postgres::config::Host;
+    match host {
+        Host::Unix(_) => true,
+        Host::Tcp(name) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            if name == "localhost" || name.ends_with(".localhost") {
+                return true;
+            }
+            let bare = name.trim_start_matches('[').trim_end_matches(']');
+            match bare.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V4(a)) => a.is_loopback(),
+                Ok(std::net::IpAddr::V6(a)) => {
+                    a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+                }
+                Err(_) => false,
+            }
+        }
     }
 }
 
@@ -384,5 +447,64 @@ mod tests {
         let r = Source::from_url("postgres://h/db?sslmode=require&sslrootcert=/x").unwrap();
         assert_eq!(r.tls_mode(), TlsMode::VerifyCa);
         assert!(Source::from_url("postgres://h/db?sslmode=bogus").is_err());
+    }
+
+    #[test]
+    fn local_hosts_are_told_apart() {
+        use tokio_postgres::config::Host;
+        for local in [
+            "localhost",
+            "LOCALHOST",
+            "localhost.",
+            "db.localhost",
+            "127.0.0.1",
+            "127.3.2.1",
+            "::1",
+            "[::1]",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(is_local(&Host::Tcp(local.into())), "{local}");
+        }
+        assert!(is_local(&Host::Unix("/var/run/postgresql".into())));
+        for remote in [
+            "db.example.com",
+            "10.0.0.5",
+            "192.168.1.2",
+            "::2",
+            "fe80::1",
+            "localhost.example.com",
+            "127.0.0.1.nip.io",
+        ] {
+            assert!(!is_local(&Host::Tcp(remote.into())), "{remote}");
+        }
+    }
+
+    #[test]
+    fn warns_when_a_remote_server_is_not_verified() {
+        let warn = |url: &str| Source::from_url(url).unwrap().unverified_warning();
+        for mode in [
+            "",
+            "?sslmode=disable",
+            "?sslmode=prefer",
+            "?sslmode=require",
+        ] {
+            let w = warn(&format!("postgres://u:secret@db.example.com/shop{mode}"))
+                .unwrap_or_else(|| panic!("no warning for {mode:?}"));
+            assert!(w.contains("db.example.com"), "{w}");
+            assert!(w.contains("sslmode=verify-full&sslrootcert="), "{w}");
+            assert!(!w.contains("secret"), "{w}");
+        }
+        for quiet in [
+            "postgres://u:p@db.example.com/shop?sslmode=verify-full&sslrootcert=/ca.pem",
+            "postgres://u:p@db.example.com/shop?sslmode=verify-ca&sslrootcert=/ca.pem",
+            // libpq: require with a root certificate verifies the chain.
+            "postgres://u:p@db.example.com/shop?sslmode=require&sslrootcert=/ca.pem",
+            "postgres://u:p@localhost/shop?sslmode=disable",
+            "postgres://u:p@127.0.0.1:5433/shop",
+            "postgres://u:p@[::1]/shop?sslmode=prefer",
+            "postgres://u:p@%2Fvar%2Frun%2Fpostgresql/shop",
+        ] {
+            assert_eq!(warn(quiet), None, "{quiet}");
+        }
     }
 }

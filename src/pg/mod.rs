@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod connect;
 pub mod copy;
+pub mod filter;
 pub mod lsn;
 pub mod replication;
 pub mod types;

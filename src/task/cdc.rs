@@ -23,10 +23,10 @@ use crate::notify::{EventKind, Notifier, PartitionChange};
 use crate::pg::catalog::{self, Column, TableName, Types};
 use crate::pg::connect::{Source, describe_error};
 use crate::pg::lsn::Lsn;
-use crate::pg::replication::identity;
 use crate::pg::replication::pgoutput::{self, Message, OldTuple, Relation, Value};
 use crate::pg::replication::session::{NewSlot, Stream, StreamEvent};
 use crate::pg::replication::slot::{self, Published, SlotInfo};
+use crate::pg::replication::{identity, row_filter};
 use crate::pg::types::{self, NumericAs};
 use crate::sink::files::writer::{FileFormat, WrittenFile};
 use crate::sink::files::{ObjectStore, cdc as cdc_files, layout};
@@ -208,13 +208,32 @@ async fn prepare(
     let identities = identity::read(catalog_client, &tables)
         .await
         .map_err(|e| pg_err("reading replica identities", e))?;
+    for plan in plans {
+        let Some(filter) = &plan.settings.where_clause else {
+            continue;
+        };
+        let problems = row_filter::problems(catalog_client, &plan.table, filter)
+            .await
+            .map_err(|e| pg_err("reading the catalog for the row filter", e))?;
+        if !problems.is_empty() {
+            let key = p
+                .tables
+                .settings_key(&plan.table.name.schema, &plan.table.name.name)
+                .map(|k| format!("{k}.where"))
+                .unwrap_or_else(|| "tables".into());
+            return Err(Error::Config(p.error_at(
+                &key,
+                row_filter::describe(&plan.table, filter, &problems),
+            )));
+        }
+    }
     for plan in plans.iter().filter(|pl| pl.settings.cdc == CdcMode::All) {
         let ids = identities
             .get(&plan.table.oid)
             .map(Vec::as_slice)
             .unwrap_or(&[]);
         if let Some(problem) =
-            identity::problem(&plan.table, ids, plan.settings.where_clause.as_deref())
+            identity::problem(&plan.table, ids, plan.settings.where_clause.as_ref())
         {
             let key = p
                 .tables
@@ -260,6 +279,7 @@ async fn prepare(
         let inserts = published(plans, CdcMode::InsertsOnly);
         let wanted = [(&main, &all, false), (&inserts_name, &inserts, true)];
         publications.clear();
+        let mut missing = Vec::new();
         for (name, tables, inserts_only) in wanted {
             if tables.is_empty() {
                 continue;
@@ -268,25 +288,30 @@ async fn prepare(
                 .await
                 .map_err(|e| pg_err("reading pg_publication", e))?;
             if !there {
-                slot::create_publication(&admin, name, tables, inserts_only)
-                    .await
-                    .map_err(|e| {
-                        let hint = if e.as_db_error().map(|d| d.code().code()) == Some("42501") {
-                            " (CREATE PUBLICATION needs ownership of every table, or create the \
-                             publication yourself and name it in source.publication)"
-                        } else {
-                            ""
-                        };
-                        Error::Startup(format!(
-                            "creating publication {name} on {}: {}{hint}",
-                            source.display,
-                            describe_error(&e, &source.display)
-                        ))
-                    })?;
-                created.push(name.clone());
+                missing.push(slot::NewPublication {
+                    name,
+                    tables,
+                    inserts_only,
+                });
             }
             publications.push(name.clone());
         }
+        slot::create_publications(&admin, &missing)
+            .await
+            .map_err(|(name, e)| {
+                let hint = if e.as_db_error().map(|d| d.code().code()) == Some("42501") {
+                    " (CREATE PUBLICATION needs ownership of every table, or create the \
+                     publication yourself and name it in source.publication)"
+                } else {
+                    ""
+                };
+                Error::Startup(format!(
+                    "creating publication {name} on {}: {}{hint}",
+                    source.display,
+                    describe_error(&e, &source.display)
+                ))
+            })?;
+        created.extend(missing.iter().map(|m| m.name.to_string()));
     }
     let needs_load = ensure_published(
         p,
@@ -318,7 +343,7 @@ fn published(plans: &[TablePlan], mode: CdcMode) -> Vec<Published<'_>> {
         .filter(|pl| pl.settings.cdc == mode)
         .map(|pl| Published {
             table: &pl.table.name,
-            row_filter: pl.settings.where_clause.as_deref(),
+            row_filter: pl.settings.where_clause.as_ref(),
         })
         .collect()
 }
@@ -357,7 +382,7 @@ async fn ensure_published(
         if ours && plan.settings.cdc == CdcMode::All {
             let t = Published {
                 table: &plan.table.name,
-                row_filter: plan.settings.where_clause.as_deref(),
+                row_filter: plan.settings.where_clause.as_ref(),
             };
             slot::add_table(admin, main, &t).await.map_err(|e| {
                 err(

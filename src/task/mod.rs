@@ -18,6 +18,7 @@ use crate::notify::Notifier;
 use crate::pg::Snapshot;
 use crate::pg::catalog;
 use crate::pg::connect::Source;
+use crate::pg::filter::Filter;
 use crate::sink::files::local::LocalStore;
 use crate::sink::files::s3::{Encryption, S3Settings, S3Store};
 use crate::sink::files::{ObjectStore, layout};
@@ -98,9 +99,15 @@ pub async fn discover(p: &Pipeline) -> Result<Discovered, Error> {
             Error::Config(p.error_at(&format!("{settings_key}.exclude_columns"), msg))
         })?;
         if let Some(w) = &plan.settings.where_clause {
-            check_where(&snapshot, &plan, w)
-                .await
-                .map_err(|msg| Error::Config(p.error_at(&format!("{settings_key}.where"), msg)))?;
+            check_where(&snapshot, &plan, w).await.map_err(|msg| {
+                Error::Config(
+                    p.error_at(&format!("{settings_key}.where"), msg)
+                        .with_hint(format!(
+                            "the filter runs as SELECT … FROM {} WHERE (<filter>); try it in psql",
+                            plan.table.name.quoted()
+                        )),
+                )
+            })?;
         }
         plans.push(plan);
     }
@@ -128,6 +135,12 @@ pub struct Started {
 /// are start-up failures (exit 2).
 pub async fn start(p: &Pipeline) -> Result<Started, Error> {
     crate::config::unsupported(p)?;
+    if let Some(w) = Source::from_url(p.source.url.expose())
+        .ok()
+        .and_then(|s| s.unverified_warning())
+    {
+        tracing::warn!("{w}");
+    }
     let store = target_store(p).await?;
     let state = state_store(p).await?;
     let discovered = discover(p).await?;
@@ -190,8 +203,10 @@ fn table_folders(plans: &[TablePlan], previous: Option<&TaskRecord>) -> Vec<Stri
     folders.into_iter().collect()
 }
 
-/// Runs the table's filter once on no rows, so a typo fails at start-up, not mid-load.
-async fn check_where(snapshot: &Snapshot, plan: &TablePlan, w: &str) -> Result<(), String> {
+/// Runs the table's filter once on no rows, so a typo fails at start-up, not mid-load. The
+/// probe goes through the extended protocol (one statement, never several) inside the
+/// read-only snapshot, behind a savepoint.
+async fn check_where(snapshot: &Snapshot, plan: &TablePlan, w: &Filter) -> Result<(), String> {
     let c = snapshot.client();
     c.batch_execute("SAVEPOINT godwit_where")
         .await
@@ -200,7 +215,7 @@ async fn check_where(snapshot: &Snapshot, plan: &TablePlan, w: &str) -> Result<(
         "SELECT 1 FROM {} WHERE ({w}) LIMIT 0",
         plan.table.name.quoted()
     );
-    let result = c.simple_query(&probe).await;
+    let result = c.query(probe.as_str(), &[]).await;
     c.batch_execute("ROLLBACK TO SAVEPOINT godwit_where")
         .await
         .map_err(|e| e.to_string())?;

@@ -6,6 +6,7 @@ use postgres_protocol::escape::escape_identifier;
 use crate::config::{NumericMode, Pipeline, TableSettings};
 use crate::pg::catalog::{Table, Types};
 use crate::pg::copy::CopySpec;
+use crate::pg::filter::Filter;
 use crate::pg::types::{self, NumericAs, PgType};
 
 /// The plan of one table's full load.
@@ -18,7 +19,7 @@ pub struct TablePlan {
     /// The SELECT's `FROM …` part and the user's filter, to build segment statements.
     from: String,
     select: String,
-    filter: Option<String>,
+    filter: Option<Filter>,
     /// Parallel segments; empty when the table is read as one stream.
     pub segments: Vec<Segment>,
 }

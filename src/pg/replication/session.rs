@@ -4,6 +4,7 @@
 //! answers keepalives and sends status updates from its own task, also while godwit is
 //! back-pressured, so `wal_sender_timeout` never drops the session.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pgwire_replication::client::ReplicationEvent;
@@ -55,9 +56,36 @@ pub enum StreamEvent {
     },
 }
 
+/// The CA file the replication session trusts, chosen as for SQL connections (libpq's
+/// rules): `sslrootcert=<file>`; `system`, the OS bundle (`SSL_CERT_FILE` or the usual
+/// places; the crate's Mozilla roots when none is found); nothing, `~/.postgresql/root.crt`.
+fn ca_file(root: Option<&Path>) -> Option<PathBuf> {
+    match root {
+        Some(p) if p.as_os_str() == "system" => std::env::var_os("SSL_CERT_FILE")
+            .map(PathBuf::from)
+            .into_iter()
+            .chain(SYSTEM_BUNDLES.iter().map(PathBuf::from))
+            .find(|p| p.is_file()),
+        Some(p) => Some(p.to_path_buf()),
+        None => Some(
+            std::env::home_dir()
+                .unwrap_or_default()
+                .join(".postgresql/root.crt"),
+        ),
+    }
+}
+
+/// Where distributions keep the OS's CA bundle.
+const SYSTEM_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
 fn config(endpoint: &Endpoint, slot: &str, publications: &[String]) -> ReplicationConfig {
-    let ca = endpoint.root_cert.clone();
-    let tls = match endpoint.tls {
+    let ca = ca_file(endpoint.root_cert.as_deref());
+    let mut tls = match endpoint.tls {
         TlsMode::Disable => TlsConfig::disabled(),
         TlsMode::Prefer => TlsConfig {
             mode: SslMode::Prefer,
@@ -67,6 +95,11 @@ fn config(endpoint: &Endpoint, slot: &str, publications: &[String]) -> Replicati
         TlsMode::VerifyCa => TlsConfig::verify_ca(ca),
         TlsMode::VerifyFull => TlsConfig::verify_full(ca),
     };
+    // The name to verify is the host as written, an IP address included (checked against
+    // the certificate's IP names, as libpq and the SQL connections do).
+    if endpoint.tls == TlsMode::VerifyFull {
+        tls.sni_hostname = Some(endpoint.host.clone());
+    }
     ReplicationConfig::new(
         endpoint.host.clone(),
         endpoint.user.clone(),
@@ -229,5 +262,23 @@ impl Stream {
             .shutdown()
             .await
             .map_err(|e| err(&self.endpoint, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trusts_the_same_roots_as_sql_connections() {
+        assert_eq!(
+            ca_file(Some(Path::new("/tmp/ca.pem"))),
+            Some(PathBuf::from("/tmp/ca.pem"))
+        );
+        let default = ca_file(None).unwrap();
+        assert!(default.ends_with(".postgresql/root.crt"), "{default:?}");
+        if let Some(system) = ca_file(Some(Path::new("system"))) {
+            assert!(system.is_file(), "{system:?}");
+        }
     }
 }

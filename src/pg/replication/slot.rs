@@ -5,6 +5,7 @@ use postgres_protocol::escape::{escape_identifier, escape_literal};
 use tokio_postgres::Client;
 
 use crate::pg::catalog::TableName;
+use crate::pg::filter::Filter;
 use crate::pg::lsn::Lsn;
 
 /// A replication slot as `pg_replication_slots` shows it.
@@ -118,37 +119,61 @@ pub async fn publication_exists(
 /// One table of a publication, with its row filter.
 pub struct Published<'a> {
     pub table: &'a TableName,
-    pub row_filter: Option<&'a str>,
+    pub row_filter: Option<&'a Filter>,
 }
 
-/// Creates a publication for `tables`, published under partitioned roots; `inserts_only`
-/// publishes INSERT alone (for tables without a usable replica identity).
-pub async fn create_publication(
+impl Published<'_> {
+    /// `"schema"."table"` with ` WHERE (filter)` when it has one.
+    fn sql(&self) -> String {
+        match self.row_filter {
+            Some(f) => format!("{} WHERE ({f})", self.table.quoted()),
+            None => self.table.quoted(),
+        }
+    }
+}
+
+/// A publication to create: its name, its tables, and whether it publishes INSERT alone (for
+/// tables without a usable replica identity).
+pub struct NewPublication<'a> {
+    pub name: &'a str,
+    pub tables: &'a [Published<'a>],
+    pub inserts_only: bool,
+}
+
+/// Creates `publications` (tables published under partitioned roots) in one transaction: all
+/// of them or none. Each statement carries user text (row filters), so each goes alone
+/// through the extended protocol. On failure, the publication that failed and why.
+pub async fn create_publications(
     client: &Client,
-    name: &str,
-    tables: &[Published<'_>],
-    inserts_only: bool,
-) -> Result<(), tokio_postgres::Error> {
-    let list: Vec<String> = tables
-        .iter()
-        .map(|t| match t.row_filter {
-            Some(f) => format!("{} WHERE ({f})", t.table.quoted()),
-            None => t.table.quoted(),
-        })
-        .collect();
-    let publish = if inserts_only {
-        "insert"
-    } else {
-        "insert, update, delete, truncate"
-    };
+    publications: &[NewPublication<'_>],
+) -> Result<(), (String, tokio_postgres::Error)> {
+    if publications.is_empty() {
+        return Ok(());
+    }
+    let first = publications[0].name.to_string();
     client
-        .batch_execute(&format!(
+        .batch_execute("BEGIN")
+        .await
+        .map_err(|e| (first.clone(), e))?;
+    for p in publications {
+        let list: Vec<String> = p.tables.iter().map(Published::sql).collect();
+        let publish = if p.inserts_only {
+            "insert"
+        } else {
+            "insert, update, delete, truncate"
+        };
+        let statement = format!(
             "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = {}, publish_via_partition_root = true)",
-            escape_identifier(name),
+            escape_identifier(p.name),
             list.join(", "),
             escape_literal(publish)
-        ))
-        .await
+        );
+        if let Err(e) = client.execute(statement.as_str(), &[]).await {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err((p.name.to_string(), e));
+        }
+    }
+    client.batch_execute("COMMIT").await.map_err(|e| (first, e))
 }
 
 /// The tables `publications` publish (partitioned tables under their root).
@@ -168,31 +193,22 @@ pub async fn published_tables(
         .collect())
 }
 
-/// Adds a table to a publication.
+/// Adds a table to a publication (one statement, extended protocol: it carries the filter).
 pub async fn add_table(
     client: &Client,
     publication: &str,
     table: &Published<'_>,
 ) -> Result<(), tokio_postgres::Error> {
-    let filter = table
-        .row_filter
-        .map(|f| format!(" WHERE ({f})"))
-        .unwrap_or_default();
-    client
-        .batch_execute(&format!(
-            "ALTER PUBLICATION {} ADD TABLE {}{filter}",
-            escape_identifier(publication),
-            table.table.quoted()
-        ))
-        .await
+    let statement = format!(
+        "ALTER PUBLICATION {} ADD TABLE {}",
+        escape_identifier(publication),
+        table.sql()
+    );
+    client.execute(statement.as_str(), &[]).await.map(|_| ())
 }
 
 /// Drops a publication if it exists.
 pub async fn drop_publication(client: &Client, name: &str) -> Result<(), tokio_postgres::Error> {
-    client
-        .batch_execute(&format!(
-            "DROP PUBLICATION IF EXISTS {}",
-            escape_identifier(name)
-        ))
-        .await
+    let statement = format!("DROP PUBLICATION IF EXISTS {}", escape_identifier(name));
+    client.execute(statement.as_str(), &[]).await.map(|_| ())
 }
