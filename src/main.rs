@@ -46,6 +46,9 @@ enum Command {
         /// Test crash point: abort right after the N-th completed object.
         #[arg(long, hide = true)]
         crash_after_objects: Option<u64>,
+        /// Test knob: the S3 lease's time to live (e.g. 6s; renewed every quarter of it).
+        #[arg(long, hide = true)]
+        lease_ttl: Option<String>,
     },
     /// Validate the file and every prerequisite without moving data.
     Check {
@@ -126,8 +129,17 @@ fn main() -> ExitCode {
                 once,
                 max_duration,
                 crash_after_objects,
+                lease_ttl,
             } => {
                 godwit::faults::crash_after_objects(crash_after_objects.unwrap_or(0));
+                match lease_ttl.as_deref().map(godwit::config::parse_duration) {
+                    None => {}
+                    Some(Ok(d)) => godwit::state::s3::set_lease_ttl(d),
+                    Some(Err(e)) => {
+                        eprintln!("error: --lease-ttl: {e}");
+                        return Ok(2);
+                    }
+                }
                 let max_duration = match max_duration.as_deref().map(godwit::config::parse_duration)
                 {
                     None => None,

@@ -17,6 +17,7 @@ use crate::pg::Snapshot;
 use crate::pg::catalog;
 use crate::pg::connect::Source;
 use crate::sink::files::ObjectStore;
+use crate::sink::files::fenced::FencedStore;
 use crate::sink::files::local::LocalStore;
 use crate::sink::files::s3::{Encryption, S3Settings, S3Store};
 use crate::state::local::LocalState;
@@ -133,6 +134,8 @@ pub async fn start(p: &Pipeline) -> Result<Started, Error> {
         .acquire_lease(&p.name)
         .await
         .map_err(|e| Error::Startup(e.to_string()))?;
+    // Every write of the target holds only while the lease does.
+    let store = FencedStore::wrap(store, lease.fence());
     // Start-up is over: from here on godwit writes.
     match store.cleanup_incomplete().await {
         Ok(0) => {}
