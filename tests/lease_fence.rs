@@ -277,7 +277,7 @@ async fn a_run_paused_past_its_lease_stops_without_writing_and_the_new_holder_ca
     let work_a = Work::new();
     let mut a = spawn(&work_a, &[], &work_a.pipeline(&text), &[]);
     wait_for(Duration::from_secs(60), "run A to stream", || async {
-        slot(&db).await.is_some_and(|(active, _)| active)
+        log_of(&work_a).contains("CDC started")
     })
     .await;
     db.batch_execute(
@@ -452,7 +452,7 @@ async fn a_holder_whose_pid_is_gone_keeps_the_lease_until_it_expires() {
     wait_for(
         Duration::from_secs(60),
         "the first holder to stream",
-        || async { slot(&db).await.is_some_and(|(active, _)| active) },
+        || async { log_of(&first).contains("CDC started") },
     )
     .await;
     let held = lease(&client, &b).await.expect("the lease object");
