@@ -424,7 +424,7 @@ fn children(pid: u32) -> Vec<u32> {
 #[tokio::test]
 async fn a_holder_whose_pid_is_gone_keeps_the_lease_until_it_expires() {
     let pg = pg();
-    let db = fresh(&pg, "godwit_fence_pid", "godwit_fence_pid").await;
+    let _db = fresh(&pg, "godwit_fence_pid", "godwit_fence_pid").await;
     let client = s3().await;
     let b = bucket(&client, "fence-pid").await;
     let text = pipeline("fence-pid", &pg.url("godwit_fence_pid"), &b);
