@@ -291,6 +291,9 @@ unix_socket_directories = '$sock'
 wal_level = logical
 max_replication_slots = 20
 max_wal_senders = 20
+# A stopped or cut-off CDC client's session leaves its slot after this (default 60s); the
+# lease takeover tests wait for it. godwit sends a status update every second.
+wal_sender_timeout = 10s
 fsync = off
 synchronous_commit = off
 full_page_writes = off

@@ -49,6 +49,9 @@ enum Command {
         /// Test failure point: the N-th object fails to complete (an I/O error).
         #[arg(long, hide = true)]
         fail_object: Option<u64>,
+        /// Test knob: the S3 lease's time to live (e.g. 6s; renewed every quarter of it).
+        #[arg(long, hide = true)]
+        lease_ttl: Option<String>,
     },
     /// Validate the file and every prerequisite without moving data.
     Check {
@@ -130,9 +133,18 @@ fn main() -> ExitCode {
                 max_duration,
                 crash_after_objects,
                 fail_object,
+                lease_ttl,
             } => {
                 godwit::faults::crash_after_objects(crash_after_objects.unwrap_or(0));
                 godwit::faults::fail_object(fail_object.unwrap_or(0));
+                match lease_ttl.as_deref().map(godwit::config::parse_duration) {
+                    None => {}
+                    Some(Ok(d)) => godwit::state::s3::set_lease_ttl(d),
+                    Some(Err(e)) => {
+                        eprintln!("error: --lease-ttl: {e}");
+                        return Ok(2);
+                    }
+                }
                 let max_duration = match max_duration.as_deref().map(godwit::config::parse_duration)
                 {
                     None => None,

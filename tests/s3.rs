@@ -332,7 +332,31 @@ async fn killed_during_a_multipart_upload_leaves_nothing_dangling() {
         "compression = \"none\"\nrow_group_bytes = \"2MiB\"",
         "[tables.\"public.blob\"]\nwhere = \"id % 1000 <> 0 OR pg_sleep(0.05) IS NOT NULL\"",
     ));
-    let mut child = work.spawn_run(&pipeline);
+    // Uploads an earlier, failed run of this test left.
+    let left = client
+        .list_multipart_uploads()
+        .bucket(&b)
+        .send()
+        .await
+        .unwrap();
+    for u in left.uploads() {
+        client
+            .abort_multipart_upload()
+            .bucket(&b)
+            .key(u.key().unwrap())
+            .upload_id(u.upload_id().unwrap())
+            .send()
+            .await
+            .unwrap();
+    }
+    // A short lease (hidden --lease-ttl): the killed run holds it until it expires.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_godwit"))
+        .current_dir(work.path())
+        .args(["run", pipeline.to_str().unwrap(), "--lease-ttl", "6s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start godwit");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let uploads = client
@@ -373,6 +397,17 @@ async fn killed_during_a_multipart_upload_leaves_nothing_dangling() {
         "a partial object became visible"
     );
 
+    let lease = objects(&client, &b, "lake/_godwit/state/").await;
+    let lease: serde_json::Value = serde_json::from_slice(
+        lease
+            .get("lake/_godwit/state/lease")
+            .unwrap_or_else(|| panic!("no lease: {:?}", lease.keys())),
+    )
+    .unwrap();
+    let expires = lease["expires_at"].as_i64().unwrap();
+    while chrono::Utc::now().timestamp() <= expires {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     assert_ok(&work.godwit(&["run", pipeline.to_str().unwrap()], &[]));
     let uploads = client
         .list_multipart_uploads()

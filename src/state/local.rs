@@ -1,11 +1,17 @@
 //! State in a local folder: `task.json` replaced atomically, and the lease as an advisory
-//! lock (`flock`) on the `lease` file, which the OS releases if the process dies.
+//! lock (`flock`) on the `lease` file, which the OS releases if the process dies — it cannot
+//! be lost while the process lives, so its fence never trips. Files are created with mode
+//! 0600; temporary files get unpredictable names and are never opened through a symlink.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::{StateError, TaskRecord, describe_holder, holder_json};
+use super::{StateError, TaskRecord, describe_holder, holder_json, now_text};
+
+/// Prefix of the temporary files `task.json` is written through.
+const TEMP_PREFIX: &str = ".task.json.";
 
 /// A local state folder.
 pub struct LocalState {
@@ -42,11 +48,15 @@ impl LocalState {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(&path)
             .map_err(|e| self.io(e))?;
         match file.try_lock() {
             Ok(()) => {
-                let holder = holder_json(None);
+                let holder = holder_json(&now_text(), None);
+                file.set_permissions(fs::Permissions::from_mode(0o600))
+                    .map_err(|e| self.io(e))?;
+                self.sweep_temporary();
                 file.set_len(0).map_err(|e| self.io(e))?;
                 file.rewind().map_err(|e| self.io(e))?;
                 writeln!(file, "{holder}").map_err(|e| self.io(e))?;
@@ -64,6 +74,39 @@ impl LocalState {
             }
             Err(fs::TryLockError::Error(e)) => Err(self.io(e)),
         }
+    }
+
+    /// Removes the temporary files an interrupted save left (only the lease holder saves).
+    fn sweep_temporary(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                match fs::remove_file(e.path()) {
+                    Ok(()) => {
+                        tracing::info!(file = %e.path().display(), "removed a temporary state file an interrupted run left")
+                    }
+                    Err(err) => {
+                        tracing::warn!(file = %e.path().display(), "cannot remove a leftover temporary state file: {err}")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `bytes` to `path` atomically: a new temporary file (unpredictable name, mode
+    /// 0600, created exclusively, so a planted symlink is never followed), fsync, rename.
+    fn write_atomically(&self, path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+        let dir = path.parent().unwrap_or(&self.dir);
+        let mut temp = tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .tempfile_in(dir)
+            .map_err(|e| self.io(e))?;
+        temp.write_all(bytes).map_err(|e| self.io(e))?;
+        temp.as_file().sync_all().map_err(|e| self.io(e))?;
+        temp.persist(path).map_err(|e| self.io(e.error))?;
+        Ok(())
     }
 
     /// Who holds the lease right now, if anyone (without taking it or creating anything).
@@ -105,7 +148,7 @@ impl LocalState {
     pub fn request_reload(&self, table: &str) -> Result<(), StateError> {
         let dir = self.dir.join("reload");
         fs::create_dir_all(&dir).map_err(|e| self.io(e))?;
-        fs::write(dir.join(super::request_name(table)), table).map_err(|e| self.io(e))
+        self.write_atomically(&dir.join(super::request_name(table)), table.as_bytes())
     }
 
     /// The tables with a pending reload request.
@@ -146,13 +189,8 @@ impl LocalState {
     /// Replaces the stored record atomically (write, fsync, rename).
     pub fn save(&self, record: &TaskRecord) -> Result<(), StateError> {
         fs::create_dir_all(&self.dir).map_err(|e| self.io(e))?;
-        let path = self.dir.join("task.json");
-        let temp = self.dir.join(format!(".task.json.{}", std::process::id()));
         let bytes = serde_json::to_vec_pretty(record).unwrap_or_default();
-        let mut f = File::create(&temp).map_err(|e| self.io(e))?;
-        f.write_all(&bytes).map_err(|e| self.io(e))?;
-        f.sync_all().map_err(|e| self.io(e))?;
-        fs::rename(&temp, &path).map_err(|e| self.io(e))
+        self.write_atomically(&self.dir.join("task.json"), &bytes)
     }
 }
 
@@ -172,5 +210,67 @@ mod tests {
         );
         drop(lease);
         store.acquire_lease("p").unwrap();
+    }
+
+    fn record() -> TaskRecord {
+        TaskRecord {
+            pipeline: "p".into(),
+            mode: "full-load".into(),
+            state: "running".into(),
+            started_at: "2026-01-01T00:00:00Z".into(),
+            stopped_at: None,
+            snapshot: None,
+            last_error: None,
+            tables: Default::default(),
+            cdc: None,
+        }
+    }
+
+    #[test]
+    fn a_planted_symlink_is_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "precious").unwrap();
+        // The names the old code wrote through (pid-named), and some guessed ones.
+        for name in [
+            format!(".task.json.{}", std::process::id()),
+            ".task.json.AAAAAA".into(),
+        ] {
+            std::os::unix::fs::symlink(&victim, dir.path().join(name)).unwrap();
+        }
+        let store = LocalState::new(dir.path());
+        store.save(&record()).unwrap();
+        store.request_reload("public.t").unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+        let task = dir.path().join("task.json");
+        let meta = fs::symlink_metadata(&task).unwrap();
+        assert!(meta.file_type().is_file());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(store.load().unwrap().unwrap().pipeline, "p");
+        assert_eq!(
+            store.reload_requests().unwrap(),
+            vec!["public.t".to_string()]
+        );
+        let request = dir
+            .path()
+            .join("reload")
+            .join(crate::state::request_name("public.t"));
+        assert_eq!(
+            fs::metadata(request).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+
+        // Taking the lease sweeps the leftovers (the links, not what they point to).
+        let _lease = store.acquire_lease("p").unwrap();
+        let left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with(TEMP_PREFIX))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+        let lease = fs::metadata(dir.path().join("lease")).unwrap();
+        assert_eq!(lease.permissions().mode() & 0o777, 0o600);
     }
 }

@@ -1,8 +1,11 @@
 //! Task and table states with their statistics (SPEC §7), stored beside the target under
 //! `_godwit/state`, and the lease that keeps two runs of one pipeline apart.
 
+pub mod fence;
 pub mod local;
 pub mod s3;
+
+pub use fence::{Fence, LeaseLost};
 
 use std::collections::BTreeMap;
 
@@ -184,6 +187,16 @@ pub enum StateError {
         path: String,
         holder: String,
     },
+    /// The lease was lost, or another writer changed the state: this run must stop.
+    #[error("{0}")]
+    LeaseLost(#[from] LeaseLost),
+}
+
+impl StateError {
+    /// Whether another run may own the pipeline now (stop, do not retry).
+    pub fn is_lease_lost(&self) -> bool {
+        matches!(self, StateError::LeaseLost(_))
+    }
 }
 
 /// Where a pipeline's state lives: a local folder or an S3 prefix.
@@ -200,6 +213,14 @@ pub enum Lease {
 }
 
 impl Lease {
+    /// The fence every write of this run checks.
+    pub fn fence(&self) -> Fence {
+        match self {
+            Lease::Local(_) => Fence::open(),
+            Lease::S3(l) => l.fence(),
+        }
+    }
+
     pub async fn release(self) {
         match self {
             Lease::Local(l) => drop(l),
@@ -222,6 +243,15 @@ impl StateStore {
         match self {
             StateStore::Local(l) => l.acquire_lease(pipeline).map(Lease::Local),
             StateStore::S3(s) => s.acquire_lease(pipeline).await.map(Lease::S3),
+        }
+    }
+
+    /// The fence of the lease this run took from this store (an open one for a local lease,
+    /// or before any lease is taken).
+    pub fn fence(&self) -> Fence {
+        match self {
+            StateStore::Local(_) => Fence::open(),
+            StateStore::S3(s) => s.fence(),
         }
     }
 
@@ -288,12 +318,20 @@ fn request_name(table: &str) -> String {
     table.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The lease holder's identity: host, pid, start (and, for S3, when it expires).
-fn holder_json(expires_at: Option<i64>) -> serde_json::Value {
+/// This process's run id: random (uuid v4), so two runs never look alike — containers reuse
+/// host names and pids.
+pub fn run_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// The lease holder's identity: host, pid, run id, since when (and, for S3, when it expires).
+fn holder_json(since: &str, expires_at: Option<i64>) -> serde_json::Value {
     let mut v = serde_json::json!({
         "host": gethostname::gethostname().to_string_lossy(),
         "pid": std::process::id(),
-        "since": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "run": run_id(),
+        "since": since,
     });
     if let Some(e) = expires_at {
         v["expires_at"] = e.into();
@@ -301,12 +339,21 @@ fn holder_json(expires_at: Option<i64>) -> serde_json::Value {
     v
 }
 
-/// "pid N on HOST since TIME" from the lease file's JSON.
+/// The current time as the lease's `since` shows it.
+fn now_text() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// "pid N on HOST (run ID) since TIME" from the lease file's JSON.
 fn describe_holder(text: &str) -> String {
     serde_json::from_str::<serde_json::Value>(text.trim())
         .map(|v| {
+            let run = v["run"]
+                .as_str()
+                .map(|r| format!(" (run {r})"))
+                .unwrap_or_default();
             format!(
-                "pid {} on {} since {}",
+                "pid {} on {}{run} since {}",
                 v["pid"],
                 v["host"].as_str().unwrap_or("?"),
                 v["since"].as_str().unwrap_or("?")

@@ -43,6 +43,10 @@ pub struct CdcOptions {
     pub progress: bool,
 }
 
+/// How much longer than `wal_sender_timeout` a run waits for an earlier session to leave
+/// the slot.
+const SLOT_WAIT_MARGIN: Duration = Duration::from_secs(10);
+
 const DROP_AND_RELOAD: &str = "the changes the slot held are gone: run `godwit drop PIPELINE --yes`, then run the pipeline again (mode full-load-and-cdc reloads every table from a fresh snapshot)";
 
 /// Runs a `cdc` or `full-load-and-cdc` pipeline.
@@ -118,10 +122,21 @@ struct Task<'a> {
 
 impl Task<'_> {
     async fn save(&self) -> Result<(), Error> {
+        self.state.save(&self.record).await.map_err(|e| {
+            if e.is_lease_lost() {
+                Error::Runtime(e.to_string())
+            } else {
+                Error::Recoverable(format!("cannot save the checkpoint: {e}"))
+            }
+        })
+    }
+
+    /// Ok while this run holds the lease; the failure that stops it (exit 1) once it lost it.
+    fn fenced(&self) -> Result<(), Error> {
         self.state
-            .save(&self.record)
-            .await
-            .map_err(|e| Error::Recoverable(format!("cannot save the checkpoint: {e}")))
+            .fence()
+            .check()
+            .map_err(|lost| Error::Runtime(lost.to_string()))
     }
 
     async fn finish(&mut self, state: &str, error: Option<String>) {
@@ -323,9 +338,33 @@ async fn prepare(
         source,
     )
     .await?;
-    let slot_info = slot::wait_inactive(&admin, &p.source.slot, Duration::from_secs(30))
+    // A run that took the lease over waits for the old holder's session to leave the slot: a
+    // stopped or cut-off holder's session ends after wal_sender_timeout without a reply.
+    let patience = slot::wal_sender_timeout(&admin)
+        .await
+        .map_err(|e| pg_err("reading wal_sender_timeout", e))?
+        .unwrap_or(Duration::from_secs(60))
+        + SLOT_WAIT_MARGIN;
+    let slot_info = slot::wait_inactive(&admin, &p.source.slot, patience)
         .await
         .map_err(|e| pg_err("reading pg_replication_slots", e))?;
+    if let Some(info) = &slot_info
+        && info.active
+    {
+        let pid = info
+            .active_pid
+            .map(|n| format!(" (server PID {n})"))
+            .unwrap_or_default();
+        return Err(Error::Startup(format!(
+            "replication slot {} on {} is still in use by another session{pid} after waiting {} s \
+             (wal_sender_timeout + {} s): another program reads from it; stop it, or name another \
+             slot in source.slot",
+            p.source.slot,
+            source.display,
+            patience.as_secs(),
+            SLOT_WAIT_MARGIN.as_secs()
+        )));
+    }
     Ok(Prepared {
         admin,
         types,
@@ -939,6 +978,8 @@ impl<'a, 'b> Apply<'a, 'b> {
                 Err(Error::Recoverable(why)) => why,
                 Err(e) => return Err(e),
             };
+            // A write refused by the fence is no blip: the lease is lost, this run stops.
+            self.task.fenced()?;
             failures += 1;
             let retries = self.p.errors.recoverable_retries;
             if retries >= 0 && failures > retries as u64 {
@@ -980,12 +1021,14 @@ impl<'a, 'b> Apply<'a, 'b> {
         self.buffered_bytes = 0;
         self.buffered_since = None;
         self.position = self.confirmed;
+        let fence = self.task.state.fence();
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             why = stops.next() => {
                 tracing::info!("{why} while waiting to reconnect: stopping");
                 return Ok(true);
             }
+            lost = fence.lost() => return Err(Error::Runtime(lost.to_string())),
         }
         // A reload's switch a failed write interrupted (failing again: wait and retry).
         if let Err(e) = self.finish_switches().await {
@@ -1332,6 +1375,8 @@ impl<'a, 'b> Apply<'a, 'b> {
     }
 
     async fn on_tick(&mut self) -> Result<(), Error> {
+        // A run that lost its lease (paused past it, or taken over) stops at once.
+        self.task.fenced()?;
         if self.last_request_check.elapsed() >= Duration::from_secs(5) {
             self.last_request_check = Instant::now();
             self.check_partitions().await?;
@@ -1375,7 +1420,7 @@ impl<'a, 'b> Apply<'a, 'b> {
                 self.position = self.position.max(end_lsn);
                 self.watch_lag(commit_time);
                 if self.buffered_rows == 0 {
-                    self.confirm(end_lsn);
+                    self.confirm(end_lsn)?;
                 } else if self.buffered_bytes as u64 >= self.p.target.cdc_min_file_size {
                     self.flush().await?;
                 }
@@ -1385,7 +1430,7 @@ impl<'a, 'b> Apply<'a, 'b> {
                     self.position = self.position.max(wal_end);
                     if self.buffered_rows == 0 {
                         // Nothing buffered or in flight: WAL up to here needs no keeping.
-                        self.confirm(wal_end);
+                        self.confirm(wal_end)?;
                     }
                 }
             }
@@ -1407,14 +1452,17 @@ impl<'a, 'b> Apply<'a, 'b> {
         }
     }
 
-    fn confirm(&mut self, lsn: Lsn) {
+    /// Confirms `lsn` to the slot — only while this run holds the lease.
+    fn confirm(&mut self, lsn: Lsn) -> Result<(), Error> {
         if lsn > self.confirmed {
+            self.task.fenced()?;
             self.confirmed = lsn;
             self.confirmed_now = lsn;
             if let Some(s) = &self.stream {
                 s.confirm(lsn);
             }
         }
+        Ok(())
     }
 
     fn on_message(&mut self, msg: Message) -> Result<(), Error> {
@@ -1749,7 +1797,7 @@ impl<'a, 'b> Apply<'a, 'b> {
         }
         self.task.save().await?;
         if let Some(lsn) = confirm {
-            self.confirm(lsn);
+            self.confirm(lsn)?;
         }
         Ok(())
     }

@@ -244,7 +244,20 @@ pub(crate) async fn load(
     let mut rows = 0;
     let mut in_error = 0;
     let mut fatal = None;
-    while let Some(joined) = set.join_next().await {
+    let fence = ctx.state.fence();
+    loop {
+        let joined = tokio::select! {
+            joined = set.join_next() => match joined {
+                Some(j) => j,
+                None => break,
+            },
+            // A run that lost its lease stops loading (its writes are refused anyway).
+            lost = fence.lost(), if fatal.is_none() => {
+                fatal = Some(lost.to_string());
+                set.abort_all();
+                continue;
+            }
+        };
         match joined {
             Ok(Ok(n)) => rows += n,
             Ok(Err(failure)) => {
@@ -261,6 +274,11 @@ pub(crate) async fn load(
                 set.abort_all();
             }
         }
+    }
+    if fatal.is_none()
+        && let Err(lost) = fence.check()
+    {
+        fatal = Some(lost.to_string());
     }
     let seconds = started.elapsed().as_secs_f64();
     if fatal.is_none() {

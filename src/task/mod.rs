@@ -19,6 +19,7 @@ use crate::pg::Snapshot;
 use crate::pg::catalog;
 use crate::pg::connect::Source;
 use crate::pg::filter::Filter;
+use crate::sink::files::fenced::FencedStore;
 use crate::sink::files::local::LocalStore;
 use crate::sink::files::s3::{Encryption, S3Settings, S3Store};
 use crate::sink::files::{ObjectStore, layout};
@@ -148,6 +149,8 @@ pub async fn start(p: &Pipeline) -> Result<Started, Error> {
         .acquire_lease(&p.name)
         .await
         .map_err(|e| Error::Startup(e.to_string()))?;
+    // Every write of the target holds only while the lease does.
+    let store = FencedStore::wrap(store, lease.fence());
     let previous = match state.load().await {
         Ok(p) => p,
         Err(e) => {

@@ -19,6 +19,8 @@ pub struct SlotInfo {
     /// WAL the slot holds back, in bytes.
     pub retained_bytes: Option<i64>,
     pub active: bool,
+    /// The server process of the session that uses the slot.
+    pub active_pid: Option<i32>,
 }
 
 impl SlotInfo {
@@ -36,7 +38,7 @@ pub async fn slot_info(
     let row = client
         .query_opt(
             "SELECT plugin::text, database::text, wal_status::text, (confirmed_flush_lsn - '0/0'::pg_lsn)::int8,
-                    pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8, active
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8, active, active_pid
              FROM pg_replication_slots WHERE slot_name = $1",
             &[&name],
         )
@@ -48,6 +50,7 @@ pub async fn slot_info(
         confirmed_flush: r.get::<_, Option<i64>>(3).map(|n| Lsn(n as u64)),
         retained_bytes: r.get(4),
         active: r.get(5),
+        active_pid: r.get(6),
     }))
 }
 
@@ -73,23 +76,65 @@ pub async fn current_wal_lsn(client: &Client) -> Result<Lsn, tokio_postgres::Err
     Ok(Lsn(n as u64))
 }
 
-/// Waits (up to `timeout`) until no session uses the slot — after a crash the server needs a
-/// moment to notice the old session is gone. Returns the slot's latest state.
+/// Waits (up to `timeout`, polling with back-off) until no session uses the slot — after a
+/// crash the server needs a moment to notice the old session is gone, and a stopped or cut-off
+/// holder's session lasts until `wal_sender_timeout`. Returns the slot's latest state (still
+/// `active` when the time ran out).
 pub async fn wait_inactive(
     client: &Client,
     name: &str,
     timeout: std::time::Duration,
 ) -> Result<Option<SlotInfo>, tokio_postgres::Error> {
     let until = std::time::Instant::now() + timeout;
+    let mut pause = std::time::Duration::from_millis(100);
+    let mut told = false;
     loop {
         let info = slot_info(client, name).await?;
+        let now = std::time::Instant::now();
         match &info {
-            Some(i) if i.active && std::time::Instant::now() < until => {
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            Some(i) if i.active && now < until => {
+                if !told && timeout > std::time::Duration::from_secs(5) {
+                    told = true;
+                    tracing::info!(slot = name, pid = ?i.active_pid, wait_s = timeout.as_secs(), "the slot is still used by another session (an earlier run's?); waiting for it to leave");
+                }
+                tokio::time::sleep(pause.min(until - now)).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(2));
             }
             _ => return Ok(info),
         }
     }
+}
+
+/// How long a session whose client went silent (stopped, cut off) can hold a slot:
+/// `wal_sender_timeout`, after which the server ends it; `None` when the timeout is off.
+pub async fn wal_sender_timeout(
+    client: &Client,
+) -> Result<Option<std::time::Duration>, tokio_postgres::Error> {
+    let shown: String = client
+        .query_one("SHOW wal_sender_timeout", &[])
+        .await?
+        .get(0);
+    Ok(parse_guc_duration(&shown).filter(|d| !d.is_zero()))
+}
+
+/// A time setting as `SHOW` prints it: `60000ms`, `10s`, `1min`, `2h`, `1d`, or a bare
+/// number of milliseconds.
+fn parse_guc_duration(shown: &str) -> Option<std::time::Duration> {
+    let shown = shown.trim();
+    let split = shown
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(shown.len());
+    let (number, unit) = shown.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let ms = match unit.trim() {
+        "" | "ms" => 1,
+        "s" => 1000,
+        "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_millis(n.checked_mul(ms)?))
 }
 
 /// Drops the slot (once no session uses it: a session that just ended may take a moment to
@@ -211,4 +256,20 @@ pub async fn add_table(
 pub async fn drop_publication(client: &Client, name: &str) -> Result<(), tokio_postgres::Error> {
     let statement = format!("DROP PUBLICATION IF EXISTS {}", escape_identifier(name));
     client.execute(statement.as_str(), &[]).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_settings_as_show_prints_them() {
+        let ms = |n| Some(std::time::Duration::from_millis(n));
+        assert_eq!(parse_guc_duration("1min"), ms(60_000));
+        assert_eq!(parse_guc_duration("10s"), ms(10_000));
+        assert_eq!(parse_guc_duration("1500ms"), ms(1500));
+        assert_eq!(parse_guc_duration("2h"), ms(7_200_000));
+        assert_eq!(parse_guc_duration("0"), ms(0));
+        assert_eq!(parse_guc_duration("soon"), None);
+    }
 }

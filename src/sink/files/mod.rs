@@ -3,6 +3,7 @@
 
 pub mod cdc;
 pub mod csv;
+pub mod fenced;
 pub mod layout;
 pub mod local;
 pub mod parquet;
