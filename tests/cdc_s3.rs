@@ -123,7 +123,19 @@ cdc_max_batch_interval = "1s"
     let before = checkpoint_lsn(&client, "godwit-cdc-s3").await;
     // The first object of this run is the CDC file: the run ends right after it completes,
     // before the checkpoint records it.
-    let crashed = w.godwit(&["run", p, "--once", "--crash-after-objects", "1"], &[]);
+    // A short lease: the crashed run cannot release it, and only its expiry frees it.
+    let crashed = w.godwit(
+        &[
+            "run",
+            p,
+            "--once",
+            "--crash-after-objects",
+            "1",
+            "--lease-ttl",
+            "3s",
+        ],
+        &[],
+    );
     assert!(
         text(&crashed).contains("crash point reached"),
         "{}",
@@ -152,7 +164,20 @@ cdc_max_batch_interval = "1s"
     )
     .await
     .unwrap();
-    assert_ok(&w.godwit(&["run", p, "--once"], &[]));
+    // The resume waits for the crashed run's lease to expire (refused with exit 2 until then).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let resumed = w.godwit(&["run", p, "--once"], &[]);
+        if resumed.status.code() == Some(0) {
+            break;
+        }
+        let t = text(&resumed);
+        assert!(
+            t.contains("is already running") && std::time::Instant::now() < deadline,
+            "{t}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 
     let out = Work::new();
     download(&client, "godwit-cdc-s3", "lake", out.path()).await;

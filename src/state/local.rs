@@ -14,6 +14,7 @@ use super::{StateError, TaskRecord, describe_holder, holder_json, now_text};
 const TEMP_PREFIX: &str = ".task.json.";
 
 /// A local state folder.
+#[derive(Clone)]
 pub struct LocalState {
     dir: PathBuf,
 }
@@ -78,9 +79,10 @@ impl LocalState {
 
     /// Removes the temporary files an interrupted save left (only the lease holder saves).
     fn sweep_temporary(&self) {
-        let Ok(entries) = fs::read_dir(&self.dir) else {
-            return;
-        };
+        let entries = [self.dir.clone(), self.dir.join("reload")]
+            .into_iter()
+            .filter_map(|d| fs::read_dir(d).ok())
+            .flatten();
         for e in entries.flatten() {
             if e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
                 match fs::remove_file(e.path()) {
@@ -161,7 +163,12 @@ impl LocalState {
         };
         let mut out = Vec::new();
         for e in entries.flatten() {
-            if let Ok(t) = fs::read_to_string(e.path()) {
+            // A request is a file named after its table; anything else (a temporary file a
+            // killed `godwit reload` left) is not one.
+            let Ok(t) = fs::read_to_string(e.path()) else {
+                continue;
+            };
+            if e.file_name().to_string_lossy() == super::request_name(&t) {
                 out.push(t);
             }
         }
@@ -186,11 +193,11 @@ impl LocalState {
         }
     }
 
-    /// Replaces the stored record atomically (write, fsync, rename).
-    pub fn save(&self, record: &TaskRecord) -> Result<(), StateError> {
+    /// Replaces the stored record atomically (write, fsync, rename). Blocking: call it off
+    /// the async threads.
+    pub fn save(&self, record_json: &[u8]) -> Result<(), StateError> {
         fs::create_dir_all(&self.dir).map_err(|e| self.io(e))?;
-        let bytes = serde_json::to_vec_pretty(record).unwrap_or_default();
-        self.write_atomically(&self.dir.join("task.json"), &bytes)
+        self.write_atomically(&self.dir.join("task.json"), record_json)
     }
 }
 
@@ -239,7 +246,7 @@ mod tests {
             std::os::unix::fs::symlink(&victim, dir.path().join(name)).unwrap();
         }
         let store = LocalState::new(dir.path());
-        store.save(&record()).unwrap();
+        store.save(&serde_json::to_vec(&record()).unwrap()).unwrap();
         store.request_reload("public.t").unwrap();
         assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
         let task = dir.path().join("task.json");

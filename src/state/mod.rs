@@ -306,7 +306,20 @@ impl StateStore {
     /// Replaces the stored record.
     pub async fn save(&self, record: &TaskRecord) -> Result<(), StateError> {
         match self {
-            StateStore::Local(l) => l.save(record),
+            StateStore::Local(l) => {
+                // The write ends with two fsyncs: off the async threads.
+                let (l, bytes) = (
+                    l.clone(),
+                    serde_json::to_vec_pretty(record).unwrap_or_default(),
+                );
+                let path = l.dir().display().to_string();
+                tokio::task::spawn_blocking(move || l.save(&bytes))
+                    .await
+                    .map_err(|e| StateError::Io {
+                        path,
+                        source: std::io::Error::other(e),
+                    })?
+            }
             StateStore::S3(s) => s.save(record).await,
         }
     }

@@ -73,6 +73,8 @@ pub struct S3State {
     /// The fence of the lease this run holds (open until it takes one).
     fence: std::sync::Mutex<Fence>,
     version: Mutex<Version>,
+    /// The bytes of the last `task.json` write whose answer never came (it may have landed).
+    unanswered: Mutex<Option<Vec<u8>>>,
 }
 
 /// A held S3 lease; renewed in the background until released.
@@ -101,6 +103,7 @@ impl S3State {
             store,
             fence: std::sync::Mutex::new(Fence::open()),
             version: Mutex::new(Version::Unknown),
+            unanswered: Mutex::new(None),
         }
     }
 
@@ -295,33 +298,64 @@ impl S3State {
             };
         }
         let fence = self.fence();
-        fence.check()?;
-        let (if_none_match, if_match) = match &*version {
-            Version::ETag(e) => (false, Some(e.as_str())),
-            _ => (true, None),
-        };
-        match self
-            .store
-            .put("task.json", bytes, if_none_match, if_match)
-            .await
-        {
-            Ok(etag) => {
-                *version = Version::ETag(etag);
-                Ok(())
-            }
-            Err(PutError::Other(e)) => Err(io(&self.store, e)),
-            Err(PutError::Precondition) => {
-                let why = format!(
-                    "{}/task.json was changed by another writer since this run last read or wrote it",
-                    self.describe()
-                );
-                fence.trip(why.clone());
-                Err(StateError::LeaseLost(LeaseLost {
-                    lease: self.lease_path(),
-                    why,
-                }))
+        // Once for the write, once more if the object turns out to hold a write of this run
+        // whose answer was lost.
+        for _ in 0..2 {
+            fence.check()?;
+            let (if_none_match, if_match) = match &*version {
+                Version::ETag(e) => (false, Some(e.clone())),
+                _ => (true, None),
+            };
+            let result = self
+                .store
+                .put(
+                    "task.json",
+                    bytes.clone(),
+                    if_none_match,
+                    if_match.as_deref(),
+                )
+                .await;
+            match result {
+                Ok(etag) => {
+                    *version = Version::ETag(etag);
+                    *self.unanswered.lock().await = None;
+                    return Ok(());
+                }
+                Err(PutError::Other(e)) => {
+                    // It may have landed all the same: remembered for the next save.
+                    *self.unanswered.lock().await = Some(bytes);
+                    return Err(io(&self.store, e));
+                }
+                Err(PutError::Precondition) => {
+                    // A write of this run whose answer was lost (a timeout, an SDK retry that
+                    // found its own first attempt applied) also changes the ETag: then the
+                    // object holds exactly what this run sent.
+                    let current = self.store.get_with_etag("task.json").await.ok().flatten();
+                    let unanswered = self.unanswered.lock().await.take();
+                    match current {
+                        Some((body, etag)) if body == bytes => {
+                            *version = Version::ETag(etag);
+                            return Ok(());
+                        }
+                        Some((body, etag)) if unanswered.is_some_and(|u| u == body) => {
+                            *version = Version::ETag(etag);
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    break;
+                }
             }
         }
+        let why = format!(
+            "{}/task.json was changed by another writer since this run last read or wrote it",
+            self.describe()
+        );
+        fence.trip(why.clone());
+        Err(StateError::LeaseLost(LeaseLost {
+            lease: self.lease_path(),
+            why,
+        }))
     }
 }
 

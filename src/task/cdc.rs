@@ -726,14 +726,24 @@ async fn finish_switches(
         let Some(r) = task.record.tables.get(&key).filter(|r| r.switch_pending) else {
             continue;
         };
-        let up_to = r.mark.map(|m| m.lsn).unwrap_or(0);
-        reload::switch(store, &plan.table.name, &r.files, up_to)
+        let (files, up_to) = (r.files.clone(), r.mark.map(|m| m.lsn).unwrap_or(0));
+        // The switch starts only once the state says it is pending (and with which files and
+        // mark), so a crash in the middle is always finished at the next start.
+        task.save().await.map_err(|e| e.to_string())?;
+        reload::switch(store, &plan.table.name, &files, up_to)
             .await
             .map_err(|e| format!("switching in the reloaded load of {key}: {e}"))?;
-        if let Some(r) = task.record.tables.get_mut(&key) {
-            r.switch_pending = false;
+        let set_pending = |task: &mut Task<'_>, pending: bool| {
+            if let Some(r) = task.record.tables.get_mut(&key) {
+                r.switch_pending = pending;
+            }
+        };
+        set_pending(task, false);
+        if let Err(e) = task.save().await {
+            // Not recorded as done: it is done again (it can be) before the table goes on.
+            set_pending(task, true);
+            return Err(e.to_string());
         }
-        task.save().await.map_err(|e| e.to_string())?;
         let _ = task.state.clear_reload(&key).await;
         tracing::info!(table = %key, "the reloaded load is in place");
         done.push(key);
@@ -1076,7 +1086,7 @@ impl<'a, 'b> Apply<'a, 'b> {
             .state
             .reload_requests()
             .await
-            .map_err(|e| Error::Runtime(format!("reading reload requests: {e}")))?;
+            .map_err(|e| Error::Recoverable(format!("reading reload requests: {e}")))?;
         if requests.is_empty() {
             return Ok(());
         }
@@ -1360,12 +1370,12 @@ impl<'a, 'b> Apply<'a, 'b> {
                     }),
                 });
             }
-            if reload && !changes.is_empty() {
-                self.task
-                    .state
-                    .request_reload(&key)
-                    .await
-                    .map_err(|e| Error::Runtime(e.to_string()))?;
+            if reload
+                && !changes.is_empty()
+                && let Err(e) = self.task.state.request_reload(&key).await
+            {
+                // The fingerprint stays as it was: the next check asks again.
+                tracing::warn!(table = %key, "requesting the reload: {e}; trying again at the next check");
             }
         }
         if save {
@@ -1627,19 +1637,20 @@ impl<'a, 'b> Apply<'a, 'b> {
         if t.suspended || t.mark.is_some_and(|m| mark <= m) {
             return Ok(());
         }
-        match op {
-            Op::Insert => t.counts.inserts += 1,
-            Op::Update => t.counts.updates += 1,
-            Op::Delete => t.counts.deletes += 1,
-            Op::Truncate => {
-                self.task.notifier.emit(EventKind::TableTruncated {
-                    table: t.key.clone(),
-                    lsn: Some(Lsn(mark.lsn).to_string()),
-                    partition: None,
-                });
-            }
+        if op == Op::Truncate {
+            self.task.notifier.emit(EventKind::TableTruncated {
+                table: t.key.clone(),
+                lsn: Some(Lsn(mark.lsn).to_string()),
+                partition: None,
+            });
         }
         if self.p.target.cdc_inserts_only && op != Op::Insert {
+            // Seen, not written (DMS CdcInsertsOnly).
+            match op {
+                Op::Update => t.counts.updates += 1,
+                Op::Delete => t.counts.deletes += 1,
+                _ => {}
+            }
             return Ok(());
         }
         let layout = t.layout.clone().expect("a described relation has a layout");
@@ -1660,9 +1671,18 @@ impl<'a, 'b> Apply<'a, 'b> {
             .buffer
             .push(&layout, &folder, &row, self.p.load.batch_rows)
             .map_err(|e| Error::Runtime(format!("building the batch of {}: {e}", t.key)))?;
-        self.buffered_rows += 1;
-        self.buffered_bytes += t.buffer.bytes - before;
-        self.buffered_since.get_or_insert_with(Instant::now);
+        if pushed.is_ok() {
+            // A row that failed left no trace: it is not buffered and not counted.
+            match op {
+                Op::Insert => t.counts.inserts += 1,
+                Op::Update => t.counts.updates += 1,
+                Op::Delete => t.counts.deletes += 1,
+                Op::Truncate => {}
+            }
+            self.buffered_rows += 1;
+            self.buffered_bytes += t.buffer.bytes - before;
+            self.buffered_since.get_or_insert_with(Instant::now);
+        }
         if let Err(bad) = pushed {
             t.counts.data_errors += 1;
             let key = match bad.key.as_str() {
@@ -1835,6 +1855,13 @@ async fn recover_mark(
             objects
                 .into_iter()
                 .filter(|o| {
+                    if !o
+                        .key
+                        .strip_prefix(&prefix)
+                        .is_some_and(layout::in_table_folder)
+                    {
+                        return false;
+                    }
                     let name = o.key.rsplit('/').next().unwrap_or(&o.key);
                     layout::parse_cdc_file(name)
                         .is_some_and(|(_, last)| recorded.is_none_or(|m| last >= m.lsn))

@@ -150,6 +150,15 @@ pub(crate) async fn remove_cdc_files(
     let prefix = layout::table_prefix(table);
     let mut n = 0;
     for o in store.list(&prefix).await? {
+        // Only the table's own folder and its date folders: another pipeline's prefix may
+        // sit deeper inside it.
+        if !o
+            .key
+            .strip_prefix(&prefix)
+            .is_some_and(layout::in_table_folder)
+        {
+            continue;
+        }
         let name = o.key.rsplit('/').next().unwrap_or(&o.key);
         if layout::parse_cdc_file(name).is_some_and(|(_, last)| last <= up_to) {
             store.delete(&o.key).await?;

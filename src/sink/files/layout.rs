@@ -8,12 +8,16 @@ use crate::pg::catalog::TableName;
 /// ordinary folder inside the target: `/` (and `%`, so the escaping can be undone) are
 /// percent-encoded, and so is a leading `.` — `.` and `..` are no path steps then, and no
 /// table folder is hidden like the temporary files are. An empty name (PostgreSQL has none)
-/// becomes `%00`. Everything else is kept as it is, as DMS does.
+/// becomes `%00`, and `_godwit` (godwit's own folder for state and staging) `%5Fgodwit`. Everything else is kept as it is, as DMS does.
 pub fn segment(name: &str) -> String {
     if name.is_empty() {
         return "%00".into();
     }
     let escaped = name.replace('%', "%25").replace('/', "%2F");
+    if escaped == "_godwit" {
+        // godwit's own folder (state, staging) beside the schemas.
+        return "%5Fgodwit".into();
+    }
     match escaped.strip_prefix('.') {
         Some(rest) => format!("%2E{rest}"),
         None => escaped,
@@ -159,6 +163,9 @@ mod tests {
         assert_eq!(folder("public", ".x"), "public/%2Ex/");
         assert_eq!(folder("public", "..."), "public/%2E../");
         assert_eq!(folder("", "a"), "%00/a/");
+        // godwit's own folder is never a schema's.
+        assert_eq!(folder("_godwit", "state"), "%5Fgodwit/state/");
+        assert_eq!(folder("_godwit2", "t"), "_godwit2/t/");
         // Ordinary names, dots inside included, stay as they are.
         assert_eq!(folder("public", "a.b.."), "public/a.b../");
         assert_eq!(folder("My Schema", "Order Items"), "My Schema/Order Items/");

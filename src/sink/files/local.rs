@@ -69,32 +69,48 @@ impl ObjectStore for LocalStore {
     }
 
     async fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
-        let mut out = Vec::new();
-        // Walk from the deepest folder the prefix names, then filter by the whole prefix.
-        let dir_part = prefix.rfind('/').map(|i| &prefix[..i]).unwrap_or("");
-        walk(&self.root, &self.root.join(dir_part), &mut out)?;
-        out.retain(|o| o.key.starts_with(prefix));
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        let (root, prefix) = (self.root.clone(), prefix.to_string());
+        blocking(move || {
+            let mut out = Vec::new();
+            // Walk from the deepest folder the prefix names, then filter by the whole prefix.
+            let dir_part = prefix.rfind('/').map(|i| &prefix[..i]).unwrap_or("");
+            walk(&root, &root.join(dir_part), &mut out)?;
+            out.retain(|o| o.key.starts_with(&prefix));
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+        .await
     }
 
     async fn get(&self, key: &str) -> io::Result<bytes::Bytes> {
-        fs::read(self.path(key)).map(bytes::Bytes::from)
+        let path = self.path(key);
+        blocking(move || fs::read(path).map(bytes::Bytes::from)).await
     }
 
     async fn delete(&self, key: &str) -> io::Result<()> {
-        match fs::remove_file(self.path(key)) {
+        let path = self.path(key);
+        blocking(move || match fs::remove_file(path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             other => other,
-        }
+        })
+        .await
     }
 
     async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-        let to = self.path(to);
-        if let Some(dir) = to.parent() {
-            fs::create_dir_all(dir)?;
-        }
-        fs::rename(self.path(from), to)
+        let (from, to) = (self.path(from), self.path(to));
+        blocking(move || {
+            let dir = to.parent().map(Path::to_path_buf);
+            if let Some(dir) = &dir {
+                fs::create_dir_all(dir)?;
+            }
+            fs::rename(from, &to)?;
+            // The new name survives a power loss only once its folder is on disk.
+            if let Some(dir) = dir {
+                fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     fn describe(&self) -> String {
@@ -126,7 +142,7 @@ impl ObjectStore for LocalStore {
         }
         let root = self.root.clone();
         let prefixes = prefixes.to_vec();
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             let mut n = 0;
             for prefix in &prefixes {
                 n += sweep(&root.join(prefix), 0)?;
@@ -134,7 +150,6 @@ impl ObjectStore for LocalStore {
             Ok(n)
         })
         .await
-        .map_err(|e| io::Error::other(format!("clean-up task: {e}")))?
     }
 
     async fn probe(&self) -> io::Result<String> {
@@ -221,6 +236,15 @@ impl ObjectWriter for LocalWriter {
         let (temp, _unwritten) = self.file.into_parts();
         let _ = temp.close();
     }
+}
+
+/// Runs file-system work on a blocking thread (it may wait on the disk).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(io::Error::other)?
 }
 
 #[cfg(test)]
