@@ -112,7 +112,10 @@ fn config(endpoint: &Endpoint, slot: &str, publications: &[String]) -> Replicati
     .with_tls(tls)
     .with_options(endpoint.options.clone())
     .with_application_name("godwit")
-    .with_status_interval(Duration::from_secs(1))
+    // Status updates are rate-limited to this: short, so a confirmation (and the last one,
+    // which closing the session waits for) reaches the server at once, at ten small
+    // messages a second at most.
+    .with_status_interval(Duration::from_millis(100))
     .with_buffer_size(4096)
 }
 
