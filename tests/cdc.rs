@@ -375,23 +375,6 @@ async fn a_dropped_slot_is_a_clear_failure_not_a_silent_restart() {
     assert_ok(&w.godwit(&["drop", p, "--yes"], &[]));
 }
 
-async fn lsn_now(db: &tokio_postgres::Client) -> i64 {
-    db.query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
-async fn slot_lsn(db: &tokio_postgres::Client, slot: &str) -> i64 {
-    db.query_one(
-        "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1",
-        &[&slot],
-    )
-    .await
-    .unwrap()
-    .get(0)
-}
-
 /// The pid of the slot's streaming walsender (None while no session streams from the slot).
 async fn walsender(db: &tokio_postgres::Client, slot: &str) -> Option<i32> {
     db.query_opt(

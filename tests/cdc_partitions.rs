@@ -101,23 +101,6 @@ impl Drop for Running {
     }
 }
 
-async fn lsn_now(db: &tokio_postgres::Client) -> i64 {
-    db.query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
-async fn slot_lsn(db: &tokio_postgres::Client, slot: &str) -> i64 {
-    db.query_one(
-        "SELECT COALESCE((confirmed_flush_lsn - '0/0'::pg_lsn)::int8, 0) FROM pg_replication_slots WHERE slot_name = $1",
-        &[&slot],
-    )
-    .await
-    .map(|r| r.get(0))
-    .unwrap_or(0)
-}
-
 const CHANGES: &str = "
     TRUNCATE pay_1;
     ALTER TABLE pay DETACH PARTITION pay_2;

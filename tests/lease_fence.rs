@@ -209,16 +209,6 @@ where
     }
 }
 
-async fn lsn_now(db: &tokio_postgres::Client) -> i64 {
-    db.query_one(
-        "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8",
-        &[],
-    )
-    .await
-    .unwrap()
-    .get(0)
-}
-
 /// The database's slot: (active, confirmed_flush_lsn).
 async fn slot(db: &tokio_postgres::Client) -> Option<(bool, i64)> {
     db.query_opt(

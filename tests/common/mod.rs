@@ -153,6 +153,32 @@ pub fn log_count(log: &Path, needle: &str) -> usize {
         .count()
 }
 
+/// The WAL insert position now: every transaction committed so far ends at or before it (the
+/// write position, `pg_current_wal_lsn()`, can lag behind commits made with
+/// `synchronous_commit = off`).
+pub async fn lsn_now(db: &Client) -> i64 {
+    db.query_one(
+        "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// The slot's `confirmed_flush_lsn` (0 while it has none or does not exist).
+pub async fn slot_lsn(db: &Client, slot: &str) -> i64 {
+    db.query_opt(
+        "SELECT COALESCE((confirmed_flush_lsn - '0/0'::pg_lsn)::int8, 0) FROM pg_replication_slots WHERE slot_name = $1",
+        &[&slot],
+    )
+    .await
+    .ok()
+    .flatten()
+    .map(|r| r.get(0))
+    .unwrap_or(0)
+}
+
 /// stdout + stderr, for assertions and failure messages.
 pub fn text(o: &Output) -> String {
     format!(
