@@ -19,6 +19,10 @@ pub enum Error {
     /// write): retried per `[errors] recoverable_retries`, exit 1 once they are spent.
     #[error("{0}")]
     Recoverable(String),
+    /// Standard output was closed by its reader (`godwit status | head -1`): the command
+    /// ends quietly, like `ls | head` (exit 0).
+    #[error("standard output was closed")]
+    OutputClosed,
 }
 
 impl Error {
@@ -27,6 +31,7 @@ impl Error {
         match self {
             Error::Config(_) | Error::Startup(_) => 2,
             Error::Runtime(_) | Error::Recoverable(_) => 1,
+            Error::OutputClosed => 0,
         }
     }
 }

@@ -5,19 +5,26 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use godwit::cli;
 use godwit::task::progress::LogWriter;
+use godwit::{Error, cli};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
     name = "godwit",
     version,
-    about = "PostgreSQL to S3 and Redis, the way AWS DMS does it"
+    about = "PostgreSQL to S3 and Redis, the way AWS DMS does it",
+    after_help = "Example:\n  godwit check pipelines/quickstart.toml && godwit run pipelines/quickstart.toml"
 )]
 struct Args {
-    /// Log format: human-readable on a terminal, JSON lines otherwise (auto).
-    #[arg(long, value_enum, default_value = "auto", global = true)]
+    /// Log format on stderr: human-readable lines on a terminal, JSON lines otherwise (auto).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        default_value = "auto",
+        global = true
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -25,23 +32,39 @@ struct Args {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
+    /// Pretty on a terminal, JSON lines otherwise.
     Auto,
+    /// One JSON object per line.
     Json,
+    /// Human-readable lines.
     Pretty,
+}
+
+/// The pipeline file every subcommand takes.
+#[derive(clap::Args)]
+struct PipelineArg {
+    /// Pipeline file: a local path, or an s3://bucket/key URL (read with the standard AWS
+    /// credential chain; AWS_ENDPOINT_URL for S3-compatible stores).
+    #[arg(value_name = "PIPELINE")]
+    pipeline: String,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the pipeline per its mode.
+    /// Run the pipeline per its mode (full-load, cdc or full-load-and-cdc).
+    #[command(
+        after_help = "Examples:\n  godwit run pipelines/quickstart.toml\n  godwit run pipelines/quickstart.toml --once\n  godwit run s3://my-bucket/pipelines/orders.toml --max-duration 10m"
+    )]
     Run {
-        /// Pipeline file (a path).
-        pipeline: String,
+        #[command(flatten)]
+        pipeline: PipelineArg,
         /// Batch run: the full load where due, then CDC up to the WAL position read when it
         /// starts; confirm it to the slot and exit.
         #[arg(long)]
         once: bool,
-        /// Stop cleanly after this long (e.g. 10m).
-        #[arg(long)]
+        /// CDC modes: stop cleanly after following changes this long (e.g. 90s, 10m, 2h);
+        /// what was read is written and confirmed first.
+        #[arg(long, value_name = "DURATION")]
         max_duration: Option<String>,
         /// Test crash point: abort right after the N-th completed object.
         #[arg(long, hide = true)]
@@ -53,38 +76,61 @@ enum Command {
         #[arg(long, hide = true)]
         lease_ttl: Option<String>,
     },
-    /// Validate the file and every prerequisite without moving data.
+    /// Validate the file and every prerequisite (source, tables, types, CDC settings, target,
+    /// lease) without moving data; exit 2 when a check fails.
+    #[command(
+        after_help = "Examples:\n  godwit check pipelines/quickstart.toml\n  godwit check pipelines/quickstart.toml --json | jq .ok"
+    )]
     Check {
-        pipeline: String,
-        /// Machine-readable report.
+        #[command(flatten)]
+        pipeline: PipelineArg,
+        /// Print the report as one JSON document (checks, tables, columns, "ok") instead of
+        /// text.
         #[arg(long)]
         json: bool,
     },
-    /// Task state and per-table statistics.
+    /// Task state and per-table statistics (rows, bytes, files, changes, errors, marks).
+    #[command(
+        after_help = "Examples:\n  godwit status pipelines/quickstart.toml\n  godwit status pipelines/quickstart.toml --json | jq '.tables'"
+    )]
     Status {
-        pipeline: String,
+        #[command(flatten)]
+        pipeline: PipelineArg,
+        /// Print the stored state record as JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// What landed in the target: objects, rows, schema, sample rows.
+    /// What landed in the target: objects, rows, schema, sample rows, read back from the files.
+    #[command(
+        after_help = "Examples:\n  godwit inspect pipelines/quickstart.toml\n  godwit inspect pipelines/quickstart.toml --table shop.orders --rows 20"
+    )]
     Inspect {
-        pipeline: String,
-        /// Only this table (schema.table).
-        #[arg(long)]
+        #[command(flatten)]
+        pipeline: PipelineArg,
+        /// Show only this table (schema.table).
+        #[arg(long, value_name = "SCHEMA.TABLE")]
         table: Option<String>,
-        /// Sample rows per table.
-        #[arg(long, default_value_t = 5)]
+        /// Sample rows to show per table.
+        #[arg(long, value_name = "N", default_value_t = 5)]
         rows: usize,
     },
-    /// Queue a fresh full load of one table.
+    /// Queue a fresh full load of one table (after a table error, or to start its copy over).
+    #[command(
+        after_help = "Example:\n  godwit reload pipelines/quickstart.toml --table shop.orders"
+    )]
     Reload {
-        pipeline: String,
-        #[arg(long)]
+        #[command(flatten)]
+        pipeline: PipelineArg,
+        /// The table to load again (schema.table); it must be one the pipeline selects.
+        #[arg(long, value_name = "SCHEMA.TABLE")]
         table: String,
     },
-    /// Remove the slot, publication and state godwit created for this pipeline.
+    /// Remove the slot, publications and state godwit created for this pipeline.
+    #[command(after_help = "Example:\n  godwit drop pipelines/quickstart.toml --yes")]
     Drop {
-        pipeline: String,
+        #[command(flatten)]
+        pipeline: PipelineArg,
+        /// Drop without asking (needed when stdin is not a terminal).
         #[arg(long)]
         yes: bool,
     },
@@ -154,21 +200,29 @@ fn main() -> ExitCode {
                         return Ok(2);
                     }
                 };
-                cli::run::execute(&pipeline, once, max_duration).await
+                cli::run::execute(&pipeline.pipeline, once, max_duration).await
             }
-            Command::Check { pipeline, json } => cli::check::execute(&pipeline, json).await,
-            Command::Status { pipeline, json } => cli::status::execute(&pipeline, json).await,
+            Command::Check { pipeline, json } => {
+                cli::check::execute(&pipeline.pipeline, json).await
+            }
+            Command::Status { pipeline, json } => {
+                cli::status::execute(&pipeline.pipeline, json).await
+            }
             Command::Inspect {
                 pipeline,
                 table,
                 rows,
-            } => cli::inspect::execute(&pipeline, table.as_deref(), rows).await,
-            Command::Drop { pipeline, yes } => cli::drop::execute(&pipeline, yes).await,
-            Command::Reload { pipeline, table } => cli::reload::execute(&pipeline, &table).await,
+            } => cli::inspect::execute(&pipeline.pipeline, table.as_deref(), rows).await,
+            Command::Drop { pipeline, yes } => cli::drop::execute(&pipeline.pipeline, yes).await,
+            Command::Reload { pipeline, table } => {
+                cli::reload::execute(&pipeline.pipeline, &table).await
+            }
         }
     });
     match result {
         Ok(code) => ExitCode::from(code as u8),
+        // The reader of stdout went away (`| head -1`): a quiet end, like `ls | head`.
+        Err(Error::OutputClosed) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(e.exit_code() as u8)

@@ -211,12 +211,12 @@ pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
         Err(e) => report.add("state", "error", e.to_string()),
     }
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
-        );
+        )?;
     } else {
-        print_report(&report);
+        print_report(&report)?;
     }
     Ok(if report.ok { 0 } else { 2 })
 }
@@ -412,13 +412,13 @@ pub(crate) fn human_bytes(n: i64) -> String {
     }
 }
 
-fn print_report(r: &Report) {
-    println!("pipeline {}", r.pipeline);
+fn print_report(r: &Report) -> Result<(), Error> {
+    outln!("pipeline {}", r.pipeline)?;
     for c in &r.checks {
-        println!("  {:<8} {:<11} {}", c.status, c.name, c.message);
+        outln!("  {:<8} {:<11} {}", c.status, c.name, c.message)?;
     }
     for t in &r.tables {
-        println!(
+        outln!(
             "  table {} (~{} rows{}{})",
             t.table,
             t.estimated_rows,
@@ -428,17 +428,17 @@ fn print_report(r: &Report) {
             } else {
                 format!(", key {}", t.key.join(", "))
             }
-        );
-        println!("      replica identity: {}", t.replica_identity);
+        )?;
+        outln!("      replica identity: {}", t.replica_identity)?;
         if let Some(p) = &t.cdc_problem {
-            println!("      for CDC: {p}");
+            outln!("      for CDC: {p}")?;
         }
         if let Some(f) = &t.row_filter {
-            println!("      row filter: {f}");
+            outln!("      row filter: {f}")?;
         }
         for c in &t.columns {
-            println!("      {:<30} {:<32} → {}", c.name, c.pg_type, c.arrow_type);
+            outln!("      {:<30} {:<32} → {}", c.name, c.pg_type, c.arrow_type)?;
         }
     }
-    println!("{}", if r.ok { "check passed" } else { "check FAILED" });
+    outln!("{}", if r.ok { "check passed" } else { "check FAILED" })
 }

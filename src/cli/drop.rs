@@ -2,7 +2,7 @@
 //! godwit created for this pipeline — a forgotten slot holds WAL on the source forever. An
 //! existing publication named in the file, and a slot godwit did not create, stay.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 
 use crate::error::Error;
 use crate::pg::connect::describe_error;
@@ -46,16 +46,16 @@ async fn drop_all(
         plan.push(format!("the state at {}", state.describe()));
     }
     if plan.is_empty() {
-        println!(
+        outln!(
             "nothing to drop: no state of pipeline {} at {} (a slot or publication godwit did not record stays as it is)",
             p.name,
             state.describe()
-        );
+        )?;
         return Ok(0);
     }
-    println!("godwit drop {} removes:", p.name);
+    outln!("godwit drop {} removes:", p.name)?;
     for item in &plan {
-        println!("  {item}");
+        outln!("  {item}")?;
     }
     if !yes {
         if !std::io::stdin().is_terminal() {
@@ -63,12 +63,11 @@ async fn drop_all(
                 "not asking without a terminal: pass --yes to drop".into(),
             ));
         }
-        print!("drop these? [y/N] ");
-        let _ = std::io::stdout().flush();
+        out!("drop these? [y/N] ")?;
         let mut answer = String::new();
         let _ = std::io::stdin().lock().read_line(&mut answer);
         if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            println!("nothing dropped");
+            outln!("nothing dropped")?;
             return Ok(0);
         }
     }
@@ -81,7 +80,7 @@ async fn drop_all(
             let dropped = slot::drop_slot(&client, &cdc.slot)
                 .await
                 .map_err(|e| pg_err(format!("dropping slot {}", cdc.slot), e))?;
-            println!(
+            outln!(
                 "slot {}: {}",
                 cdc.slot,
                 if dropped {
@@ -89,19 +88,19 @@ async fn drop_all(
                 } else {
                     "was already gone"
                 }
-            );
+            )?;
         }
         for publication in &cdc.publications_created {
             slot::drop_publication(&client, publication)
                 .await
                 .map_err(|e| pg_err(format!("dropping publication {publication}"), e))?;
-            println!("publication {publication}: dropped");
+            outln!("publication {publication}: dropped")?;
         }
     }
     state
         .remove()
         .await
         .map_err(|e| Error::Runtime(e.to_string()))?;
-    println!("state: removed");
+    outln!("state: removed")?;
     Ok(0)
 }

@@ -40,11 +40,11 @@ pub async fn execute(path: &str, table: Option<&str>, sample_rows: usize) -> Res
     if let Some(t) = table {
         by_table.retain(|k, _| k == t);
         if by_table.is_empty() {
-            println!("nothing landed for {t} in {}", store.describe());
+            outln!("nothing landed for {t} in {}", store.describe())?;
             return Ok(0);
         }
     }
-    println!("target {}", store.describe());
+    outln!("target {}", store.describe())?;
     for (name, objects) in by_table {
         let mut total_rows = 0i64;
         let total_bytes: u64 = objects.iter().map(|o| o.size).sum();
@@ -76,26 +76,26 @@ pub async fn execute(path: &str, table: Option<&str>, sample_rows: usize) -> Res
                 first = Some(data);
             }
         }
-        println!(
+        outln!(
             "\n{name}: {} objects, {total_rows} rows, {total_bytes} bytes",
             objects.len()
-        );
+        )?;
         for l in lines {
-            println!("{l}");
+            outln!("{l}")?;
         }
         if let Some(text) = first_csv {
-            println!("  sample:");
+            outln!("  sample:")?;
             for line in text.lines().take(sample_rows) {
-                println!("    {line}");
+                outln!("    {line}")?;
             }
         }
         if let Some(data) = first {
             let builder = ParquetRecordBatchReaderBuilder::try_new(data)
                 .map_err(|e| Error::Runtime(e.to_string()))?;
             let schema = builder.schema().clone();
-            println!("  schema:");
+            outln!("  schema:")?;
             for f in schema.fields() {
-                println!("    {}: {}", f.name(), f.data_type());
+                outln!("    {}: {}", f.name(), f.data_type())?;
             }
             let reader = builder
                 .with_batch_size(sample_rows.max(1))
@@ -106,8 +106,8 @@ pub async fn execute(path: &str, table: Option<&str>, sample_rows: usize) -> Res
                     .and_then(|b| displayable(&b.slice(0, b.num_rows().min(sample_rows))))
                     .and_then(|b| pretty_format_batches(&[b]));
                 match sample {
-                    Ok(text) => println!("  sample:\n{text}"),
-                    Err(e) => println!("  sample: cannot be shown: {e}"),
+                    Ok(text) => outln!("  sample:\n{text}")?,
+                    Err(e) => outln!("  sample: cannot be shown: {e}")?,
                 }
             }
         }

@@ -1,6 +1,9 @@
 //! The subcommands of SPEC §2, one file each. Each returns the process exit code or an
 //! [`Error`](crate::Error) that `main` maps to one.
 
+#[macro_use]
+pub(crate) mod output;
+
 pub mod check;
 pub mod drop;
 pub mod inspect;

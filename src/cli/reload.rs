@@ -20,10 +20,10 @@ pub async fn execute(path: &str, table: &str) -> Result<i32, Error> {
         )));
     }
     if p.mode == Mode::FullLoad {
-        println!(
+        outln!(
             "pipeline {} is full-load: every run reloads every table from a new snapshot; nothing to queue",
             p.name
-        );
+        )?;
         return Ok(0);
     }
     let state = state_store(&p).await?;
@@ -36,8 +36,8 @@ pub async fn execute(path: &str, table: &str) -> Result<i32, Error> {
             table: table.to_string(),
         });
     }
-    println!(
+    outln!(
         "{table}: reload queued; a running CDC run starts it within seconds, otherwise the next run does"
-    );
+    )?;
     Ok(0)
 }

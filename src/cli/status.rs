@@ -43,27 +43,27 @@ pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
         .map_err(|e| Error::Runtime(e.to_string()))?;
     let Some(record) = record else {
         if json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({"pipeline": p.name, "state": "never run", "tables": {}})
-            );
+            )?;
         } else {
-            println!(
+            outln!(
                 "pipeline {}: never run (no state in {})",
                 p.name,
                 store.describe()
-            );
+            )?;
         }
         return Ok(0);
     };
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&record).unwrap_or_default()
-        );
+        )?;
         return Ok(0);
     }
-    println!(
+    outln!(
         "pipeline {} ({}): {} — started {}{}",
         record.pipeline,
         record.mode,
@@ -74,18 +74,18 @@ pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
             .as_deref()
             .map(|s| format!(", stopped {s}"))
             .unwrap_or_default()
-    );
+    )?;
     if let Some(e) = &record.last_error {
-        println!("last error: {e}");
+        outln!("last error: {e}")?;
     }
     if let Some(cdc) = &record.cdc {
-        println!(
+        outln!(
             "slot {} (publications {}): confirmed {}{}",
             cdc.slot,
             cdc.publications.join(", "),
             cdc.confirmed_lsn.as_deref().unwrap_or("-"),
             live_slot(&p, &cdc.slot).await
-        );
+        )?;
     }
     let width = record
         .tables
@@ -94,12 +94,20 @@ pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
         .max()
         .unwrap_or(5)
         .max(5);
-    println!(
+    outln!(
         "{:width$}  {:<16} {:>12} {:>14} {:>5} {:>8} {:>8} {:>8} {:>6}  last LSN",
-        "table", "state", "rows", "bytes", "files", "inserts", "updates", "deletes", "errors",
-    );
+        "table",
+        "state",
+        "rows",
+        "bytes",
+        "files",
+        "inserts",
+        "updates",
+        "deletes",
+        "errors",
+    )?;
     for (name, t) in &record.tables {
-        println!(
+        outln!(
             "{:width$}  {:<16} {:>12} {:>14} {:>5} {:>8} {:>8} {:>8} {:>6}  {}",
             name,
             t.state.as_str(),
@@ -111,9 +119,9 @@ pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
             t.deletes,
             t.data_errors,
             t.last_lsn.as_deref().unwrap_or("-")
-        );
+        )?;
         for seg in &t.segments {
-            println!(
+            outln!(
                 "    segment {}/{} (blocks {}..{}): {}, {} rows, {} files",
                 seg.number,
                 t.segments.len(),
@@ -122,12 +130,12 @@ pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
                 seg.state.as_str(),
                 seg.rows,
                 seg.files.len()
-            );
+            )?;
         }
         if let Some(e) = &t.last_error {
-            println!("    error: {e}");
+            outln!("    error: {e}")?;
             if let Some(r) = &t.remedy {
-                println!("    remedy: {r}");
+                outln!("    remedy: {r}")?;
             }
         }
     }
