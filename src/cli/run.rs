@@ -13,7 +13,7 @@ pub async fn execute(path: &str, once: bool, max_duration: Option<Duration>) -> 
     let p = super::load_pipeline(path).await?;
     let progress = std::io::stderr().is_terminal();
     let summary = match p.mode {
-        Mode::FullLoad => full_load::run(&p, RunOptions { progress }).await?,
+        Mode::FullLoad => full_load::run(&p, RunOptions { progress }).await,
         Mode::Cdc | Mode::FullLoadAndCdc => {
             cdc::run(
                 &p,
@@ -23,8 +23,20 @@ pub async fn execute(path: &str, once: bool, max_duration: Option<Duration>) -> 
                     progress,
                 },
             )
-            .await?
+            .await
         }
     };
-    Ok(if summary.tables_in_error > 0 { 3 } else { 0 })
+    // The closing line says where this run's events went (also after a failure, once the
+    // run got far enough to open the file).
+    if tokio::fs::try_exists(&p.notify.events_file)
+        .await
+        .unwrap_or(false)
+    {
+        tracing::info!(
+            events_file = %p.notify.events_file.display(),
+            "events are in {}",
+            p.notify.events_file.display()
+        );
+    }
+    Ok(if summary?.tables_in_error > 0 { 3 } else { 0 })
 }
