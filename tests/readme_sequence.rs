@@ -61,7 +61,8 @@ async fn readme_running_godwit_block_runs_as_written() {
         );
     }
 
-    // The demo database, seeded by the quickstart's seed file; no slot left from before.
+    // The demo database, seeded by the quickstart's seed file; no slot or publication left
+    // from before.
     let pg = pg();
     let admin = pg.connect("postgres").await;
     if admin
@@ -77,6 +78,12 @@ async fn readme_running_godwit_block_runs_as_written() {
             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
              WHERE slot_name = 'godwit_quickstart' AND NOT active",
         )
+        .await
+        .unwrap();
+    // A failed earlier run of this test may have left the pipeline's publication behind.
+    pg.connect("shop")
+        .await
+        .batch_execute("DROP PUBLICATION IF EXISTS godwit_quickstart")
         .await
         .unwrap();
     let seed = Command::new(psql())

@@ -26,12 +26,11 @@ pub async fn execute(path: &str, once: bool, max_duration: Option<Duration>) -> 
             .await
         }
     };
-    // The closing line says where this run's events went (also after a failure, once the
-    // run got far enough to open the file).
-    if tokio::fs::try_exists(&p.notify.events_file)
+    // The closing line says where the events went (also after a failure, once there are any).
+    let has_events = tokio::fs::metadata(&p.notify.events_file)
         .await
-        .unwrap_or(false)
-    {
+        .is_ok_and(|m| m.len() > 0);
+    if has_events {
         tracing::info!(
             events_file = %p.notify.events_file.display(),
             "events are in {}",
