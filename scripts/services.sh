@@ -7,7 +7,8 @@
 #   scripts/services.sh start   install what is missing, start (or reuse), print env
 #   scripts/services.sh stop    stop all three; data stays
 #   scripts/services.sh status  exit 0 when all three are running
-#   scripts/services.sh env     print the env file of the last start
+#   scripts/services.sh env     print the env file of the last start (the services'
+#                               settings and GODWIT_SHOP_URL, the quickstart's demo database)
 #   scripts/services.sh reset   stop and delete the state folder
 #
 # `start` prints only `export` lines on stdout, so `eval "$(scripts/services.sh start)"`
@@ -437,6 +438,8 @@ write_env() {
         echo "export GODWIT_PG_USER=$(q postgres)"
         echo "export GODWIT_PG_PASSWORD=$(q "$pw")"
         echo "export GODWIT_PG_URL=$(q "postgres://postgres:$pw@127.0.0.1:$pg_port/postgres?sslmode=disable")"
+        # The demo database scripts/quickstart seeds; pipelines/quickstart.toml reads it.
+        echo "export GODWIT_SHOP_URL=$(q "postgres://postgres:$pw@127.0.0.1:$pg_port/shop?sslmode=disable")"
         echo "export GODWIT_PG_CA=$(q "$TLS/ca.crt")"
         echo "export PGHOST=$(q 127.0.0.1)"
         echo "export PGPORT=$(q "$pg_port")"
@@ -464,6 +467,7 @@ cmd_start() {
 
     if [ "${#need[@]}" = 0 ] && [ -s "$ENV_FILE" ]; then
         log "reusing the running services in $DIR"
+        write_env
     else
         ensure_tools
         open_parents
@@ -514,6 +518,11 @@ cmd_status() {
 
 cmd_env() {
     [ -s "$ENV_FILE" ] || die "no $ENV_FILE yet: run scripts/services.sh start"
+    # An env file written before a setting was added gets it now (same ports and password).
+    if ! grep -q '^export GODWIT_SHOP_URL=' "$ENV_FILE"; then
+        lock
+        write_env
+    fi
     cat "$ENV_FILE"
 }
 

@@ -199,12 +199,7 @@ async fn replaying_cdc_over_the_full_load_reproduces_every_table() {
     // TRUNCATE is a T row and an event.
     let gone = cdc_rows(&out.join("public/gone"));
     assert_eq!(gone.iter().filter(|r| r.2 == "T").count(), 1);
-    let evs = events(&w.out().join("events.jsonl"));
-    let evs = if evs.is_empty() {
-        events(&w.path().join("godwit-out/replay/events.jsonl"))
-    } else {
-        evs
-    };
+    let evs = events(&w.out().join("_godwit/state/events.jsonl"));
     assert!(
         evs.iter()
             .any(|e| e["event_type"] == "table.truncated" && e["table"] == "public.gone"),

@@ -123,7 +123,7 @@ async fn partition_truncate_and_detach_between_once_runs_are_reloaded() {
     db.batch_execute(CHANGES).await.unwrap();
     let second = assert_ok(&w.godwit(&["run", p, "--once"], &[]));
     assert_files_equal_source(&w.out(), &db).await;
-    let events = w.path().join("godwit-out/parts-once/events.jsonl");
+    let events = w.out().join("_godwit/state/events.jsonl");
     assert_eq!(
         partition_events(&events),
         [
@@ -168,7 +168,7 @@ async fn a_partition_truncated_while_cdc_runs_is_reloaded() {
     db.batch_execute(SETUP).await.unwrap();
     let w = Work::new();
     let pipe = w.pipeline(&pipeline("parts-live", &pg.url("godwit_parts_live")));
-    let events = w.path().join("godwit-out/parts-live/events.jsonl");
+    let events = w.out().join("_godwit/state/events.jsonl");
     let mut run = Running(w.spawn_run(&pipe));
     let loaded = |n: usize| {
         common::events(&events)

@@ -94,7 +94,7 @@ async fn a_failed_reload_keeps_the_previous_load_and_a_later_one_replaces_it() {
         t["remedy"].as_str().is_some_and(|r| r.contains("again")),
         "{status}"
     );
-    let events = common::events(&w.path().join("godwit-out/reload-fail/events.jsonl"));
+    let events = common::events(&w.out().join("_godwit/state/events.jsonl"));
     assert!(
         events
             .iter()

@@ -141,7 +141,7 @@ fn minimal_file_gets_the_documented_defaults() {
     assert_eq!(p.notify.sns_topic_arn, None);
     assert_eq!(
         p.notify.events_file,
-        PathBuf::from("./godwit-out/shop/events.jsonl")
+        PathBuf::from("./godwit-out/shop/_godwit/state/events.jsonl")
     );
     assert_eq!(p.notify.cdc_lag_threshold, Duration::from_secs(300));
 

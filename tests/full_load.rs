@@ -152,7 +152,7 @@ where = "keep""#,
     );
 
     // Events: started, one table.loaded per table with its rows, completed, stopped.
-    let ev = events(&work.path().join("godwit-out/fl/events.jsonl"));
+    let ev = events(&out.join("_godwit/state/events.jsonl"));
     let types: Vec<&str> = ev
         .iter()
         .map(|e| e["event_type"].as_str().unwrap())

@@ -13,7 +13,7 @@ pub async fn execute(path: &str, once: bool, max_duration: Option<Duration>) -> 
     let p = super::load_pipeline(path).await?;
     let progress = std::io::stderr().is_terminal();
     let summary = match p.mode {
-        Mode::FullLoad => full_load::run(&p, RunOptions { progress }).await?,
+        Mode::FullLoad => full_load::run(&p, RunOptions { progress }).await,
         Mode::Cdc | Mode::FullLoadAndCdc => {
             cdc::run(
                 &p,
@@ -23,8 +23,19 @@ pub async fn execute(path: &str, once: bool, max_duration: Option<Duration>) -> 
                     progress,
                 },
             )
-            .await?
+            .await
         }
     };
-    Ok(if summary.tables_in_error > 0 { 3 } else { 0 })
+    // The closing line says where the events went (also after a failure, once there are any).
+    let has_events = tokio::fs::metadata(&p.notify.events_file)
+        .await
+        .is_ok_and(|m| m.len() > 0);
+    if has_events {
+        tracing::info!(
+            events_file = %p.notify.events_file.display(),
+            "events are in {}",
+            p.notify.events_file.display()
+        );
+    }
+    Ok(if summary?.tables_in_error > 0 { 3 } else { 0 })
 }

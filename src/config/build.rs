@@ -133,10 +133,6 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, root: &DeTable<'_>) -> R<Pipeline> {
         None => None,
     };
 
-    let notify = {
-        let sec = top.section(ctx, "notify")?;
-        notify(ctx, sec.as_ref(), &name)
-    }?;
     let limits = {
         let sec = top.section(ctx, "limits")?;
         limits(ctx, sec.as_ref())
@@ -148,6 +144,10 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, root: &DeTable<'_>) -> R<Pipeline> {
     let state = {
         let sec = top.section(ctx, "state")?;
         state(ctx, sec.as_ref(), &target.url, &name)
+    }?;
+    let notify = {
+        let sec = top.section(ctx, "notify")?;
+        notify(ctx, sec.as_ref(), &state.url, &name)
     }?;
 
     // Cross-section checks.
@@ -913,10 +913,24 @@ fn check_sns_arn(arn: &str) -> Result<(), String> {
     }
 }
 
-fn notify(ctx: &mut Ctx<'_>, sec: Option<&Section<'_, '_>>, name: &str) -> R<Notify> {
+/// The events file when `[notify] events_file` is not set: always a local file, beside a
+/// local state (`<state dir>/events.jsonl`), else in `./godwit-out/<name>/`.
+fn default_events_file(state: &StateUrl, name: &str) -> PathBuf {
+    match state {
+        StateUrl::File(dir) => dir.join("events.jsonl"),
+        StateUrl::S3 { .. } => default_out_dir(name).join("events.jsonl"),
+    }
+}
+
+fn notify(
+    ctx: &mut Ctx<'_>,
+    sec: Option<&Section<'_, '_>>,
+    state: &StateUrl,
+    name: &str,
+) -> R<Notify> {
     let mut n = Notify {
         sns_topic_arn: None,
-        events_file: default_out_dir(name).join("events.jsonl"),
+        events_file: default_events_file(state, name),
         cdc_lag_threshold: std::time::Duration::from_secs(300),
     };
     let Some(sec) = sec else {

@@ -433,7 +433,7 @@ pub struct Projection {
 pub struct Notify {
     /// `arn:aws:sns:…`; empty in the file means none.
     pub sns_topic_arn: Option<String>,
-    /// Default `./godwit-out/<name>/events.jsonl`.
+    /// Default `<state dir>/events.jsonl` for a local state, else `./godwit-out/<name>/events.jsonl`.
     pub events_file: PathBuf,
     /// Default 5 min.
     pub cdc_lag_threshold: Duration,

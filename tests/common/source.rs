@@ -26,9 +26,16 @@ fn render_expr(col: &str, typ: &str) -> String {
     };
     let base = typ.split('(').next().unwrap_or(typ).trim();
     match base {
-        "smallint" | "integer" | "bigint" | "text" | "character varying" | "numeric" | "date" => {
-            format!("{col}::text")
-        }
+        "smallint" | "integer" | "bigint" | "text" | "character varying" | "numeric" | "date"
+        | "uuid" | "jsonb" | "enum" => format!("{col}::text"),
+        // The value as PostgreSQL prints it, trailing blanks kept (a cast to text drops them).
+        "character" => format!("CASE WHEN {col} IS NOT NULL THEN format('%s', {col}) END"),
+        // Arrow prints a float in its shortest form as PostgreSQL does, but `2.0` for `2` and
+        // other forms for very large or small values: outside 0.001..1e6 or integral, NULL
+        // is compared instead, so such a value fails rather than compares approximately.
+        "real" | "double precision" => format!(
+            "CASE WHEN {col} <> trunc({col}) AND abs({col}) >= 0.001 AND abs({col}) < 1e6 THEN {col}::text END"
+        ),
         "boolean" => format!("CASE WHEN {col} THEN 'true' ELSE 'false' END"),
         "timestamp without time zone" => ts(col),
         "timestamp with time zone" => ts(&format!("({col} AT TIME ZONE 'UTC')")),
@@ -44,9 +51,11 @@ fn render_expr(col: &str, typ: &str) -> String {
 pub async fn pg_rows(db: &Client, table: &str) -> Vec<RowMap> {
     let columns: Vec<(String, String)> = db
         .query(
-            "SELECT attname::text, format_type(atttypid, atttypmod)
-             FROM pg_attribute WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped
-             ORDER BY attnum",
+            "SELECT a.attname::text,
+                    CASE WHEN t.typtype = 'e' THEN 'enum' ELSE format_type(a.atttypid, a.atttypmod) END
+             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+             WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped
+             ORDER BY a.attnum",
             &[&table],
         )
         .await
