@@ -72,7 +72,9 @@ impl Layout {
                 false,
             ));
         }
-        fields.extend(columns.iter().map(|(n, t)| t.arrow_field(n)));
+        // Every table column is nullable in CDC files, NOT NULL ones too: a `D` row carries
+        // only the key, an unchanged TOASTed value is NULL.
+        fields.extend(columns.iter().map(|(n, t)| t.arrow_field(n, true)));
         fields.push(Field::new("_lsn", DataType::Int64, false));
         fields.push(Field::new("_seq", DataType::Int64, false));
         fields.push(Field::new(

@@ -168,16 +168,16 @@ pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
                         .copy
                         .columns
                         .iter()
-                        .map(|(name, t)| ColumnReport {
-                            name: name.clone(),
+                        .map(|col| ColumnReport {
+                            name: col.name.clone(),
                             pg_type: plan
                                 .table
                                 .columns
                                 .iter()
-                                .find(|c| &c.name == name)
+                                .find(|c| c.name == col.name)
                                 .map(|c| c.type_name.clone())
                                 .unwrap_or_default(),
-                            arrow_type: t.arrow_type().to_string(),
+                            arrow_type: col.ty.arrow_type().to_string(),
                         })
                         .collect(),
                 });

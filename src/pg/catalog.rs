@@ -51,6 +51,9 @@ pub struct Column {
     pub ndims: i32,
     /// `format_type()`, for reports.
     pub type_name: String,
+    /// The column can hold no NULL: a validated `NOT NULL` (primary-key columns have one).
+    /// A partitioned root's own constraint counts, whatever its partitions add.
+    pub not_null: bool,
 }
 
 /// One table (or partitioned root) of the source.
@@ -149,10 +152,16 @@ pub async fn discover(
         return Ok(tables);
     }
     let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
+    // PostgreSQL 18's `NOT NULL NOT VALID` sets attnotnull before old rows are checked:
+    // only a validated constraint makes a column NOT NULL here.
     let columns = client
         .query(
             "SELECT a.attrelid, a.attname::text, a.atttypid, a.atttypmod, a.attndims,
-                    format_type(a.atttypid, a.atttypmod)
+                    format_type(a.atttypid, a.atttypmod),
+                    a.attnotnull AND NOT EXISTS (
+                        SELECT 1 FROM pg_constraint n
+                        WHERE n.contype = 'n' AND n.conrelid = a.attrelid
+                          AND n.conkey = ARRAY[a.attnum] AND NOT n.convalidated)
              FROM pg_attribute a
              WHERE a.attrelid = ANY($1) AND a.attnum > 0 AND NOT a.attisdropped
              ORDER BY a.attrelid, a.attnum",
@@ -178,6 +187,7 @@ pub async fn discover(
             typmod: r.get(3),
             ndims: r.get(4),
             type_name: r.get(5),
+            not_null: r.get(6),
         });
     }
     for r in keys {

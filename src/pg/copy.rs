@@ -19,21 +19,31 @@ const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 pub struct CopySpec {
     /// The complete `COPY (…) TO STDOUT (FORMAT binary)` statement.
     pub statement: String,
-    /// Column names and types in select order.
-    pub columns: Vec<(String, PgType)>,
+    /// The selected columns, in select order.
+    pub columns: Vec<CopyColumn>,
     /// Positions of the key columns (for naming a bad row in an error).
     pub key_columns: Vec<usize>,
     pub batch_rows: usize,
     pub batch_bytes: u64,
 }
 
+/// One selected column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CopyColumn {
+    pub name: String,
+    pub ty: PgType,
+    /// `NOT NULL` in the source: a required field, and a NULL here is a bad row.
+    pub not_null: bool,
+}
+
 impl CopySpec {
-    /// The Arrow schema of the batches this COPY produces.
+    /// The Arrow schema of the batches this COPY produces: `NOT NULL` columns are
+    /// non-nullable (required in Parquet), every other column nullable.
     pub fn schema(&self) -> SchemaRef {
         Arc::new(Schema::new(
             self.columns
                 .iter()
-                .map(|(name, t)| t.arrow_field(name))
+                .map(|c| c.ty.arrow_field(&c.name, !c.not_null))
                 .collect::<Vec<_>>(),
         ))
     }
@@ -112,7 +122,7 @@ impl CopyDecoder {
         let builders = spec
             .columns
             .iter()
-            .map(|(_, t)| ColumnBuilder::new(t, rows))
+            .map(|c| ColumnBuilder::new(&c.ty, rows))
             .collect();
         CopyDecoder {
             spec,
@@ -243,14 +253,24 @@ impl CopyDecoder {
         self.rows_seen += 1;
         for (i, &(start, len)) in self.fields.iter().enumerate() {
             let value = (len >= 0).then(|| &buf[start..start + len as usize]);
-            if let Err(error) = self.builders[i].append(value) {
+            let appended = if value.is_none() && self.spec.columns[i].not_null {
+                // The schema promises no NULL here; a row breaking it is a bad row, never
+                // a batch Arrow refuses.
+                Err(DataError {
+                    problem: "NULL in a NOT NULL column".into(),
+                    sample: None,
+                })
+            } else {
+                self.builders[i].append(value)
+            };
+            if let Err(error) = appended {
                 for b in &mut self.builders[..i] {
                     b.truncate(self.rows_in_batch);
                 }
                 let (key, key_sample) = self.describe_key(buf);
                 out.errors.push(RowError {
                     row: self.rows_seen,
-                    column: self.spec.columns[i].0.clone(),
+                    column: self.spec.columns[i].name.clone(),
                     key,
                     key_sample,
                     error,
@@ -294,13 +314,13 @@ impl CopyDecoder {
         }
         KeyText::row(self.spec.key_columns.iter().map(|&k| {
             let (start, len) = self.fields[k];
-            let (name, t) = &self.spec.columns[k];
+            let c = &self.spec.columns[k];
             let key = if len < 0 {
                 KeyText::plain("NULL")
             } else {
-                KeyText::binary(t, &buf[start..start + len as usize])
+                KeyText::binary(&c.ty, &buf[start..start + len as usize])
             };
-            (name.as_str(), key)
+            (c.name.as_str(), key)
         }))
     }
 }
@@ -377,10 +397,18 @@ mod tests {
         v
     }
 
+    fn column(name: &str, ty: PgType, not_null: bool) -> CopyColumn {
+        CopyColumn {
+            name: name.into(),
+            ty,
+            not_null,
+        }
+    }
+
     fn spec(batch_rows: usize) -> CopySpec {
         CopySpec {
             statement: String::new(),
-            columns: vec![("id".into(), PgType::Int4)],
+            columns: vec![column("id", PgType::Int4, false)],
             key_columns: vec![0],
             batch_rows,
             batch_bytes: u64::MAX,
@@ -457,15 +485,16 @@ mod tests {
     #[test]
     fn a_bad_row_leaves_no_trace_in_any_column() {
         let columns = vec![
-            ("name".to_string(), PgType::Text),
-            (
-                "arr".to_string(),
+            column("name", PgType::Text, false),
+            column(
+                "arr",
                 PgType::Array {
                     elem: Box::new(PgType::Int4),
                     dims: 1,
                 },
+                false,
             ),
-            ("n".to_string(), PgType::Int4),
+            column("n", PgType::Int4, false),
         ];
         let row = |name: &str, arr: &[i32], n: Vec<u8>| {
             vec![
@@ -527,6 +556,57 @@ mod tests {
                 "malformed binary integer value (3 bytes)"
             );
         }
+    }
+
+    #[test]
+    fn a_null_in_a_not_null_column_is_a_bad_row() {
+        let columns = vec![
+            column("id", PgType::Int4, true),
+            column("note", PgType::Text, false),
+            column("a", PgType::Text, true),
+        ];
+        let row = |id: i32, note: Option<&str>, a: Option<&str>| {
+            vec![
+                Some(id.to_be_bytes().to_vec()),
+                note.map(|x| x.as_bytes().to_vec()),
+                a.map(|x| x.as_bytes().to_vec()),
+            ]
+        };
+        let rows = vec![
+            row(1, None, Some("x")),
+            row(2, Some("n"), None),
+            row(3, None, Some("z")),
+        ];
+        let mut d = CopyDecoder::new(CopySpec {
+            statement: String::new(),
+            columns,
+            key_columns: vec![0],
+            batch_rows: 100,
+            batch_bytes: u64::MAX,
+        });
+        let nullable: Vec<bool> = d
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.is_nullable())
+            .collect();
+        assert_eq!(nullable, [false, true, false]);
+        let mut out = Decoded::default();
+        d.feed(&raw_stream(&rows), &mut out).unwrap();
+        d.finish(&mut out).unwrap();
+        let ids: Vec<i32> = out
+            .batches
+            .iter()
+            .flat_map(|b| b.column(0).as_primitive::<Int32Type>().values().to_vec())
+            .collect();
+        assert_eq!(ids, [1, 3]);
+        let b = &out.batches[0];
+        assert_eq!(b.column(1).null_count(), 2);
+        assert_eq!(b.column(2).null_count(), 0);
+        assert_eq!(out.errors.len(), 1);
+        let e = &out.errors[0];
+        assert_eq!((e.row, e.column.as_str(), e.key.as_str()), (2, "a", "id=2"));
+        assert_eq!(e.error.to_string(), "NULL in a NOT NULL column");
     }
 
     #[test]

@@ -259,9 +259,10 @@ impl PgType {
     }
 
     /// The Arrow field of a column named `name` (JSON columns carry the canonical JSON
-    /// extension type, so Parquet writes its JSON logical type).
-    pub fn arrow_field(&self, name: &str) -> Field {
-        let field = Field::new(name, self.arrow_type(), true);
+    /// extension type, so Parquet writes its JSON logical type). `nullable` is the column's
+    /// own; an array's elements are always nullable.
+    pub fn arrow_field(&self, name: &str, nullable: bool) -> Field {
+        let field = Field::new(name, self.arrow_type(), nullable);
         if matches!(self, PgType::Json | PgType::Jsonb) {
             field.with_extension_type(arrow_schema::extension::Json::default())
         } else {

@@ -5,9 +5,9 @@ use postgres_protocol::escape::escape_identifier;
 
 use crate::config::{NumericMode, Pipeline, TableSettings};
 use crate::pg::catalog::{Table, Types};
-use crate::pg::copy::CopySpec;
+use crate::pg::copy::{CopyColumn, CopySpec};
 use crate::pg::filter::Filter;
-use crate::pg::types::{self, NumericAs, PgType};
+use crate::pg::types::{self, NumericAs};
 
 /// The plan of one table's full load.
 #[derive(Debug, Clone)]
@@ -102,13 +102,14 @@ pub fn plan_table(p: &Pipeline, table: Table, types_: &Types) -> Result<TablePla
         NumericMode::Decimal => NumericAs::Decimal,
         NumericMode::Text => NumericAs::Text,
     };
-    let columns: Vec<(String, PgType)> = table
+    let columns: Vec<CopyColumn> = table
         .columns
         .iter()
         .filter(|c| !settings.exclude_columns.contains(&c.name))
-        .map(|c| {
-            let t = types::resolve(c.type_oid, c.typmod, c.ndims, numeric, &|o| types_.get(o));
-            (c.name.clone(), t)
+        .map(|c| CopyColumn {
+            name: c.name.clone(),
+            ty: types::resolve(c.type_oid, c.typmod, c.ndims, numeric, &|o| types_.get(o)),
+            not_null: c.not_null,
         })
         .collect();
     if columns.is_empty() {
@@ -119,7 +120,7 @@ pub fn plan_table(p: &Pipeline, table: Table, types_: &Types) -> Result<TablePla
     }
     let select = columns
         .iter()
-        .map(|(name, t)| t.select_expr(&escape_identifier(name)))
+        .map(|c| c.ty.select_expr(&escape_identifier(&c.name)))
         .collect::<Vec<_>>()
         .join(", ");
     // A partitioned root reads all its partitions; a plain table reads only itself (its
@@ -137,7 +138,7 @@ pub fn plan_table(p: &Pipeline, table: Table, types_: &Types) -> Result<TablePla
     let key_columns = table
         .key
         .iter()
-        .filter_map(|k| columns.iter().position(|(name, _)| name == k))
+        .filter_map(|k| columns.iter().position(|c| &c.name == k))
         .collect();
     Ok(TablePlan {
         segments: segments(table.pages, settings.partitions),
