@@ -37,7 +37,13 @@ pub async fn load_pipeline(path: &str) -> Result<Pipeline, Error> {
         .send()
         .await
         .map_err(|e| {
-            let place = s3_error::Place::new(&client, bucket, "the pipeline URL", None);
+            let place = s3_error::Place::new(
+                &client,
+                bucket,
+                "the pipeline URL",
+                None,
+                "AWS_ENDPOINT_URL",
+            );
             let call = s3_error::Call {
                 doing: "reading the pipeline file",
                 action: "s3:GetObject",

@@ -95,6 +95,7 @@ impl S3Store {
             &settings.bucket,
             &settings.bucket_setting,
             settings.endpoint.as_deref(),
+            "target.endpoint",
         );
         place.owner = settings.expected_bucket_owner.clone();
         S3Store {

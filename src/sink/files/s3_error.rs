@@ -23,13 +23,14 @@ pub struct Place {
 }
 
 impl Place {
-    /// The place of `bucket` reached by `client`, built with `endpoint` when one was given
-    /// (else `AWS_ENDPOINT_URL`, else AWS itself).
+    /// The place of `bucket` reached by `client`, built with `endpoint` (chosen by the
+    /// setting `endpoint_setting`) when one was given, else `AWS_ENDPOINT_URL`, else AWS.
     pub fn new(
         client: &Client,
         bucket: &str,
         bucket_setting: &str,
         endpoint: Option<&str>,
+        endpoint_setting: &str,
     ) -> Place {
         let from_env = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
             .iter()
@@ -40,7 +41,7 @@ impl Place {
                     .map(|v| (*k, v))
             });
         let (endpoint, endpoint_setting) = match (endpoint, from_env) {
-            (Some(e), _) => (e.to_string(), "target.endpoint".to_string()),
+            (Some(e), _) => (e.to_string(), endpoint_setting.to_string()),
             (None, Some((k, v))) => (v, k.to_string()),
             (None, None) => (
                 format!(
@@ -51,7 +52,7 @@ impl Place {
                         .map(|r| r.to_string())
                         .unwrap_or_else(|| "no region".into())
                 ),
-                "AWS_REGION or target.endpoint".to_string(),
+                format!("AWS_REGION or {endpoint_setting}"),
             ),
         };
         Place {
@@ -91,7 +92,23 @@ where
     } else {
         format!("s3://{}/{}", place.bucket, call.key)
     };
-    format!("{} {object}: {}", call.doing, reason(place, call, e))
+    one_line(&format!(
+        "{} {object}: {}",
+        call.doing,
+        reason(place, call, e)
+    ))
+}
+
+/// Multi-line texts (the credential chain's report) as one line.
+fn one_line(text: &str) -> String {
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or_default().to_string();
+    let rest: Vec<&str> = lines.collect();
+    if rest.is_empty() {
+        first
+    } else {
+        format!("{first} {}", rest.join("; "))
+    }
 }
 
 fn reason<E>(place: &Place, call: Call<'_>, e: &SdkError<E, HttpResponse>) -> String
@@ -261,5 +278,14 @@ mod tests {
         );
         let s = service_reason(&p, PUT, Some("InvalidAccessKeyId"), Some("bad"), Some(403));
         assert!(s.starts_with("the AWS credentials were refused"), "{s}");
+    }
+
+    #[test]
+    fn reports_are_one_line() {
+        assert_eq!(
+            one_line("no credentials. Attempted:\n  Environment: unset\n  Profile: none\n"),
+            "no credentials. Attempted: Environment: unset; Profile: none"
+        );
+        assert_eq!(one_line("plain"), "plain");
     }
 }
