@@ -587,6 +587,14 @@ async fn expected_bucket_owner_is_sent_on_every_request_and_a_wrong_one_is_refus
     let t = text(&out);
     assert_eq!(out.status.code(), Some(2), "{t}");
     assert!(t.contains("AccessDenied"), "{t}");
+    // One sentence that says which permission on what, and suspects the owner.
+    assert!(!t.contains("ServiceError") && !t.contains("headers"), "{t}");
+    assert!(
+        t.contains(&format!(
+            "grant s3:PutObject on arn:aws:s3:::{b2}/lake/_godwit/state/lease"
+        )) && t.contains("belongs to account 999999999999 (target.expected_bucket_owner)"),
+        "{t}"
+    );
     assert!(
         objects(&client, &b2, "").await.is_empty(),
         "something was written"

@@ -51,7 +51,8 @@ struct Report {
 
 impl Report {
     fn add(&mut self, name: &'static str, status: &'static str, message: impl Into<String>) {
-        if status == "error" {
+        // A prerequisite that could not be read fails the check as surely as a wrong one.
+        if status == "error" || status == "unknown" {
             self.ok = false;
         }
         self.checks.push(Check {
@@ -201,12 +202,13 @@ pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
     }
     match state_store(&p).await {
         Ok(state) => match state.lease_holder().await {
-            Some(holder) => report.add(
+            Ok(Some(holder)) => report.add(
                 "lease",
                 "warning",
                 format!("a run holds the lease now ({holder}); a second run would exit 2"),
             ),
-            None => report.add("lease", "ok", format!("free ({})", state.describe())),
+            Ok(None) => report.add("lease", "ok", format!("free ({})", state.describe())),
+            Err(e) => report.add("lease", "unknown", format!("cannot be read: {e}")),
         },
         Err(e) => report.add("state", "error", e.to_string()),
     }

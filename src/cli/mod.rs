@@ -15,7 +15,7 @@ use std::path::Path;
 
 use crate::config::{self, Pipeline};
 use crate::error::Error;
-use crate::sink::files::s3;
+use crate::sink::files::{s3, s3_error};
 
 /// Reads and validates the pipeline file named on the command line: a local path, or an
 /// `s3://bucket/key` URL read with the standard AWS credential chain (and `AWS_ENDPOINT_URL`
@@ -40,10 +40,19 @@ pub async fn load_pipeline(path: &str) -> Result<Pipeline, Error> {
         .send()
         .await
         .map_err(|e| {
-            Error::Startup(format!(
-                "{path}: cannot read the pipeline file: {}",
-                aws_sdk_s3::error::DisplayErrorContext(e)
-            ))
+            let place = s3_error::Place::new(
+                &client,
+                bucket,
+                "the pipeline URL",
+                None,
+                "AWS_ENDPOINT_URL",
+            );
+            let call = s3_error::Call {
+                doing: "reading the pipeline file",
+                action: "s3:GetObject",
+                key,
+            };
+            Error::Startup(s3_error::describe(&place, call, &e))
         })?;
     let bytes = object
         .body

@@ -255,10 +255,11 @@ impl StateStore {
         }
     }
 
-    /// Who holds the lease right now, if anyone (without taking it or creating anything).
-    pub async fn lease_holder(&self) -> Option<String> {
+    /// Who holds the lease right now, if anyone (without taking it or creating anything);
+    /// an error when the lease cannot be read.
+    pub async fn lease_holder(&self) -> Result<Option<String>, StateError> {
         match self {
-            StateStore::Local(l) => l.lease_holder(),
+            StateStore::Local(l) => Ok(l.lease_holder()),
             StateStore::S3(s) => s.lease_holder().await,
         }
     }

@@ -195,10 +195,18 @@ impl S3State {
         }
     }
 
-    pub async fn lease_holder(&self) -> Option<String> {
-        let (text, _) = self.store.get_with_etag("lease").await.ok()??;
+    /// Who holds the lease now, if anyone; an error when the lease cannot be read.
+    pub async fn lease_holder(&self) -> Result<Option<String>, StateError> {
+        let Some((text, _)) = self
+            .store
+            .get_with_etag("lease")
+            .await
+            .map_err(|e| io(&self.store, e))?
+        else {
+            return Ok(None);
+        };
         let text = String::from_utf8_lossy(&text).to_string();
-        (!is_free(&text)).then(|| describe_holder(&text))
+        Ok((!is_free(&text)).then(|| describe_holder(&text)))
     }
 
     /// The stored record; remembers its version, which the next save is conditional on.

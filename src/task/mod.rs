@@ -235,7 +235,7 @@ async fn check_where(snapshot: &Snapshot, plan: &TablePlan, w: &Filter) -> Resul
 }
 
 /// The S3 settings of the target section for `bucket`/`prefix`.
-fn s3_settings(p: &Pipeline, bucket: &str, prefix: &str) -> S3Settings {
+fn s3_settings(p: &Pipeline, bucket: &str, prefix: &str, bucket_setting: &str) -> S3Settings {
     let t = &p.target;
     S3Settings {
         bucket: bucket.to_string(),
@@ -249,6 +249,7 @@ fn s3_settings(p: &Pipeline, bucket: &str, prefix: &str) -> S3Settings {
             },
         },
         expected_bucket_owner: t.expected_bucket_owner.clone(),
+        bucket_setting: bucket_setting.to_string(),
     }
 }
 
@@ -257,7 +258,8 @@ pub async fn target_store(p: &Pipeline) -> Result<Arc<dyn ObjectStore>, Error> {
     match &p.target.url {
         TargetUrl::File(dir) => Ok(Arc::new(LocalStore::new(dir.clone()))),
         TargetUrl::S3 { bucket, prefix } => {
-            Ok(Arc::new(S3Store::new(s3_settings(p, bucket, prefix)).await))
+            let settings = s3_settings(p, bucket, prefix, "target.url");
+            Ok(Arc::new(S3Store::new(settings).await))
         }
         TargetUrl::None => Err(Error::Config(p.error_at(
             "target.url",
@@ -270,8 +272,14 @@ pub async fn target_store(p: &Pipeline) -> Result<Arc<dyn ObjectStore>, Error> {
 pub async fn state_store(p: &Pipeline) -> Result<StateStore, Error> {
     match &p.state.url {
         StateUrl::File(dir) => Ok(StateStore::Local(LocalState::new(PathBuf::from(dir)))),
-        StateUrl::S3 { bucket, prefix } => Ok(StateStore::S3(S3State::new(
-            S3Store::new(s3_settings(p, bucket, prefix)).await,
-        ))),
+        StateUrl::S3 { bucket, prefix } => {
+            // The state shares the target's bucket unless state.url names another.
+            let named_in = match &p.target.url {
+                TargetUrl::S3 { bucket: b, .. } if b == bucket => "target.url",
+                _ => "state.url",
+            };
+            let settings = s3_settings(p, bucket, prefix, named_in);
+            Ok(StateStore::S3(S3State::new(S3Store::new(settings).await)))
+        }
     }
 }

@@ -8,6 +8,7 @@ pub mod layout;
 pub mod local;
 pub mod parquet;
 pub mod s3;
+pub mod s3_error;
 pub mod writer;
 
 use std::io::{self, Write};

@@ -10,7 +10,6 @@ use std::io::{self, Write};
 use std::sync::Arc;
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
 use bytes::Bytes;
@@ -18,6 +17,7 @@ use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
 use super::layout;
+use super::s3_error::{Call, Place, sdk_error};
 use super::{ObjectInfo, ObjectStore, ObjectWriter};
 
 /// Size of one uploaded part (S3's minimum is 5 MiB, except for the last part).
@@ -43,6 +43,8 @@ pub struct S3Settings {
     pub endpoint: Option<String>,
     pub encryption: Encryption,
     pub expected_bucket_owner: Option<String>,
+    /// The pipeline setting that names the bucket (`target.url`, `state.url`), for advice.
+    pub bucket_setting: String,
 }
 
 /// Builds an S3 client from the standard AWS credential chain and region settings.
@@ -72,16 +74,13 @@ pub async fn client(endpoint: Option<&str>) -> Client {
 struct Inner {
     client: Client,
     settings: S3Settings,
+    place: Place,
 }
 
 /// A bucket and prefix as an object store.
 #[derive(Clone)]
 pub struct S3Store {
     inner: Arc<Inner>,
-}
-
-fn sdk_error<E: std::error::Error>(what: &str, e: E) -> io::Error {
-    io::Error::other(format!("{what}: {}", DisplayErrorContext(e)))
 }
 
 impl S3Store {
@@ -91,8 +90,20 @@ impl S3Store {
     }
 
     pub fn with_client(client: Client, settings: S3Settings) -> S3Store {
+        let mut place = Place::new(
+            &client,
+            &settings.bucket,
+            &settings.bucket_setting,
+            settings.endpoint.as_deref(),
+            "target.endpoint",
+        );
+        place.owner = settings.expected_bucket_owner.clone();
         S3Store {
-            inner: Arc::new(Inner { client, settings }),
+            inner: Arc::new(Inner {
+                client,
+                settings,
+                place,
+            }),
         }
     }
 
@@ -119,7 +130,7 @@ impl S3Store {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| sdk_error(&format!("bucket {}", s.bucket), e))
+            .map_err(|e| self.inner.error("checking", "s3:ListBucket", "", &e))
     }
 
     /// Writes a small object in one request (conditional when `if_none_match`/`if_match`);
@@ -154,7 +165,12 @@ impl S3Store {
                 if matches!(status, Some(412) | Some(409)) {
                     Err(PutError::Precondition)
                 } else {
-                    Err(PutError::Other(sdk_error(&format!("writing {key}"), e)))
+                    Err(PutError::Other(self.inner.error(
+                        "writing",
+                        "s3:PutObject",
+                        &self.full_key(key),
+                        &e,
+                    )))
                 }
             }
         }
@@ -183,7 +199,9 @@ impl S3Store {
                 Ok(Some((data.into_bytes(), etag)))
             }
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
-            Err(e) => Err(sdk_error(&format!("reading {key}"), e)),
+            Err(e) => Err(self
+                .inner
+                .error("reading", "s3:GetObject", &self.full_key(key), &e)),
         }
     }
 }
@@ -210,6 +228,20 @@ pub enum PutError {
 }
 
 impl Inner {
+    /// The sentence for a failed request on the full key `key` (see `s3_error`).
+    fn error<E>(
+        &self,
+        doing: &str,
+        action: &str,
+        key: &str,
+        e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> io::Error
+    where
+        E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        sdk_error(&self.place, Call { doing, action, key }, e)
+    }
+
     fn full_key(&self, key: &str) -> String {
         if self.settings.prefix.is_empty() {
             key.to_string()
@@ -248,7 +280,7 @@ impl Inner {
             .set_ssekms_key_id(kms_key)
             .send()
             .await
-            .map_err(|e| sdk_error(&format!("starting the upload of {key}"), e))?;
+            .map_err(|e| self.error("starting the upload of", "s3:PutObject", key, &e))?;
         out.upload_id()
             .map(str::to_string)
             .ok_or_else(|| io::Error::other(format!("no upload id for {key}")))
@@ -273,7 +305,10 @@ impl Inner {
             .set_expected_bucket_owner(s.expected_bucket_owner.clone())
             .send()
             .await
-            .map_err(|e| sdk_error(&format!("uploading part {number} of {key}"), e))?;
+            .map_err(|e| {
+                let doing = format!("uploading part {number} of");
+                self.error(&doing, "s3:PutObject", key, &e)
+            })?;
         Ok(CompletedPart::builder()
             .part_number(number)
             .set_e_tag(out.e_tag().map(str::to_string))
@@ -298,7 +333,14 @@ impl Inner {
                 .set_expected_bucket_owner(s.expected_bucket_owner.clone())
                 .send()
                 .await
-                .map_err(|e| sdk_error(&format!("listing uploads in s3://{}", s.bucket), e))?;
+                .map_err(|e| {
+                    self.error(
+                        "listing the open uploads under",
+                        "s3:ListBucketMultipartUploads",
+                        &full,
+                        &e,
+                    )
+                })?;
             for u in page.uploads() {
                 if let (Some(key), Some(id)) = (u.key(), u.upload_id())
                     && key
@@ -331,7 +373,8 @@ impl Inner {
             .send()
             .await;
         if let Err(e) = res {
-            tracing::warn!(key, "aborting an upload failed: {}", DisplayErrorContext(e));
+            let e = self.error("aborting the upload of", "s3:AbortMultipartUpload", key, &e);
+            tracing::warn!("{e}");
         }
     }
 }
@@ -368,12 +411,12 @@ impl ObjectStore for S3Store {
             .client
             .list_objects_v2()
             .bucket(&s.bucket)
-            .prefix(full)
+            .prefix(&full)
             .set_expected_bucket_owner(s.expected_bucket_owner.clone())
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| sdk_error(&format!("listing s3://{}", s.bucket), e))?;
+            let page = page.map_err(|e| self.inner.error("listing", "s3:ListBucket", &full, &e))?;
             for o in page.contents() {
                 if let Some(k) = o.key() {
                     out.push(ObjectInfo {
@@ -407,7 +450,10 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| sdk_error(&format!("deleting {key}"), e))
+            .map_err(|e| {
+                self.inner
+                    .error("deleting", "s3:DeleteObject", &self.full_key(key), &e)
+            })
     }
 
     async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
@@ -433,7 +479,11 @@ impl ObjectStore for S3Store {
             Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(404) => Err(
                 io::Error::new(io::ErrorKind::NotFound, format!("{from}: no such object")),
             ),
-            Err(e) => Err(sdk_error(&format!("copying {from} to {to}"), e)),
+            Err(e) => {
+                let doing = format!("copying {} to", self.full_key(from));
+                let action = "s3:GetObject and s3:PutObject";
+                Err(self.inner.error(&doing, action, &self.full_key(to), &e))
+            }
         }
     }
 
@@ -552,7 +602,7 @@ impl S3Writer {
                     .encrypt_put(req)
                     .send()
                     .await
-                    .map_err(|e| sdk_error(&format!("writing {key}"), e))
+                    .map_err(|e| inner.error("writing", "s3:PutObject", &key, &e))
             })?;
             return Ok(size);
         };
@@ -582,7 +632,7 @@ impl S3Writer {
                 .set_expected_bucket_owner(s.expected_bucket_owner.clone())
                 .send()
                 .await
-                .map_err(|e| sdk_error(&format!("completing the upload of {key}"), e))
+                .map_err(|e| inner.error("completing the upload of", "s3:PutObject", &key, &e))
         })?;
         Ok(self.written)
     }
