@@ -4,78 +4,15 @@
 
 mod common;
 
-use std::path::Path;
-
 use aws_sdk_s3::Client;
 use common::replay::*;
+use common::s3::*;
 use common::source::*;
 use common::*;
 
-fn endpoint() -> String {
-    std::env::var("GODWIT_S3_ENDPOINT").expect("GODWIT_S3_ENDPOINT from scripts/services.sh")
-}
-
-/// A new, empty bucket.
-async fn bucket(client: &Client, name: &str) {
-    let _ = client.create_bucket().bucket(name).send().await;
-    let listed = client.list_objects_v2().bucket(name).send().await.unwrap();
-    for o in listed.contents() {
-        client
-            .delete_object()
-            .bucket(name)
-            .key(o.key().unwrap())
-            .send()
-            .await
-            .unwrap();
-    }
-}
-
-/// Copies every object under `prefix/` into `dir`, keeping the key's path below the prefix.
-async fn download(client: &Client, bucket: &str, prefix: &str, dir: &Path) -> Vec<String> {
-    let listed = client
-        .list_objects_v2()
-        .bucket(bucket)
-        .prefix(format!("{prefix}/"))
-        .send()
-        .await
-        .unwrap();
-    let mut keys = Vec::new();
-    for o in listed.contents() {
-        let key = o.key().unwrap().to_string();
-        let body = client
-            .get_object()
-            .bucket(bucket)
-            .key(&key)
-            .send()
-            .await
-            .unwrap()
-            .body
-            .collect()
-            .await
-            .unwrap()
-            .into_bytes();
-        let path = dir.join(&key[prefix.len() + 1..]);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &body).unwrap();
-        keys.push(key);
-    }
-    keys
-}
-
 /// The table's checkpointed mark (`_lsn`) in the task record stored in the bucket.
 async fn checkpoint_lsn(client: &Client, bucket: &str) -> u64 {
-    let body = client
-        .get_object()
-        .bucket(bucket)
-        .key("lake/_godwit/state/task.json")
-        .send()
-        .await
-        .unwrap()
-        .body
-        .collect()
-        .await
-        .unwrap()
-        .into_bytes();
+    let body = get(client, bucket, "lake/_godwit/state/task.json").await;
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     v["tables"]["public.acct"]["mark"]["lsn"]
         .as_u64()
@@ -92,7 +29,7 @@ async fn a_crash_between_a_cdc_object_and_its_checkpoint_leaves_every_change_onc
     )
     .await
     .unwrap();
-    let client = godwit::sink::files::s3::client(Some(&endpoint())).await;
+    let client = s3_client().await;
     bucket(&client, "godwit-cdc-s3").await;
     let w = Work::new();
     let pipe = w.pipeline(&format!(

@@ -13,33 +13,10 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::Client;
 use common::replay::*;
+use common::s3::*;
 use common::*;
 
 const TTL: &str = "6s";
-
-fn endpoint() -> String {
-    std::env::var("GODWIT_S3_ENDPOINT").expect("GODWIT_S3_ENDPOINT from scripts/services.sh")
-}
-
-async fn s3() -> Client {
-    godwit::sink::files::s3::client(Some(&endpoint())).await
-}
-
-/// A new, empty bucket.
-async fn bucket(client: &Client, name: &str) -> String {
-    let _ = client.create_bucket().bucket(name).send().await;
-    let listed = client.list_objects_v2().bucket(name).send().await.unwrap();
-    for o in listed.contents() {
-        client
-            .delete_object()
-            .bucket(name)
-            .key(o.key().unwrap())
-            .send()
-            .await
-            .unwrap();
-    }
-    name.to_string()
-}
 
 /// Every object of the bucket but the lease: key → ETag.
 async fn etags(client: &Client, bucket: &str) -> BTreeMap<String, String> {
@@ -61,30 +38,6 @@ async fn etags(client: &Client, bucket: &str) -> BTreeMap<String, String> {
             )
         })
         .collect()
-}
-
-/// Copies every object under `lake/` into `dir` (the same layout as a local target).
-async fn download(client: &Client, bucket: &str, dir: &Path) {
-    for key in etags(client, bucket).await.keys() {
-        let Some(rel) = key.strip_prefix("lake/") else {
-            continue;
-        };
-        let body = client
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .unwrap()
-            .body
-            .collect()
-            .await
-            .unwrap()
-            .into_bytes();
-        let path = dir.join(rel);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, body).unwrap();
-    }
 }
 
 /// The lease object as JSON, if there is one.
@@ -259,7 +212,7 @@ fn now_secs() -> i64 {
 async fn a_run_paused_past_its_lease_stops_without_writing_and_the_new_holder_carries_on() {
     let pg = pg();
     let db = fresh(&pg, "godwit_fence_pause", "godwit_fence_pause").await;
-    let client = s3().await;
+    let client = s3_client().await;
     let b = bucket(&client, "fence-pause").await;
     let text = pipeline("fence-pause", &pg.url("godwit_fence_pause"), &b);
 
@@ -389,7 +342,7 @@ async fn a_run_paused_past_its_lease_stops_without_writing_and_the_new_holder_ca
 
     // The files replay to the source, with no change twice (cdc_rows checks that).
     let copy = Work::new();
-    download(&client, &b, copy.path()).await;
+    download(&client, &b, "lake", copy.path()).await;
     let dir: PathBuf = copy.path().join("public").join("t");
     let columns: Vec<String> = ["id", "v", "n"].map(String::from).to_vec();
     let got: BTreeMap<String, RowMap> = replay_keyed(&dir, &["id"])
@@ -415,7 +368,7 @@ fn children(pid: u32) -> Vec<u32> {
 async fn a_holder_whose_pid_is_gone_keeps_the_lease_until_it_expires() {
     let pg = pg();
     let _db = fresh(&pg, "godwit_fence_pid", "godwit_fence_pid").await;
-    let client = s3().await;
+    let client = s3_client().await;
     let b = bucket(&client, "fence-pid").await;
     let text = pipeline("fence-pid", &pg.url("godwit_fence_pid"), &b);
     let host = gethostname::gethostname().to_string_lossy().to_string();

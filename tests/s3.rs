@@ -9,62 +9,10 @@ use std::collections::HashMap;
 use arrow::record_batch::RecordBatch;
 use aws_sdk_s3::Client;
 use bytes::Bytes;
+use common::s3::*;
 use common::type_cases;
 use common::*;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-
-fn endpoint() -> String {
-    std::env::var("GODWIT_S3_ENDPOINT").expect("GODWIT_S3_ENDPOINT from scripts/services.sh")
-}
-
-async fn s3() -> Client {
-    godwit::sink::files::s3::client(Some(&endpoint())).await
-}
-
-/// A new, empty bucket.
-async fn bucket(client: &Client, name: &str) -> String {
-    let _ = client.create_bucket().bucket(name).send().await;
-    let listed = client.list_objects_v2().bucket(name).send().await.unwrap();
-    for o in listed.contents() {
-        client
-            .delete_object()
-            .bucket(name)
-            .key(o.key().unwrap())
-            .send()
-            .await
-            .unwrap();
-    }
-    name.to_string()
-}
-
-/// Every object under `prefix`: key → bytes.
-async fn objects(client: &Client, bucket: &str, prefix: &str) -> HashMap<String, Bytes> {
-    let mut out = HashMap::new();
-    let listed = client
-        .list_objects_v2()
-        .bucket(bucket)
-        .prefix(prefix)
-        .send()
-        .await
-        .unwrap();
-    for o in listed.contents() {
-        let key = o.key().unwrap().to_string();
-        let body = client
-            .get_object()
-            .bucket(bucket)
-            .key(&key)
-            .send()
-            .await
-            .unwrap()
-            .body
-            .collect()
-            .await
-            .unwrap()
-            .into_bytes();
-        out.insert(key, body);
-    }
-    out
-}
 
 /// The batches of every `LOAD*.parquet` object of a table.
 fn table_batches(objects: &HashMap<String, Bytes>, prefix: &str, table: &str) -> Vec<RecordBatch> {
@@ -127,7 +75,7 @@ async fn the_type_suite_passes_through_s3() {
     let pg = pg();
     let db = pg.fresh_db("godwit_s3_types").await;
     type_cases::seed(&db).await;
-    let client = s3().await;
+    let client = s3_client().await;
     let b = bucket(&client, "types-suite").await;
     let work = Work::new();
     let pipeline = work.pipeline(&s3_pipeline(
@@ -160,7 +108,7 @@ async fn large_files_go_up_in_parts_encrypted_and_complete() {
     let db = pg.fresh_db("godwit_s3_big").await;
     // ~25 MiB of text that does not compress.
     seed_blob(&db, 100000).await;
-    let client = s3().await;
+    let client = s3_client().await;
     let b = bucket(&client, "big-files").await;
     let work = Work::new();
     let pipeline = work.pipeline(&s3_pipeline(
@@ -228,7 +176,7 @@ async fn kms_encryption_is_requested_on_every_object() {
     db.batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);")
         .await
         .unwrap();
-    let client = s3().await;
+    let client = s3_client().await;
     let b = bucket(&client, "kms-files").await;
     let key_id = "arn:aws:kms:us-east-1:123456789012:key/11111111-2222-3333-4444-555555555555";
     let work = Work::new();
@@ -267,7 +215,7 @@ async fn a_held_s3_lease_stops_a_second_run() {
     db.batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);")
         .await
         .unwrap();
-    let client = s3().await;
+    let client = s3_client().await;
     let b = bucket(&client, "lease-test").await;
     // A live holder on another host.
     let expires = std::time::SystemTime::now()
@@ -321,7 +269,7 @@ async fn killed_during_a_multipart_upload_leaves_nothing_dangling() {
     let pg = pg();
     let db = pg.fresh_db("godwit_s3_kill").await;
     seed_blob(&db, 60000).await;
-    let client = s3().await;
+    let client = s3_client().await;
     let b = bucket(&client, "kill-upload").await;
     let work = Work::new();
     // Small row groups so the file streams into the upload while COPY is still reading.
@@ -449,7 +397,7 @@ async fn pipeline_files_can_be_read_from_s3() {
     db.batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2), (3);")
         .await
         .unwrap();
-    let client = s3().await;
+    let client = s3_client().await;
     let b = bucket(&client, "pipelines").await;
     let work = Work::new();
     let text_ = s3_pipeline(&pg.url("godwit_s3_pipeline"), &b, r#"["public.t"]"#, "", "");
@@ -547,7 +495,7 @@ async fn expected_bucket_owner_is_sent_on_every_request_and_a_wrong_one_is_refus
     db.batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);")
         .await
         .unwrap();
-    let client = s3().await;
+    let client = s3_client().await;
     let b = bucket(&client, "owned").await;
     let proxy = owner_proxy("123456789012").await;
     let with_owner = |owner: &str| {
@@ -635,7 +583,7 @@ async fn clean_up_aborts_only_the_uploads_of_this_pipelines_tables() {
     )
     .await
     .unwrap();
-    let client = s3().await;
+    let client = s3_client().await;
     let b = bucket(&client, "nested-prefixes").await;
     for (key, id) in open_uploads(&client, &b).await {
         client

@@ -7,11 +7,8 @@ mod common;
 
 use std::process::Output;
 
+use common::s3::endpoint;
 use common::*;
-
-fn endpoint() -> String {
-    std::env::var("GODWIT_S3_ENDPOINT").expect("GODWIT_S3_ENDPOINT from scripts/services.sh")
-}
 
 /// A bucket no test creates.
 const MISSING: &str = "t9-no-such-bucket";

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod replay;
+pub mod s3;
 pub mod source;
 pub mod type_cases;
 
