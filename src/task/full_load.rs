@@ -17,6 +17,7 @@ use super::{Discovered, Started};
 use crate::config::{Compression, DataErrorPolicy, Format, Pipeline, TableErrorPolicy};
 use crate::error::Error;
 use crate::notify::{EventKind, Notifier};
+use crate::pg::catalog::TableName;
 use crate::pg::connect::{Source, describe_error};
 use crate::pg::copy::{CopyError, RowError, run_copy};
 use crate::pg::import_snapshot;
@@ -422,7 +423,7 @@ async fn load_one(ctx: Arc<Ctx>, plan: TablePlan, start: TableRecord) -> Result<
                     .flat_map(|s| s.files.clone())
                     .collect()
             };
-            match remove_stale_files(ctx.store.as_ref(), &plan, &files).await {
+            match remove_stale_files(ctx.store.as_ref(), &plan.table.name, &files).await {
                 Ok(()) => Ok(files),
                 Err(e) => Err(TableFailure {
                     error: format!("removing old load files of {key}: {e}"),
@@ -636,14 +637,14 @@ async fn load_table(
     })
 }
 
-/// A reload replaces the previous load: load files this load did not write are removed,
-/// only after the new ones are complete.
-async fn remove_stale_files(
+/// A reload replaces the previous load: load files of `table` this load did not write are
+/// removed, only after the new ones are complete.
+pub(crate) async fn remove_stale_files(
     store: &dyn ObjectStore,
-    plan: &TablePlan,
+    table: &TableName,
     written: &[WrittenFile],
 ) -> std::io::Result<()> {
-    let prefix = layout::table_prefix(&plan.table.name);
+    let prefix = layout::table_prefix(table);
     for object in store.list(&prefix).await? {
         let name = &object.key[prefix.len()..];
         if !name.contains('/')

@@ -118,16 +118,7 @@ pub(crate) async fn switch(
             other => other?,
         }
     }
-    let prefix = layout::table_prefix(table);
-    for object in store.list(&prefix).await? {
-        let name = &object.key[prefix.len()..];
-        if !name.contains('/')
-            && layout::is_load_file(name)
-            && !files.iter().any(|w| w.key == object.key)
-        {
-            store.delete(&object.key).await?;
-        }
-    }
+    super::full_load::remove_stale_files(store, table, files).await?;
     remove_cdc_files(store, table, up_to).await?;
     discard_staged(store, table).await
 }
