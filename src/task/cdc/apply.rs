@@ -1,0 +1,537 @@
+//! The apply loop: follows the stream, decodes pgoutput into per-table Arrow rows, reconnects
+//! after a blip, and hands committed changes on to the flush.
+
+use super::*;
+
+impl<'a, 'b> Apply<'a, 'b> {
+    pub(super) async fn new(
+        p: &'a Pipeline,
+        task: &'a mut Task<'b>,
+        store: Arc<dyn ObjectStore>,
+        reloader: Reloader,
+        types: Types,
+        stream: Stream,
+        start: Lsn,
+    ) -> Result<Apply<'a, 'b>, Error> {
+        let plans = &reloader.plans;
+        let format = full_load::file_format(p, p.target.row_group_bytes as usize);
+        let mut tables = Vec::new();
+        let mut by_oid = HashMap::new();
+        for plan in plans {
+            let key = plan.key();
+            let record = task.record.tables.get(&key);
+            let recorded = record.and_then(|r| r.mark);
+            let intents = record.and_then(|r| r.intents.clone());
+            let mark = recover_mark(store.as_ref(), &plan.table.name, recorded, intents, &format)
+                .await
+                .map_err(|e| Error::Runtime(format!("reading back the CDC files of {key}: {e}")))?;
+            if mark != recorded {
+                tracing::info!(table = %key, ?mark, "high-water mark moved past files written after the last checkpoint");
+            }
+            by_oid.insert(plan.table.oid, tables.len());
+            tables.push(Followed {
+                key,
+                name: plan.table.name.clone(),
+                columns: plan.table.columns.clone(),
+                exclude: plan.settings.exclude_columns.clone(),
+                numeric: match plan.settings.numeric {
+                    NumericMode::Decimal => NumericAs::Decimal,
+                    NumericMode::Text => NumericAs::Text,
+                },
+                primary_key: plan.table.key.clone(),
+                mark,
+                layout: None,
+                buffer: TableBuffer::default(),
+                counts: Counts::default(),
+                // A table in error waits for `godwit reload`: its changes would land on a
+                // table whose copy is not whole.
+                suspended: task
+                    .record
+                    .tables
+                    .get(&plan.key())
+                    .is_some_and(|r| r.state == TableState::Error),
+            });
+        }
+        Ok(Apply {
+            p,
+            task,
+            store,
+            format,
+            types,
+            stream: Some(stream),
+            tables,
+            by_oid,
+            rels: HashMap::new(),
+            txn: None,
+            last_commit_end: None,
+            position: start,
+            confirmed: start,
+            confirmed_now: Lsn(0),
+            buffered_rows: 0,
+            buffered_bytes: 0,
+            buffered_since: None,
+            last_file_ms: 0,
+            lag_alerted: false,
+            files_written: 0,
+            reloader,
+            last_request_check: Instant::now(),
+            catalog: None,
+            reload_failures: HashMap::new(),
+        })
+    }
+
+    /// Follows the stream until `stop_at` (with `--once`), the deadline or a signal.
+    pub(super) async fn follow(
+        &mut self,
+        stop_at: Option<Lsn>,
+        max_duration: Option<Duration>,
+    ) -> Result<(), Error> {
+        let mut stops = Stops::new(max_duration)?;
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut failures: u64 = 0;
+        tracing::info!(start = %self.position, stop_at = ?stop_at.map(|l| l.to_string()), "CDC started");
+        loop {
+            if let Some(stop) = stop_at
+                && self.txn.is_none()
+                && self.position >= stop
+            {
+                tracing::info!(position = %self.position, "reached the WAL position of the start (--once)");
+                return Ok(());
+            }
+            let outcome = match self.stream.as_mut() {
+                None => Err(Error::Recoverable(
+                    "the last attempt to reopen the stream failed".into(),
+                )),
+                Some(stream) => tokio::select! {
+                    ev = stream.next() => match ev {
+                        Ok(Some(ev)) => self.on_event(ev).await.map(|()| failures = 0),
+                        Ok(None) => Err(Error::Recoverable("the replication stream ended".into())),
+                        Err(e) => Err(Error::Recoverable(e.to_string())),
+                    },
+                    _ = tick.tick() => self.on_tick().await,
+                    why = stops.next() => {
+                        tracing::info!("{why}: flushing and stopping");
+                        return Ok(());
+                    }
+                },
+            };
+            let why = match outcome {
+                Ok(()) => continue,
+                Err(Error::Recoverable(why)) => why,
+                Err(e) => return Err(e),
+            };
+            // A write refused by the fence is no blip: the lease is lost, this run stops.
+            self.task.fenced()?;
+            failures += 1;
+            let retries = self.p.errors.recoverable_retries;
+            if retries >= 0 && failures > retries as u64 {
+                return Err(Error::Runtime(format!(
+                    "{why} ([errors] recoverable_retries = {retries} spent)"
+                )));
+            }
+            if self.reconnect(&why, failures, &mut stops).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// After the stream or a write broke: forget what is not checkpointed (the slot sends it
+    /// again), move the marks past files completed since the checkpoint, wait (5 s doubling up
+    /// to 30 min, or until a stop) and open a new session from the slot's confirmed position.
+    /// Returns true when a stop came during the wait.
+    pub(super) async fn reconnect(
+        &mut self,
+        why: &str,
+        attempt: u64,
+        stops: &mut Stops,
+    ) -> Result<bool, Error> {
+        let wait = backoff(attempt);
+        tracing::warn!(
+            attempt,
+            wait_s = wait.as_secs(),
+            "CDC broke ({why}); starting again from the slot"
+        );
+        self.stream = None;
+        for t in &mut self.tables {
+            t.buffer = TableBuffer::default();
+            t.counts = Counts::default();
+        }
+        self.rels.clear();
+        self.txn = None;
+        self.last_commit_end = None;
+        self.buffered_rows = 0;
+        self.buffered_bytes = 0;
+        self.buffered_since = None;
+        self.position = self.confirmed;
+        let fence = self.task.state.fence();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            why = stops.next() => {
+                tracing::info!("{why} while waiting to reconnect: stopping");
+                return Ok(true);
+            }
+            lost = fence.lost() => return Err(Error::Runtime(lost.to_string())),
+        }
+        // A reload's switch a failed write interrupted (failing again: wait and retry).
+        if let Err(e) = self.finish_switches().await {
+            tracing::warn!("{e}");
+            return Ok(false);
+        }
+        // A write may have completed files the checkpoint does not know.
+        for t in &mut self.tables {
+            let intents = self
+                .task
+                .record
+                .tables
+                .get(&t.key)
+                .and_then(|r| r.intents.clone());
+            match recover_mark(self.store.as_ref(), &t.name, t.mark, intents, &self.format).await {
+                Ok(m) => t.mark = m,
+                Err(e) => return Err(Error::Recoverable(format!("reading back {}: {e}", t.key))),
+            }
+        }
+        // A slot that is gone or invalidated is not a network blip.
+        if let Ok(client) = self.reloader.source.connect().await
+            && let Some(unhealthy) = self.task.slot_broken(&client, why).await
+        {
+            return Err(unhealthy);
+        }
+        let endpoint = self.reloader.source.endpoint();
+        match Stream::open(&endpoint, &self.p.source.slot, &self.reloader.publications).await {
+            Ok(stream) => {
+                tracing::info!("replication stream open again");
+                self.stream = Some(stream);
+            }
+            Err(e) => tracing::warn!("reconnecting failed: {e}"),
+        }
+        Ok(false)
+    }
+
+    pub(super) async fn on_tick(&mut self) -> Result<(), Error> {
+        // A run that lost its lease (paused past it, or taken over) stops at once.
+        self.task.fenced()?;
+        if self.last_request_check.elapsed() >= Duration::from_secs(5) {
+            self.last_request_check = Instant::now();
+            self.check_partitions().await?;
+            self.reload_requested().await?;
+        }
+        if let Some(since) = self.buffered_since
+            && since.elapsed() >= self.p.target.cdc_max_batch_interval
+        {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn on_event(&mut self, ev: StreamEvent) -> Result<(), Error> {
+        match ev {
+            StreamEvent::Begin {
+                final_lsn,
+                commit_time,
+            } => {
+                self.txn = Some(Txn {
+                    lsn: final_lsn,
+                    commit_time,
+                    seq: 0,
+                });
+            }
+            StreamEvent::Data { data } => {
+                let msg = pgoutput::decode(&data).map_err(|e| Error::Runtime(e.to_string()))?;
+                self.on_message(msg)?;
+                if self.buffered_bytes as u64 >= self.p.target.cdc_min_file_size {
+                    self.flush().await?;
+                }
+            }
+            StreamEvent::Commit {
+                end_lsn,
+                commit_time,
+                ..
+            } => {
+                self.txn = None;
+                tracing::debug!(end_lsn = %end_lsn, buffered_rows = self.buffered_rows, "transaction received");
+                self.last_commit_end = Some(end_lsn);
+                self.position = self.position.max(end_lsn);
+                self.watch_lag(commit_time);
+                if self.buffered_rows == 0 {
+                    self.confirm(end_lsn)?;
+                } else if self.buffered_bytes as u64 >= self.p.target.cdc_min_file_size {
+                    self.flush().await?;
+                }
+            }
+            StreamEvent::KeepAlive { wal_end } => {
+                if self.txn.is_none() {
+                    self.position = self.position.max(wal_end);
+                    if self.buffered_rows == 0 {
+                        // Nothing buffered or in flight: WAL up to here needs no keeping.
+                        self.confirm(wal_end)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn watch_lag(&mut self, commit_time: i64) {
+        let lag = (chrono::Utc::now().timestamp_micros() - commit_time) as f64 / 1e6;
+        let threshold = self.p.notify.cdc_lag_threshold.as_secs_f64();
+        if lag > threshold && !self.lag_alerted {
+            self.lag_alerted = true;
+            self.task.notifier.emit(EventKind::CdcLag {
+                seconds: lag,
+                threshold_seconds: threshold,
+            });
+        } else if lag < threshold / 2.0 {
+            self.lag_alerted = false;
+        }
+    }
+
+    pub(super) fn on_message(&mut self, msg: Message) -> Result<(), Error> {
+        // `_seq` is a function of the stream alone: twice the change message's position in its
+        // transaction (+1 for the `I` of a `D`+`I` pair), whatever is followed or configured.
+        let seq = match &msg {
+            Message::Insert { .. }
+            | Message::Update { .. }
+            | Message::Delete { .. }
+            | Message::Truncate { .. } => {
+                let txn = self.txn.as_mut().ok_or_else(|| {
+                    Error::Runtime("pgoutput sent a change outside a transaction".into())
+                })?;
+                txn.seq += 1;
+                txn.seq * 2
+            }
+            _ => 0,
+        };
+        match msg {
+            Message::Relation(r) => self.on_relation(&r),
+            Message::Insert { relation, new } => self.change(relation, Op::Insert, &new, None, seq),
+            Message::Update { relation, old, new } => {
+                let key_changed = match &old {
+                    None => false,
+                    // `K` (key changed, or a TOASTed key) and `O` (FULL): compare the key.
+                    Some((_, o)) => match self.rels.get(&relation) {
+                        Some(r) if !r.key_positions.is_empty() => {
+                            r.key_positions.iter().any(|&i| {
+                                o.get(i) != new.get(i) && new.get(i) != Some(&Value::Unchanged)
+                            })
+                        }
+                        // Without a key, a row is only its values: delete the old, insert the new.
+                        _ => true,
+                    },
+                } && !self.p.target.cdc_inserts_only;
+                let full_old = match &old {
+                    Some((OldTuple::Full, o)) => Some(o.as_slice()),
+                    _ => None,
+                };
+                if key_changed {
+                    let (_, o) = old.as_ref().expect("a key change carries the old tuple");
+                    self.change(relation, Op::Delete, o, None, seq)?;
+                    self.change(relation, Op::Insert, &new, full_old, seq + 1)
+                } else {
+                    self.change(relation, Op::Update, &new, full_old, seq)
+                }
+            }
+            Message::Delete { relation, old, .. } => {
+                self.change(relation, Op::Delete, &old, None, seq)
+            }
+            Message::Truncate { relations, .. } => {
+                // One seq for all: each table has its own mark.
+                for r in relations {
+                    self.change(r, Op::Truncate, &[], None, seq)?;
+                }
+                Ok(())
+            }
+            Message::Begin { .. }
+            | Message::Commit { .. }
+            | Message::Origin { .. }
+            | Message::Type { .. }
+            | Message::Message { .. } => Ok(()),
+        }
+    }
+
+    pub(super) fn on_relation(&mut self, r: &Relation) -> Result<(), Error> {
+        // By OID: a renamed table is still the table it was (its files keep their folder).
+        let Some(&ti) = self.by_oid.get(&r.oid) else {
+            self.rels.insert(
+                r.oid,
+                Rel {
+                    table: None,
+                    key_positions: Vec::new(),
+                },
+            );
+            return Ok(());
+        };
+        let t = &mut self.tables[ti];
+        let key_positions = t
+            .primary_key
+            .iter()
+            .filter_map(|k| r.columns.iter().position(|c| &c.name == k))
+            .collect();
+        let mut columns = Vec::new();
+        let mut rel_to_out = Vec::new();
+        for c in &r.columns {
+            if t.exclude.contains(&c.name) {
+                rel_to_out.push(None);
+                continue;
+            }
+            let ndims = t
+                .columns
+                .iter()
+                .find(|k| k.name == c.name && k.type_oid == c.type_oid)
+                .map(|k| k.ndims)
+                .unwrap_or(0);
+            let types_ = &self.types;
+            let ty = types::resolve(c.type_oid, c.typmod, ndims, t.numeric, &|o| types_.get(o));
+            rel_to_out.push(Some(columns.len()));
+            columns.push((c.name.clone(), ty));
+        }
+        let changed = t
+            .layout
+            .as_ref()
+            .is_none_or(|old| old.columns != columns || old.rel_to_out != rel_to_out);
+        if changed {
+            let generation = match &t.layout {
+                Some(old) => {
+                    tracing::info!(table = %t.key, "the table's columns changed: the next rows go to a file with the new schema");
+                    old.generation + 1
+                }
+                None => 0,
+            };
+            t.layout = Some(Arc::new(
+                Layout::new(
+                    generation,
+                    columns,
+                    rel_to_out,
+                    !self.p.target.cdc_inserts_only,
+                    self.p.target.timestamp_column.as_deref(),
+                )
+                .with_key(&t.primary_key),
+            ));
+        }
+        self.rels.insert(
+            r.oid,
+            Rel {
+                table: Some(ti),
+                key_positions,
+            },
+        );
+        Ok(())
+    }
+
+    /// One change of a relation inside the current transaction.
+    pub(super) fn change(
+        &mut self,
+        relation: u32,
+        op: Op,
+        values: &[Value],
+        old: Option<&[Value]>,
+        seq: u64,
+    ) -> Result<(), Error> {
+        let txn = self
+            .txn
+            .as_ref()
+            .ok_or_else(|| Error::Runtime("pgoutput sent a change outside a transaction".into()))?;
+        let mark = Mark {
+            lsn: txn.lsn.0,
+            seq,
+        };
+        let commit_time = txn.commit_time;
+        let rel = self.rels.get(&relation).ok_or_else(|| {
+            Error::Runtime(format!(
+                "pgoutput sent a change of relation {relation} before describing it"
+            ))
+        })?;
+        let Some(ti) = rel.table else {
+            return Ok(());
+        };
+        let t = &mut self.tables[ti];
+        if t.suspended || t.mark.is_some_and(|m| mark <= m) {
+            return Ok(());
+        }
+        if op == Op::Truncate {
+            self.task.notifier.emit(EventKind::TableTruncated {
+                table: t.key.clone(),
+                lsn: Some(Lsn(mark.lsn).to_string()),
+                partition: None,
+            });
+        }
+        if self.p.target.cdc_inserts_only && op != Op::Insert {
+            // Seen, not written (DMS CdcInsertsOnly).
+            match op {
+                Op::Update => t.counts.updates += 1,
+                Op::Delete => t.counts.deletes += 1,
+                _ => {}
+            }
+            return Ok(());
+        }
+        let layout = t.layout.clone().expect("a described relation has a layout");
+        let folder = match self.p.target.date_partitioning {
+            DatePartitioning::None => String::new(),
+            DatePartitioning::Day => layout::date_folder(commit_time, false),
+            DatePartitioning::Hour => layout::date_folder(commit_time, true),
+        };
+        let row = Row {
+            op,
+            commit_time,
+            mark,
+            values,
+            old,
+        };
+        let before = t.buffer.bytes;
+        let pushed = t
+            .buffer
+            .push(&layout, &folder, &row, self.p.load.batch_rows)
+            .map_err(|e| Error::Runtime(format!("building the batch of {}: {e}", t.key)))?;
+        if pushed.is_ok() {
+            // A row that failed left no trace: it is not buffered and not counted.
+            match op {
+                Op::Insert => t.counts.inserts += 1,
+                Op::Update => t.counts.updates += 1,
+                Op::Delete => t.counts.deletes += 1,
+                Op::Truncate => {}
+            }
+            self.buffered_rows += 1;
+            self.buffered_bytes += t.buffer.bytes - before;
+            self.buffered_since.get_or_insert_with(Instant::now);
+        }
+        if let Err(bad) = pushed {
+            t.counts.data_errors += 1;
+            let key = match bad.key.as_str() {
+                "" => String::new(),
+                k => format!(", key {k}"),
+            };
+            let what = format!(
+                "data error in {} at LSN {}{key} (column {}): {}",
+                t.key,
+                Lsn(mark.lsn),
+                bad.column,
+                bad.error
+            );
+            bad.log_detail(&t.key);
+            match self.p.errors.data {
+                DataErrorPolicy::IgnoreRecord => {}
+                DataErrorPolicy::LogError => {
+                    tracing::warn!(table = %t.key, "{what}; the change was skipped ([errors] data = \"log-error\")");
+                }
+                DataErrorPolicy::SuspendTable => {
+                    t.suspended = true;
+                    let key = t.key.clone();
+                    if let Some(r) = self.task.record.tables.get_mut(&key) {
+                        r.state = TableState::Error;
+                        r.last_error = Some(what.clone());
+                        r.remedy = Some(
+                            "fix the value in the source, then `godwit reload` the table".into(),
+                        );
+                    }
+                    self.task.notifier.emit(EventKind::TableError {
+                        table: key,
+                        error: what,
+                        policy: "suspend-table".into(),
+                        remedy: "fix the value in the source, then reload the table".into(),
+                    });
+                }
+                DataErrorPolicy::StopTask => return Err(Error::Runtime(what)),
+            }
+        }
+        Ok(())
+    }
+}

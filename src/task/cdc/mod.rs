@@ -1,0 +1,348 @@
+//! CDC: the `cdc` and `full-load-and-cdc` modes. Start-up refuses tables CDC would break,
+//! makes sure the publications and the slot exist (and are healthy), runs the initial full
+//! load from the slot's exported snapshot, then applies the stream: pgoutput → per-table
+//! Arrow rows → CDC files → checkpoint (per-table high-water marks) → confirm to the slot.
+//! The slot is confirmed only up to commits whose every row is in a completed file and
+//! checkpointed, and to the keepalive's WAL end while nothing is buffered.
+//!
+//! This file holds the run and the state the parts share; the parts:
+//! - `startup`: checks, publications, slot, the initial load, then the apply loop;
+//! - `apply`: the loop over the stream, decoding, reconnecting;
+//! - `flush`: writing what is buffered, the checkpoint, confirming the slot;
+//! - `reloads`: single-table reloads and partition changes while CDC runs.
+
+mod apply;
+mod flush;
+mod reloads;
+mod startup;
+
+use flush::recover_mark;
+use reloads::finish_switches;
+use startup::{prepare, run_started};
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+use super::full_load::{self, RunOptions, RunSummary, Shared, now};
+use super::plan::TablePlan;
+use super::{Discovered, Started, partitions, reload};
+use crate::batch::changes::{Layout, Op, Row, TableBuffer};
+use crate::config::{
+    CdcMode, DataErrorPolicy, DatePartitioning, Mode, NumericMode, Pipeline, TableErrorPolicy,
+};
+use crate::error::Error;
+use crate::notify::{EventKind, Notifier, PartitionChange};
+use crate::pg::catalog::{self, Column, TableName, Types};
+use crate::pg::connect::{Source, describe_error};
+use crate::pg::lsn::Lsn;
+use crate::pg::replication::pgoutput::{self, Message, OldTuple, Relation, Value};
+use crate::pg::replication::session::{NewSlot, Stream, StreamEvent};
+use crate::pg::replication::slot::{self, Published, SlotInfo};
+use crate::pg::replication::{identity, row_filter};
+use crate::pg::types::{self, NumericAs};
+use crate::sink::files::writer::{FileFormat, WrittenFile};
+use crate::sink::files::{ObjectStore, cdc as cdc_files, layout};
+use crate::state::{CdcRecord, Mark, StateStore, TableRecord, TableState, TaskRecord};
+
+/// How a CDC run was asked to behave.
+#[derive(Debug, Clone, Default)]
+pub struct CdcOptions {
+    /// Stop at the WAL position read when CDC starts.
+    pub once: bool,
+    /// Stop cleanly after this long.
+    pub max_duration: Option<Duration>,
+    /// Progress bars for the full load.
+    pub progress: bool,
+}
+
+/// How much longer than `wal_sender_timeout` a run waits for an earlier session to leave
+/// the slot.
+const SLOT_WAIT_MARGIN: Duration = Duration::from_secs(10);
+
+const DROP_AND_RELOAD: &str = "the changes the slot held are gone: run `godwit drop PIPELINE --yes`, then run the pipeline again (mode full-load-and-cdc reloads every table from a fresh snapshot)";
+
+/// Runs a `cdc` or `full-load-and-cdc` pipeline.
+pub async fn run(p: &Pipeline, opts: CdcOptions) -> Result<RunSummary, Error> {
+    let Started {
+        store,
+        state,
+        lease,
+        notifier,
+        previous,
+        discovered,
+    } = super::start(p).await?;
+    let Discovered {
+        source,
+        snapshot,
+        plans,
+        ..
+    } = discovered;
+    let created_before = previous
+        .as_ref()
+        .and_then(|r| r.cdc.as_ref())
+        .map(|c| c.publications_created.clone())
+        .unwrap_or_default();
+    let prepared = match prepare(p, &source, snapshot.client(), &plans, &created_before).await {
+        Ok(x) => x,
+        Err(e) => {
+            lease.release().await;
+            return Err(e);
+        }
+    };
+    let _ = snapshot.release().await;
+    let mut task = Task {
+        p,
+        state: state.clone(),
+        notifier: notifier.clone(),
+        record: previous.clone().unwrap_or_else(|| empty_record(p)),
+        unhealthy: false,
+    };
+    let result = run_started(
+        p, &opts, &mut task, prepared, source, store, plans, previous,
+    )
+    .await;
+    let outcome = match result {
+        Ok(summary) => {
+            task.finish("stopped", None).await;
+            notifier.emit(EventKind::TaskStopped {
+                seconds: summary.1,
+                tables_in_error: summary.0.tables_in_error,
+            });
+            Ok(summary.0)
+        }
+        Err(e) => {
+            task.finish("failed", Some(e.to_string())).await;
+            notifier.emit(EventKind::TaskFailed {
+                error: e.to_string(),
+            });
+            Err(e)
+        }
+    };
+    lease.release().await;
+    outcome
+}
+
+/// The task record and where it is kept.
+struct Task<'a> {
+    p: &'a Pipeline,
+    state: Arc<StateStore>,
+    notifier: Arc<Notifier>,
+    record: TaskRecord,
+    /// `slot.unhealthy` was emitted (once is enough).
+    unhealthy: bool,
+}
+
+impl Task<'_> {
+    async fn save(&self) -> Result<(), Error> {
+        self.state.save(&self.record).await.map_err(|e| {
+            if e.is_lease_lost() {
+                Error::Runtime(e.to_string())
+            } else {
+                Error::Recoverable(format!("cannot save the checkpoint: {e}"))
+            }
+        })
+    }
+
+    /// Ok while this run holds the lease; the failure that stops it (exit 1) once it lost it.
+    fn fenced(&self) -> Result<(), Error> {
+        self.state
+            .fence()
+            .check()
+            .map_err(|lost| Error::Runtime(lost.to_string()))
+    }
+
+    async fn finish(&mut self, state: &str, error: Option<String>) {
+        self.record.state = state.into();
+        self.record.stopped_at = Some(now());
+        self.record.last_error = error;
+        if let Err(e) = self.state.save(&self.record).await {
+            tracing::error!("cannot save the task state: {e}");
+        }
+    }
+
+    /// After the stream broke (`why`): the slot failure when the slot is gone or invalidated,
+    /// `None` when it is fine (or cannot be read now).
+    async fn slot_broken(&mut self, client: &Client, why: &str) -> Option<Error> {
+        match slot::slot_info(client, &self.p.source.slot).await {
+            Ok(None) => Some(self.unhealthy(format!("it disappeared while streaming ({why})"))),
+            Ok(Some(i)) if i.lost() => {
+                Some(self.unhealthy(format!("it was invalidated while streaming ({why})")))
+            }
+            _ => None,
+        }
+    }
+
+    /// A slot that cannot be followed: `slot.unhealthy`, then the task fails (exit 1).
+    fn unhealthy(&mut self, reason: String) -> Error {
+        self.unhealthy = true;
+        self.notifier.emit(EventKind::SlotUnhealthy {
+            slot: self.p.source.slot.clone(),
+            reason: reason.clone(),
+            remedy: DROP_AND_RELOAD.into(),
+        });
+        Error::Runtime(format!(
+            "replication slot {}: {reason}; {DROP_AND_RELOAD}",
+            self.p.source.slot
+        ))
+    }
+}
+
+fn empty_record(p: &Pipeline) -> TaskRecord {
+    TaskRecord {
+        pipeline: p.name.clone(),
+        mode: p.mode.as_str().into(),
+        state: "running".into(),
+        started_at: now(),
+        stopped_at: None,
+        snapshot: None,
+        last_error: None,
+        tables: BTreeMap::new(),
+        cdc: None,
+    }
+}
+
+/// What start-up found and made sure of on the source.
+struct Prepared {
+    admin: Client,
+    types: Types,
+    publications: Vec<String>,
+    publications_created: Vec<String>,
+    slot: Option<SlotInfo>,
+    /// Tables newly selected in full-load-and-cdc: loaded from a snapshot of their own.
+    needs_load: Vec<String>,
+}
+
+/// The wait before retry `attempt` (1-based) of something recoverable: 5 s, doubling, at most
+/// 30 min.
+fn backoff(attempt: u64) -> Duration {
+    Duration::from_secs(5)
+        .saturating_mul(1u32 << (attempt.max(1) - 1).min(9) as u32)
+        .min(Duration::from_secs(1800))
+}
+
+/// What ends a CDC run cleanly: SIGTERM, SIGINT, `--max-duration`.
+struct Stops {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl Stops {
+    fn new(max_duration: Option<Duration>) -> Result<Stops, Error> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let watch = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| Error::Runtime(format!("cannot watch {name}: {e}")))
+        };
+        Ok(Stops {
+            term: watch(SignalKind::terminate(), "SIGTERM")?,
+            int: watch(SignalKind::interrupt(), "SIGINT")?,
+            deadline: max_duration.map(|d| tokio::time::Instant::now() + d),
+        })
+    }
+
+    /// Waits for the next stop; says which.
+    async fn next(&mut self) -> &'static str {
+        let deadline = self.deadline;
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+            _ = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => "--max-duration reached",
+        }
+    }
+}
+
+/// One selected table as CDC follows it.
+struct Followed {
+    key: String,
+    name: TableName,
+    columns: Vec<Column>,
+    exclude: Vec<String>,
+    numeric: NumericAs,
+    primary_key: Vec<String>,
+    mark: Option<Mark>,
+    layout: Option<Arc<Layout>>,
+    buffer: TableBuffer,
+    counts: Counts,
+    suspended: bool,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Counts {
+    inserts: u64,
+    updates: u64,
+    deletes: u64,
+    data_errors: u64,
+}
+
+/// A relation of the stream: which followed table it is, and where its key columns are.
+struct Rel {
+    table: Option<usize>,
+    key_positions: Vec<usize>,
+}
+
+struct Txn {
+    lsn: Lsn,
+    commit_time: i64,
+    seq: u64,
+}
+
+/// The apply loop's state.
+struct Apply<'a, 'b> {
+    p: &'a Pipeline,
+    task: &'a mut Task<'b>,
+    store: Arc<dyn ObjectStore>,
+    format: FileFormat,
+    types: Types,
+    stream: Option<Stream>,
+    tables: Vec<Followed>,
+    by_oid: HashMap<u32, usize>,
+    rels: HashMap<u32, Rel>,
+    txn: Option<Txn>,
+    /// End of the last commit received completely.
+    last_commit_end: Option<Lsn>,
+    /// Everything up to here is processed (commits, keepalives).
+    position: Lsn,
+    confirmed: Lsn,
+    /// What this run confirmed (0 until it confirms anything new).
+    confirmed_now: Lsn,
+    buffered_rows: usize,
+    buffered_bytes: usize,
+    buffered_since: Option<Instant>,
+    last_file_ms: i64,
+    lag_alerted: bool,
+    files_written: u64,
+    reloader: Reloader,
+    last_request_check: Instant,
+    /// An ordinary connection for the partition checks (opened when first needed).
+    catalog: Option<Client>,
+    /// Failed reloads: attempts so far, and when the next may start.
+    reload_failures: HashMap<String, (u64, Instant)>,
+}
+
+/// What reloading single tables needs.
+struct Reloader {
+    source: Source,
+    publications: Vec<String>,
+    plans: Vec<TablePlan>,
+    progress: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_wait_5_s_doubling_to_30_min() {
+        let secs: Vec<u64> = (1..=11).map(|a| backoff(a).as_secs()).collect();
+        assert_eq!(secs, [5, 10, 20, 40, 80, 160, 320, 640, 1280, 1800, 1800]);
+        assert_eq!(backoff(1000).as_secs(), 1800);
+    }
+}
