@@ -288,7 +288,7 @@ pub struct TableBuffer {
     pub bytes: usize,
 }
 
-/// Rows of one file.
+/// Rows being built for one file.
 pub struct Group {
     pub folder: String,
     pub first: Mark,
@@ -297,10 +297,15 @@ pub struct Group {
     pub builder: Builder,
 }
 
-impl Group {
-    pub fn schema(&self) -> SchemaRef {
-        self.builder.layout.schema.clone()
-    }
+/// Finished rows of one table that belong in one file (one date folder, one layout): what
+/// the apply loop hands to the sinks.
+pub struct Changes {
+    /// The date folder (`yyyy/mm/dd/`), empty without date partitioning.
+    pub folder: String,
+    pub first: Mark,
+    pub last: Mark,
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
 }
 
 impl TableBuffer {
@@ -344,16 +349,25 @@ impl TableBuffer {
     }
 
     /// Takes every group, builders finished into batches.
-    pub fn take(&mut self) -> Result<Vec<Group>, ArrowError> {
-        let mut groups = std::mem::take(&mut self.groups);
-        for g in &mut groups {
-            if g.builder.rows > 0 {
-                let b = g.builder.finish()?;
-                g.batches.push(b);
-            }
-        }
+    pub fn take(&mut self) -> Result<Vec<Changes>, ArrowError> {
+        let groups = std::mem::take(&mut self.groups);
         self.rows = 0;
         self.bytes = 0;
-        Ok(groups)
+        groups
+            .into_iter()
+            .map(|mut g| {
+                if g.builder.rows > 0 {
+                    let b = g.builder.finish()?;
+                    g.batches.push(b);
+                }
+                Ok(Changes {
+                    folder: g.folder,
+                    first: g.first,
+                    last: g.last,
+                    schema: g.builder.layout.schema.clone(),
+                    batches: g.batches,
+                })
+            })
+            .collect()
     }
 }

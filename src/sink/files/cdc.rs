@@ -1,8 +1,10 @@
-//! The files of CDC: one file per table, date folder and schema at each flush, named by the
-//! commits it holds; and, at start, the high-water mark read back from files an interrupted
-//! run completed after its last checkpoint.
+//! The files of CDC: the files sink of the [`ChangeSink`] contract. One file per table, date
+//! folder and schema at each flush, named by the commits it holds; and, at start, the
+//! high-water mark read back from files an interrupted run completed after its last
+//! checkpoint.
 
 use std::io::Read;
+use std::sync::Arc;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Int64Type, SchemaRef};
@@ -10,9 +12,120 @@ use arrow::record_batch::RecordBatch;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use super::ObjectStore;
 use super::writer::{FileFormat, WriteError, WrittenFile, complete, open_encoder};
-use crate::state::Mark;
+use super::{ObjectStore, layout};
+use crate::error::Error;
+use crate::pg::catalog::TableName;
+use crate::sink::{ChangeSink, TableChanges};
+use crate::state::{Mark, TableRecord};
+
+/// CDC changes into files of the target.
+pub struct CdcFiles {
+    store: Arc<dyn ObjectStore>,
+    format: FileFormat,
+    /// Taken changes, each with the object key it goes to once the flush named it.
+    pending: Vec<(Arc<TableChanges>, Option<String>)>,
+    /// The time in the last file name: names are unique and in order even within a millisecond.
+    last_file_ms: i64,
+    files_written: u64,
+}
+
+impl CdcFiles {
+    pub fn new(store: Arc<dyn ObjectStore>, format: FileFormat) -> CdcFiles {
+        CdcFiles {
+            store,
+            format,
+            pending: Vec::new(),
+            last_file_ms: 0,
+            files_written: 0,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ChangeSink for CdcFiles {
+    fn name(&self) -> &'static str {
+        "files"
+    }
+
+    async fn recover(
+        &mut self,
+        name: &TableName,
+        record: Option<&TableRecord>,
+    ) -> Result<Option<Mark>, Error> {
+        let recorded = record.and_then(|r| r.mark);
+        let intents = record.and_then(|r| r.intents.clone());
+        recover_mark(self.store.as_ref(), name, recorded, intents, &self.format)
+            .await
+            .map_err(|e| Error::Recoverable(format!("reading back the CDC files of {name}: {e}")))
+    }
+
+    async fn write(&mut self, changes: &[Arc<TableChanges>]) -> Result<(), Error> {
+        self.pending
+            .extend(changes.iter().map(|c| (c.clone(), None)));
+        Ok(())
+    }
+
+    fn intents(&mut self) -> Vec<(String, String)> {
+        let mut named = Vec::new();
+        for (c, key) in &mut self.pending {
+            if key.is_none() {
+                let mut ms = chrono::Utc::now().timestamp_millis();
+                if ms <= self.last_file_ms {
+                    ms = self.last_file_ms + 1;
+                }
+                self.last_file_ms = ms;
+                let ch = &c.changes;
+                *key = Some(layout::cdc_file(
+                    &c.name,
+                    &ch.folder,
+                    ms,
+                    ch.first.lsn,
+                    ch.last.lsn,
+                    self.format.extension(),
+                ));
+            }
+            named.push((c.key.clone(), key.clone().unwrap_or_default()));
+        }
+        named
+    }
+
+    async fn flush(&mut self) -> Result<Vec<(String, Mark)>, Error> {
+        self.intents();
+        let work = std::mem::take(&mut self.pending);
+        let store = self.store.clone();
+        let format = self.format.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for (c, key) in work {
+                let key = key.unwrap_or_default();
+                let ch = &c.changes;
+                let file = write_file(
+                    store.as_ref(),
+                    &key,
+                    ch.schema.clone(),
+                    &format,
+                    &ch.batches,
+                )?;
+                out.push((c.key.clone(), ch.last, file));
+            }
+            Ok::<_, WriteError>(out)
+        })
+        .await
+        .map_err(|e| Error::Runtime(format!("the CDC file writer crashed: {e}")))?
+        .map_err(|e| Error::Recoverable(e.to_string()))?;
+        self.files_written += written.len() as u64;
+        Ok(written.into_iter().map(|(t, m, _)| (t, m)).collect())
+    }
+
+    fn reset(&mut self) {
+        self.pending.clear();
+    }
+
+    fn summary(&self) -> String {
+        format!("{} files", self.files_written)
+    }
+}
 
 /// Writes `batches` (all of `schema`) as one complete object `key`. Blocking.
 pub fn write_file(
@@ -111,4 +224,56 @@ pub fn max_mark(data: bytes::Bytes, format: &FileFormat) -> Result<Option<Mark>,
             Ok(best)
         }
     }
+}
+
+/// The table's high-water mark: the checkpoint's, moved past the rows of CDC objects that a
+/// flush completed after it (a crash between an object and its checkpoint). Only the objects
+/// of the recorded intent are read back; without one (a record of an older godwit), every CDC
+/// object of the table's folder at or past the mark.
+async fn recover_mark(
+    store: &dyn ObjectStore,
+    table: &TableName,
+    recorded: Option<Mark>,
+    intents: Option<Vec<String>>,
+    format: &FileFormat,
+) -> Result<Option<Mark>, String> {
+    let keys = match intents {
+        Some(keys) => keys,
+        None => {
+            let prefix = layout::table_prefix(table);
+            let objects = store.list(&prefix).await.map_err(|e| e.to_string())?;
+            objects
+                .into_iter()
+                .filter(|o| {
+                    if !o
+                        .key
+                        .strip_prefix(&prefix)
+                        .is_some_and(layout::in_table_folder)
+                    {
+                        return false;
+                    }
+                    let name = o.key.rsplit('/').next().unwrap_or(&o.key);
+                    layout::parse_cdc_file(name)
+                        .is_some_and(|(_, last)| recorded.is_none_or(|m| last >= m.lsn))
+                })
+                .map(|o| o.key)
+                .collect()
+        }
+    };
+    let mut mark = recorded;
+    for key in keys {
+        let data = match store.get(&key).await {
+            Ok(data) => data,
+            // The crash came before this object was complete: nothing of it is visible.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.to_string()),
+        };
+        let format = format.clone();
+        let found = tokio::task::spawn_blocking(move || max_mark(data, &format))
+            .await
+            .map_err(|e| format!("{key}: reading it back crashed: {e}"))?
+            .map_err(|e| format!("{key}: {e}"))?;
+        mark = mark.max(found);
+    }
+    Ok(mark)
 }

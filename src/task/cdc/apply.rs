@@ -14,20 +14,10 @@ impl<'a, 'b> Apply<'a, 'b> {
         start: Lsn,
     ) -> Result<Apply<'a, 'b>, Error> {
         let plans = &reloader.plans;
-        let format = full_load::file_format(p, p.target.row_group_bytes as usize);
         let mut tables = Vec::new();
         let mut by_oid = HashMap::new();
         for plan in plans {
             let key = plan.key();
-            let record = task.record.tables.get(&key);
-            let recorded = record.and_then(|r| r.mark);
-            let intents = record.and_then(|r| r.intents.clone());
-            let mark = recover_mark(store.as_ref(), &plan.table.name, recorded, intents, &format)
-                .await
-                .map_err(|e| Error::Runtime(format!("reading back the CDC files of {key}: {e}")))?;
-            if mark != recorded {
-                tracing::info!(table = %key, ?mark, "high-water mark moved past files written after the last checkpoint");
-            }
             by_oid.insert(plan.table.oid, tables.len());
             tables.push(Followed {
                 key,
@@ -39,7 +29,7 @@ impl<'a, 'b> Apply<'a, 'b> {
                     NumericMode::Text => NumericAs::Text,
                 },
                 primary_key: plan.table.key.clone(),
-                mark,
+                mark: None,
                 layout: None,
                 buffer: TableBuffer::default(),
                 counts: Counts::default(),
@@ -52,11 +42,12 @@ impl<'a, 'b> Apply<'a, 'b> {
                     .is_some_and(|r| r.state == TableState::Error),
             });
         }
-        Ok(Apply {
+        let sinks = sinks(p, &store);
+        let mut apply = Apply {
             p,
             task,
             store,
-            format,
+            sinks,
             types,
             stream: Some(stream),
             tables,
@@ -70,14 +61,17 @@ impl<'a, 'b> Apply<'a, 'b> {
             buffered_rows: 0,
             buffered_bytes: 0,
             buffered_since: None,
-            last_file_ms: 0,
             lag_alerted: false,
-            files_written: 0,
             reloader,
             last_request_check: Instant::now(),
             catalog: None,
             reload_failures: HashMap::new(),
-        })
+        };
+        apply.recover_marks().await.map_err(|e| match e {
+            Error::Recoverable(why) => Error::Runtime(why),
+            e => e,
+        })?;
+        Ok(apply)
     }
 
     /// Follows the stream until `stop_at` (with `--once`), the deadline or a signal.
@@ -156,6 +150,9 @@ impl<'a, 'b> Apply<'a, 'b> {
             t.buffer = TableBuffer::default();
             t.counts = Counts::default();
         }
+        for sink in &mut self.sinks {
+            sink.reset();
+        }
         self.rels.clear();
         self.txn = None;
         self.last_commit_end = None;
@@ -177,19 +174,8 @@ impl<'a, 'b> Apply<'a, 'b> {
             tracing::warn!("{e}");
             return Ok(false);
         }
-        // A write may have completed files the checkpoint does not know.
-        for t in &mut self.tables {
-            let intents = self
-                .task
-                .record
-                .tables
-                .get(&t.key)
-                .and_then(|r| r.intents.clone());
-            match recover_mark(self.store.as_ref(), &t.name, t.mark, intents, &self.format).await {
-                Ok(m) => t.mark = m,
-                Err(e) => return Err(Error::Recoverable(format!("reading back {}: {e}", t.key))),
-            }
-        }
+        // A write may have completed what the checkpoint does not know.
+        self.recover_marks().await?;
         // A slot that is gone or invalidated is not a network blip.
         if let Ok(client) = self.reloader.source.connect().await
             && let Some(unhealthy) = self.task.slot_broken(&client, why).await

@@ -16,66 +16,81 @@ impl Apply<'_, '_> {
         }
         Ok(())
     }
-    /// Writes every buffered row, checkpoints the marks, then confirms to the slot the last
-    /// commit whose rows are all written.
+    /// Each table's mark: the lowest position any sink holds of it (the checkpoint's, moved
+    /// past what a sink completed after it). Changes at or below it are skipped.
+    pub(super) async fn recover_marks(&mut self) -> Result<(), Error> {
+        for t in &mut self.tables {
+            let record = self.task.record.tables.get(&t.key);
+            let recorded = record.and_then(|r| r.mark);
+            let mut lowest: Option<Option<Mark>> = None;
+            for sink in &mut self.sinks {
+                let m = sink.recover(&t.name, record).await?;
+                lowest = Some(lowest.map_or(m, |l| l.min(m)));
+            }
+            t.mark = lowest.unwrap_or(recorded);
+            if t.mark != recorded
+                && let Some(m) = t.mark
+            {
+                tracing::info!(table = %t.key, lsn = %Lsn(m.lsn), seq = m.seq, "high-water mark moved past what was written after the last checkpoint");
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands every buffered row to the sinks, has them make it durable, checkpoints the marks,
+    /// then confirms to the slot the last commit whose rows every sink holds.
     pub(super) async fn flush(&mut self) -> Result<(), Error> {
         if self.buffered_rows > 0 {
-            let mut work = Vec::new();
-            for (ti, t) in self.tables.iter_mut().enumerate() {
+            let mut changes = Vec::new();
+            for t in &mut self.tables {
                 if t.buffer.groups.is_empty() {
                     continue;
                 }
-                let groups = t.buffer.take().map_err(|e| {
+                let taken = t.buffer.take().map_err(|e| {
                     Error::Runtime(format!("finishing the batch of {}: {e}", t.key))
                 })?;
-                for g in groups {
-                    let mut ms = chrono::Utc::now().timestamp_millis();
-                    if ms <= self.last_file_ms {
-                        ms = self.last_file_ms + 1;
-                    }
-                    self.last_file_ms = ms;
-                    let key = layout::cdc_file(
-                        &t.name,
-                        &g.folder,
-                        ms,
-                        g.first.lsn,
-                        g.last.lsn,
-                        self.format.extension(),
-                    );
-                    work.push((ti, key, g));
-                }
+                changes.extend(taken.into_iter().map(|c| {
+                    Arc::new(TableChanges {
+                        key: t.key.clone(),
+                        name: t.name.clone(),
+                        changes: c,
+                    })
+                }));
             }
-            // The intent: which objects this flush is about to write, saved before the first
-            // one, so a start after a crash reads back only those.
-            for (ti, key, _) in &work {
-                if let Some(r) = self.task.record.tables.get_mut(&self.tables[*ti].key) {
-                    r.intents.get_or_insert_with(Vec::new).push(key.clone());
+            for sink in &mut self.sinks {
+                sink.write(&changes).await?;
+            }
+            // The intent: what this flush is about to complete, saved before the first write,
+            // so a start after a crash reads back only those.
+            for sink in &mut self.sinks {
+                for (table, key) in sink.intents() {
+                    if let Some(r) = self.task.record.tables.get_mut(&table) {
+                        r.intents.get_or_insert_with(Vec::new).push(key);
+                    }
                 }
             }
             self.task.save().await?;
-            let store = self.store.clone();
-            let format = self.format.clone();
-            let written = tokio::task::spawn_blocking(move || {
-                let mut out: Vec<(usize, Mark, WrittenFile)> = Vec::new();
-                for (ti, key, g) in work {
-                    let f = cdc_files::write_file(
-                        store.as_ref(),
-                        &key,
-                        g.schema(),
-                        &format,
-                        &g.batches,
-                    )?;
-                    out.push((ti, g.last, f));
+            // A table's mark is what every sink now holds.
+            let mut held: HashMap<String, Mark> = HashMap::new();
+            for (i, sink) in self.sinks.iter_mut().enumerate() {
+                let mut this: HashMap<String, Mark> = HashMap::new();
+                for (table, mark) in sink.flush().await? {
+                    let m = this.entry(table).or_insert(mark);
+                    *m = (*m).max(mark);
                 }
-                Ok::<_, crate::sink::files::writer::WriteError>(out)
-            })
-            .await
-            .map_err(|e| Error::Runtime(format!("the CDC file writer crashed: {e}")))?
-            .map_err(|e| Error::Recoverable(e.to_string()))?;
-            self.files_written += written.len() as u64;
-            for (ti, last, _) in &written {
-                let t = &mut self.tables[*ti];
-                t.mark = t.mark.max(Some(*last));
+                if i == 0 {
+                    held = this;
+                } else {
+                    held.retain(|k, _| this.contains_key(k));
+                    for (k, m) in &mut held {
+                        *m = (*m).min(this[k]);
+                    }
+                }
+            }
+            for t in &mut self.tables {
+                if let Some(m) = held.get(&t.key) {
+                    t.mark = t.mark.max(Some(*m));
+                }
             }
             self.buffered_rows = 0;
             self.buffered_bytes = 0;
@@ -122,59 +137,8 @@ impl Apply<'_, '_> {
         {
             tracing::warn!("closing the replication session: {e}");
         }
-        tracing::info!(files = self.files_written, confirmed = %self.confirmed, "CDC stopped");
+        let written: Vec<String> = self.sinks.iter().map(|s| s.summary()).collect();
+        tracing::info!(written = %written.join(", "), confirmed = %self.confirmed, "CDC stopped");
         flushed
     }
-}
-
-/// The table's high-water mark: the checkpoint's, moved past the rows of CDC objects that a
-/// flush completed after it (a crash between an object and its checkpoint). Only the objects
-/// of the recorded intent are read back; without one (a record of an older godwit), every CDC
-/// object of the table's folder at or past the mark.
-pub(super) async fn recover_mark(
-    store: &dyn ObjectStore,
-    table: &TableName,
-    recorded: Option<Mark>,
-    intents: Option<Vec<String>>,
-    format: &FileFormat,
-) -> Result<Option<Mark>, String> {
-    let keys = match intents {
-        Some(keys) => keys,
-        None => {
-            let prefix = layout::table_prefix(table);
-            let objects = store.list(&prefix).await.map_err(|e| e.to_string())?;
-            objects
-                .into_iter()
-                .filter(|o| {
-                    if !o
-                        .key
-                        .strip_prefix(&prefix)
-                        .is_some_and(layout::in_table_folder)
-                    {
-                        return false;
-                    }
-                    let name = o.key.rsplit('/').next().unwrap_or(&o.key);
-                    layout::parse_cdc_file(name)
-                        .is_some_and(|(_, last)| recorded.is_none_or(|m| last >= m.lsn))
-                })
-                .map(|o| o.key)
-                .collect()
-        }
-    };
-    let mut mark = recorded;
-    for key in keys {
-        let data = match store.get(&key).await {
-            Ok(data) => data,
-            // The crash came before this object was complete: nothing of it is visible.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e.to_string()),
-        };
-        let format = format.clone();
-        let found = tokio::task::spawn_blocking(move || cdc_files::max_mark(data, &format))
-            .await
-            .map_err(|e| format!("{key}: reading it back crashed: {e}"))?
-            .map_err(|e| format!("{key}: {e}"))?;
-        mark = mark.max(found);
-    }
-    Ok(mark)
 }

@@ -16,7 +16,6 @@ mod flush;
 mod reloads;
 mod startup;
 
-use flush::recover_mark;
 use reloads::finish_switches;
 use startup::{prepare, run_started};
 
@@ -43,8 +42,9 @@ use crate::pg::replication::session::{NewSlot, Stream, StreamEvent};
 use crate::pg::replication::slot::{self, Published, SlotInfo};
 use crate::pg::replication::{identity, row_filter};
 use crate::pg::types::{self, NumericAs};
-use crate::sink::files::writer::{FileFormat, WrittenFile};
-use crate::sink::files::{ObjectStore, cdc as cdc_files, layout};
+use crate::sink::files::cdc::CdcFiles;
+use crate::sink::files::{ObjectStore, layout};
+use crate::sink::{ChangeSink, TableChanges};
 use crate::state::{CdcRecord, Mark, StateStore, TableRecord, TableState, TaskRecord};
 
 /// How a CDC run was asked to behave.
@@ -298,8 +298,10 @@ struct Txn {
 struct Apply<'a, 'b> {
     p: &'a Pipeline,
     task: &'a mut Task<'b>,
+    /// The target's objects (reloads switch their files in there).
     store: Arc<dyn ObjectStore>,
-    format: FileFormat,
+    /// Where committed changes go; the slot is confirmed at what all of them hold.
+    sinks: Vec<Box<dyn ChangeSink>>,
     types: Types,
     stream: Option<Stream>,
     tables: Vec<Followed>,
@@ -316,15 +318,19 @@ struct Apply<'a, 'b> {
     buffered_rows: usize,
     buffered_bytes: usize,
     buffered_since: Option<Instant>,
-    last_file_ms: i64,
     lag_alerted: bool,
-    files_written: u64,
     reloader: Reloader,
     last_request_check: Instant,
     /// An ordinary connection for the partition checks (opened when first needed).
     catalog: Option<Client>,
     /// Failed reloads: attempts so far, and when the next may start.
     reload_failures: HashMap<String, (u64, Instant)>,
+}
+
+/// The outputs of committed changes this pipeline has.
+fn sinks(p: &Pipeline, store: &Arc<dyn ObjectStore>) -> Vec<Box<dyn ChangeSink>> {
+    let format = full_load::file_format(p, p.target.row_group_bytes as usize);
+    vec![Box::new(CdcFiles::new(store.clone(), format))]
 }
 
 /// What reloading single tables needs.
