@@ -13,6 +13,7 @@ use tokio_postgres::Client;
 
 use super::full_load::{self, RunOptions, RunSummary, Shared, now};
 use super::plan::TablePlan;
+use super::progress::{CdcStats, LiveLine};
 use super::{Discovered, Started, partitions, reload};
 use crate::batch::changes::{Layout, Op, Row, TableBuffer};
 use crate::config::{
@@ -604,7 +605,7 @@ async fn run_started(
             task.record
                 .tables
                 .entry(plan.key())
-                .or_insert_with(|| TableRecord::new(plan.table.estimated_rows));
+                .or_insert_with(|| TableRecord::new(plan.table.estimated_rows.unwrap_or(0)));
         }
         task.save().await?;
         task.notifier.emit(EventKind::TaskStarted {
@@ -861,6 +862,11 @@ struct Apply<'a, 'b> {
     catalog: Option<Client>,
     /// Failed reloads: attempts so far, and when the next may start.
     reload_failures: HashMap<String, (u64, Instant)>,
+    /// The live line on a terminal, and the changes this run wrote to files.
+    live: LiveLine,
+    changes_written: u64,
+    /// The last commit received: its time (µs) and how late it arrived (s).
+    last_commit: Option<(i64, f64)>,
 }
 
 /// What reloading single tables needs.
@@ -894,7 +900,12 @@ impl<'a, 'b> Apply<'a, 'b> {
                 .await
                 .map_err(|e| Error::Runtime(format!("reading back the CDC files of {key}: {e}")))?;
             if mark != recorded {
-                tracing::info!(table = %key, ?mark, "high-water mark moved past files written after the last checkpoint");
+                tracing::info!(
+                    table = %key,
+                    mark_lsn = mark.map(|m| tracing::field::display(Lsn(m.lsn))),
+                    mark_seq = mark.map(|m| m.seq),
+                    "high-water mark moved past files written after the last checkpoint"
+                );
             }
             by_oid.insert(plan.table.oid, tables.len());
             tables.push(Followed {
@@ -920,6 +931,7 @@ impl<'a, 'b> Apply<'a, 'b> {
                     .is_some_and(|r| r.state == TableState::Error),
             });
         }
+        let live = LiveLine::new(reloader.progress, "CDC");
         Ok(Apply {
             p,
             task,
@@ -945,7 +957,21 @@ impl<'a, 'b> Apply<'a, 'b> {
             last_request_check: Instant::now(),
             catalog: None,
             reload_failures: HashMap::new(),
+            live,
+            changes_written: 0,
+            last_commit: None,
         })
+    }
+
+    /// What the live line shows.
+    fn stats(&self) -> CdcStats {
+        CdcStats {
+            changes: self.changes_written,
+            buffered: self.buffered_rows as u64,
+            files: self.files_written,
+            lag_seconds: self.last_commit.map(|(_, lag)| lag),
+            last_commit: self.last_commit.map(|(time, _)| time),
+        }
     }
 
     /// Follows the stream until `stop_at` (with `--once`), the deadline or a signal.
@@ -957,7 +983,7 @@ impl<'a, 'b> Apply<'a, 'b> {
         let mut stops = Stops::new(max_duration)?;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut failures: u64 = 0;
-        tracing::info!(start = %self.position, stop_at = ?stop_at.map(|l| l.to_string()), "CDC started");
+        tracing::info!(start = %self.position, stop_at = stop_at.map(tracing::field::display), "CDC started");
         loop {
             if let Some(stop) = stop_at
                 && self.txn.is_none()
@@ -1031,6 +1057,10 @@ impl<'a, 'b> Apply<'a, 'b> {
         self.buffered_bytes = 0;
         self.buffered_since = None;
         self.position = self.confirmed;
+        self.live.note(
+            &self.stats(),
+            &format!("reconnecting in {}s (attempt {attempt})", wait.as_secs()),
+        );
         let fence = self.task.state.fence();
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -1387,6 +1417,7 @@ impl<'a, 'b> Apply<'a, 'b> {
     async fn on_tick(&mut self) -> Result<(), Error> {
         // A run that lost its lease (paused past it, or taken over) stops at once.
         self.task.fenced()?;
+        self.live.update(&self.stats());
         if self.last_request_check.elapsed() >= Duration::from_secs(5) {
             self.last_request_check = Instant::now();
             self.check_partitions().await?;
@@ -1450,6 +1481,7 @@ impl<'a, 'b> Apply<'a, 'b> {
 
     fn watch_lag(&mut self, commit_time: i64) {
         let lag = (chrono::Utc::now().timestamp_micros() - commit_time) as f64 / 1e6;
+        self.last_commit = Some((commit_time, lag));
         let threshold = self.p.notify.cdc_lag_threshold.as_secs_f64();
         if lag > threshold && !self.lag_alerted {
             self.lag_alerted = true;
@@ -1765,7 +1797,7 @@ impl<'a, 'b> Apply<'a, 'b> {
             let store = self.store.clone();
             let format = self.format.clone();
             let written = tokio::task::spawn_blocking(move || {
-                let mut out: Vec<(usize, Mark, WrittenFile)> = Vec::new();
+                let mut out: Vec<(usize, Mark, Mark, WrittenFile)> = Vec::new();
                 for (ti, key, g) in work {
                     let f = cdc_files::write_file(
                         store.as_ref(),
@@ -1774,7 +1806,7 @@ impl<'a, 'b> Apply<'a, 'b> {
                         &format,
                         &g.batches,
                     )?;
-                    out.push((ti, g.last, f));
+                    out.push((ti, g.first, g.last, f));
                 }
                 Ok::<_, crate::sink::files::writer::WriteError>(out)
             })
@@ -1782,9 +1814,19 @@ impl<'a, 'b> Apply<'a, 'b> {
             .map_err(|e| Error::Runtime(format!("the CDC file writer crashed: {e}")))?
             .map_err(|e| Error::Recoverable(e.to_string()))?;
             self.files_written += written.len() as u64;
-            for (ti, last, _) in &written {
+            for (ti, first, last, f) in &written {
                 let t = &mut self.tables[*ti];
                 t.mark = t.mark.max(Some(*last));
+                self.changes_written += f.rows;
+                tracing::info!(
+                    table = %t.key,
+                    file = %f.key,
+                    rows = f.rows,
+                    bytes = f.bytes,
+                    first_lsn = %Lsn(first.lsn),
+                    last_lsn = %Lsn(last.lsn),
+                    "CDC file written"
+                );
             }
             self.buffered_rows = 0;
             self.buffered_bytes = 0;
@@ -1819,6 +1861,7 @@ impl<'a, 'b> Apply<'a, 'b> {
         if let Some(lsn) = confirm {
             self.confirm(lsn)?;
         }
+        self.live.update(&self.stats());
         Ok(())
     }
 
@@ -1831,7 +1874,8 @@ impl<'a, 'b> Apply<'a, 'b> {
         {
             tracing::warn!("closing the replication session: {e}");
         }
-        tracing::info!(files = self.files_written, confirmed = %self.confirmed, "CDC stopped");
+        self.live.finish(&self.stats());
+        tracing::info!(files = self.files_written, changes = self.changes_written, confirmed = %self.confirmed, "CDC stopped");
         flushed
     }
 }
