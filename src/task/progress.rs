@@ -213,13 +213,14 @@ impl LiveLine {
         if !enabled {
             return LiveLine(None);
         }
-        let bar = bars().add(ProgressBar::new_spinner());
+        let bar = ProgressBar::new_spinner();
         bar.set_style(
             ProgressStyle::with_template("{spinner} {prefix} {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
         );
         bar.set_prefix(label.to_string());
         bar.set_message(cdc_text(&CdcStats::default()));
+        let bar = bars().add(bar);
         bar.enable_steady_tick(Duration::from_millis(250));
         LiveLine(Some(bar))
     }
