@@ -28,7 +28,8 @@ struct ColumnReport {
 #[derive(Debug, Serialize)]
 struct TableReport {
     table: String,
-    estimated_rows: u64,
+    /// `reltuples`; null while the table was never analysed (the count is unknown).
+    estimated_rows: Option<u64>,
     partitioned: bool,
     key: Vec<String>,
     select_privilege: bool,
@@ -414,6 +415,14 @@ pub(crate) fn human_bytes(n: i64) -> String {
     }
 }
 
+/// `~1,234 rows`, or `rows unknown (not analysed)`.
+fn row_estimate(rows: Option<u64>) -> String {
+    match rows {
+        Some(n) => format!("~{} rows", indicatif::HumanCount(n)),
+        None => "rows unknown (not analysed)".into(),
+    }
+}
+
 fn print_report(r: &Report) -> Result<(), Error> {
     outln!("pipeline {}", r.pipeline)?;
     for c in &r.checks {
@@ -421,9 +430,9 @@ fn print_report(r: &Report) -> Result<(), Error> {
     }
     for t in &r.tables {
         outln!(
-            "  table {} (~{} rows{}{})",
+            "  table {} ({}{}{})",
             t.table,
-            t.estimated_rows,
+            row_estimate(t.estimated_rows),
             if t.partitioned { ", partitioned" } else { "" },
             if t.key.is_empty() {
                 ", no primary key".to_string()

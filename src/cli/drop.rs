@@ -11,6 +11,8 @@ use crate::task::{connect_source, state_store};
 
 /// Drops what the state says godwit created; asks first unless `yes`.
 pub async fn execute(path: &str, yes: bool) -> Result<i32, Error> {
+    // Asked to change things: done even when nobody reads what it says (`| true`).
+    super::output::finish_when_closed();
     let p = super::load_pipeline(path).await?;
     let state = state_store(&p).await?;
     let lease = state

@@ -9,6 +9,8 @@ use crate::notify::{EventKind, Notifier};
 use crate::task::state_store;
 
 pub async fn execute(path: &str, table: &str) -> Result<i32, Error> {
+    // Asked to change things: done even when nobody reads what it says (`| true`).
+    super::output::finish_when_closed();
     let p = super::load_pipeline(path).await?;
     let selected = table
         .split_once('.')

@@ -256,6 +256,23 @@ impl EventKind {
     }
 }
 
+/// An event's details as one plain log value, `rows=5, files=1` (strings unquoted, nulls
+/// left out); `None` when there are none. The events file keeps them as JSON.
+fn plain_details(details: &serde_json::Value) -> Option<String> {
+    let serde_json::Value::Object(map) = details else {
+        return None;
+    };
+    let parts: Vec<String> = map
+        .iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => format!("{k}={s}"),
+            other => format!("{k}={other}"),
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
 /// Emits events: one JSON line in the events file, one structured log line.
 pub struct Notifier {
     pipeline: String,
@@ -281,24 +298,28 @@ impl Notifier {
     pub fn emit(&self, kind: EventKind) -> Event {
         let event = kind.to_event(&self.pipeline);
         let line = serde_json::to_string(&event).unwrap_or_default();
+        let details = plain_details(&event.details);
         match event.severity {
             Severity::Error => tracing::error!(
                 event_type = event.event_type,
                 table = event.table.as_deref(),
-                details = %event.details,
-                "{}", event.message
+                details = details.as_deref(),
+                "{}",
+                event.message
             ),
             Severity::Warning => tracing::warn!(
                 event_type = event.event_type,
                 table = event.table.as_deref(),
-                details = %event.details,
-                "{}", event.message
+                details = details.as_deref(),
+                "{}",
+                event.message
             ),
             Severity::Info => tracing::info!(
                 event_type = event.event_type,
                 table = event.table.as_deref(),
-                details = %event.details,
-                "{}", event.message
+                details = details.as_deref(),
+                "{}",
+                event.message
             ),
         }
         if let Ok(mut guard) = self.file.lock()
@@ -308,5 +329,24 @@ impl Notifier {
             tracing::warn!(path = %self.path.display(), "cannot write the events file: {e}");
         }
         event
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_details;
+    use serde_json::json;
+
+    #[test]
+    fn details_in_a_log_line_are_plain_text() {
+        let text = plain_details(
+            &json!({"rows": 5, "lsn": null, "error": "a \"quoted\" word", "ok": true}),
+        )
+        .unwrap();
+        let mut parts: Vec<&str> = text.split(", ").collect();
+        parts.sort();
+        assert_eq!(parts, ["error=a \"quoted\" word", "ok=true", "rows=5"]);
+        assert_eq!(plain_details(&json!({})), None);
+        assert_eq!(plain_details(&json!({"lsn": null})), None);
     }
 }

@@ -62,8 +62,9 @@ pub struct Table {
     pub oid: u32,
     pub name: TableName,
     pub partitioned: bool,
-    /// Row estimate (`reltuples`, summed over partitions); 0 when unknown.
-    pub estimated_rows: u64,
+    /// Row estimate (`reltuples`, summed over partitions); `None` while the table (or one of
+    /// its partitions) was never analysed.
+    pub estimated_rows: Option<u64>,
     /// Heap blocks now (the largest partition's for a partitioned table), from the relation
     /// size: the basis of ctid segments, found without scanning.
     pub pages: u64,
@@ -116,14 +117,15 @@ pub async fn discover(
     let rows = client
         .query(
             "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind = 'p',
-                    CASE WHEN c.relkind = 'p' THEN
-                        COALESCE((SELECT sum(greatest(l.reltuples, 0))::float8 FROM pg_partition_tree(c.oid) t
-                                  JOIN pg_class l ON l.oid = t.relid WHERE t.isleaf), 0)
-                    ELSE greatest(c.reltuples, 0)::float8 END,
-                    leaves.pages
+                    leaves.rows, leaves.pages
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              CROSS JOIN LATERAL (
-                 SELECT COALESCE(max(pg_relation_size(l.oid) / current_setting('block_size')::int), 0)::int8 AS pages
+                 -- NULL when a table (or partition) was never analysed: reltuples is -1, or 0
+                 -- with relpages 0 (analysed empty, or before PostgreSQL 14) while it has blocks.
+                 SELECT CASE WHEN bool_or(l.reltuples < 0
+                                          OR (l.reltuples = 0 AND l.relpages = 0 AND pg_relation_size(l.oid) > 0))
+                             THEN NULL ELSE COALESCE(sum(l.reltuples), 0) END::float8 AS rows,
+                        COALESCE(max(pg_relation_size(l.oid) / current_setting('block_size')::int), 0)::int8 AS pages
                  FROM pg_class l
                  WHERE l.oid IN (SELECT relid FROM pg_partition_tree(c.oid) WHERE isleaf)
                     OR (c.relkind = 'r' AND l.oid = c.oid)
@@ -142,7 +144,7 @@ pub async fn discover(
             oid: r.get(0),
             name: TableName::new(r.get::<_, String>(1), r.get::<_, String>(2)),
             partitioned: r.get(3),
-            estimated_rows: r.get::<_, f64>(4) as u64,
+            estimated_rows: r.get::<_, Option<f64>>(4).map(|n| n.max(0.0) as u64),
             pages: r.get::<_, i64>(5).max(0) as u64,
             columns: Vec::new(),
             key: Vec::new(),

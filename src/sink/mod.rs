@@ -52,6 +52,13 @@ pub trait ChangeSink: Send {
     /// Forgets what was taken and is not durable (the stream sends it again).
     fn reset(&mut self);
 
-    /// A line for the end of the run (`12 files`).
-    fn summary(&self) -> String;
+    /// What this sink wrote so far in this run.
+    fn written(&self) -> Written;
+}
+
+/// Rows (changes) and objects (files, keys) a sink wrote.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Written {
+    pub rows: u64,
+    pub objects: u64,
 }

@@ -311,10 +311,10 @@ fn initial_record(plan: &TablePlan, previous: Option<&TableRecord>) -> TableReco
         && prev.state == TableState::Completed
     {
         let mut r = prev.clone();
-        r.estimated_rows = plan.table.estimated_rows;
+        r.estimated_rows = plan.table.estimated_rows.unwrap_or(0);
         return r;
     }
-    let mut r = TableRecord::new(plan.table.estimated_rows);
+    let mut r = TableRecord::new(plan.table.estimated_rows.unwrap_or(0));
     r.segments = plan
         .segments
         .iter()

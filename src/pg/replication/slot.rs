@@ -95,7 +95,12 @@ pub async fn wait_inactive(
             Some(i) if i.active && now < until => {
                 if !told && timeout > std::time::Duration::from_secs(5) {
                     told = true;
-                    tracing::info!(slot = name, pid = ?i.active_pid, wait_s = timeout.as_secs(), "the slot is still used by another session (an earlier run's?); waiting for it to leave");
+                    tracing::info!(
+                        slot = name,
+                        pid = i.active_pid,
+                        wait_s = timeout.as_secs(),
+                        "the slot is still used by another session (an earlier run's?); waiting for it to leave"
+                    );
                 }
                 tokio::time::sleep(pause.min(until - now)).await;
                 pause = (pause * 2).min(std::time::Duration::from_secs(2));

@@ -16,7 +16,8 @@ use super::writer::{FileFormat, WriteError, WrittenFile, complete, open_encoder}
 use super::{ObjectStore, layout};
 use crate::error::Error;
 use crate::pg::catalog::TableName;
-use crate::sink::{ChangeSink, TableChanges};
+use crate::pg::lsn::Lsn;
+use crate::sink::{ChangeSink, TableChanges, Written};
 use crate::state::{Mark, TableRecord};
 
 /// CDC changes into files of the target.
@@ -27,7 +28,7 @@ pub struct CdcFiles {
     pending: Vec<(Arc<TableChanges>, Option<String>)>,
     /// The time in the last file name: names are unique and in order even within a millisecond.
     last_file_ms: i64,
-    files_written: u64,
+    written: Written,
 }
 
 impl CdcFiles {
@@ -37,7 +38,7 @@ impl CdcFiles {
             format,
             pending: Vec::new(),
             last_file_ms: 0,
-            files_written: 0,
+            written: Written::default(),
         }
     }
 }
@@ -107,23 +108,38 @@ impl ChangeSink for CdcFiles {
                     &format,
                     &ch.batches,
                 )?;
-                out.push((c.key.clone(), ch.last, file));
+                out.push((c.clone(), file));
             }
             Ok::<_, WriteError>(out)
         })
         .await
         .map_err(|e| Error::Runtime(format!("the CDC file writer crashed: {e}")))?
         .map_err(|e| Error::Recoverable(e.to_string()))?;
-        self.files_written += written.len() as u64;
-        Ok(written.into_iter().map(|(t, m, _)| (t, m)).collect())
+        let mut marks = Vec::new();
+        for (c, f) in written {
+            let ch = &c.changes;
+            self.written.rows += f.rows;
+            self.written.objects += 1;
+            tracing::info!(
+                table = %c.key,
+                file = %f.key,
+                rows = f.rows,
+                bytes = f.bytes,
+                first_lsn = %Lsn(ch.first.lsn),
+                last_lsn = %Lsn(ch.last.lsn),
+                "CDC file written"
+            );
+            marks.push((c.key.clone(), ch.last));
+        }
+        Ok(marks)
     }
 
     fn reset(&mut self) {
         self.pending.clear();
     }
 
-    fn summary(&self) -> String {
-        format!("{} files", self.files_written)
+    fn written(&self) -> Written {
+        self.written
     }
 }
 

@@ -43,6 +43,7 @@ impl<'a, 'b> Apply<'a, 'b> {
             });
         }
         let sinks = sinks(p, &store);
+        let live = LiveLine::new(reloader.progress, "CDC");
         let mut apply = Apply {
             p,
             task,
@@ -66,12 +67,26 @@ impl<'a, 'b> Apply<'a, 'b> {
             last_request_check: Instant::now(),
             catalog: None,
             reload_failures: HashMap::new(),
+            live,
+            last_commit: None,
         };
         apply.recover_marks().await.map_err(|e| match e {
             Error::Recoverable(why) => Error::Runtime(why),
             e => e,
         })?;
         Ok(apply)
+    }
+
+    /// What the live line shows: the first sink's counts (the files sink's when there is one).
+    pub(super) fn stats(&self) -> CdcStats {
+        let written = self.sinks.first().map(|s| s.written()).unwrap_or_default();
+        CdcStats {
+            changes: written.rows,
+            buffered: self.buffered_rows as u64,
+            files: written.objects,
+            lag_seconds: self.last_commit.map(|(_, lag)| lag),
+            last_commit: self.last_commit.map(|(time, _)| time),
+        }
     }
 
     /// Follows the stream until `stop_at` (with `--once`), the deadline or a signal.
@@ -83,7 +98,7 @@ impl<'a, 'b> Apply<'a, 'b> {
         let mut stops = Stops::new(max_duration)?;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut failures: u64 = 0;
-        tracing::info!(start = %self.position, stop_at = ?stop_at.map(|l| l.to_string()), "CDC started");
+        tracing::info!(start = %self.position, stop_at = stop_at.map(tracing::field::display), "CDC started");
         loop {
             if let Some(stop) = stop_at
                 && self.txn.is_none()
@@ -160,6 +175,10 @@ impl<'a, 'b> Apply<'a, 'b> {
         self.buffered_bytes = 0;
         self.buffered_since = None;
         self.position = self.confirmed;
+        self.live.note(
+            &self.stats(),
+            &format!("reconnecting in {}s (attempt {attempt})", wait.as_secs()),
+        );
         let fence = self.task.state.fence();
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -196,6 +215,7 @@ impl<'a, 'b> Apply<'a, 'b> {
     pub(super) async fn on_tick(&mut self) -> Result<(), Error> {
         // A run that lost its lease (paused past it, or taken over) stops at once.
         self.task.fenced()?;
+        self.live.update(&self.stats());
         if self.last_request_check.elapsed() >= Duration::from_secs(5) {
             self.last_request_check = Instant::now();
             self.check_partitions().await?;
@@ -259,6 +279,7 @@ impl<'a, 'b> Apply<'a, 'b> {
 
     pub(super) fn watch_lag(&mut self, commit_time: i64) {
         let lag = (chrono::Utc::now().timestamp_micros() - commit_time) as f64 / 1e6;
+        self.last_commit = Some((commit_time, lag));
         let threshold = self.p.notify.cdc_lag_threshold.as_secs_f64();
         if lag > threshold && !self.lag_alerted {
             self.lag_alerted = true;

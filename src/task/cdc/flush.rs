@@ -31,7 +31,7 @@ impl Apply<'_, '_> {
             if t.mark != recorded
                 && let Some(m) = t.mark
             {
-                tracing::info!(table = %t.key, lsn = %Lsn(m.lsn), seq = m.seq, "high-water mark moved past what was written after the last checkpoint");
+                tracing::info!(table = %t.key, mark_lsn = %Lsn(m.lsn), mark_seq = m.seq, "high-water mark moved past files written after the last checkpoint");
             }
         }
         Ok(())
@@ -125,6 +125,7 @@ impl Apply<'_, '_> {
         if let Some(lsn) = confirm {
             self.confirm(lsn)?;
         }
+        self.live.update(&self.stats());
         Ok(())
     }
 
@@ -137,8 +138,9 @@ impl Apply<'_, '_> {
         {
             tracing::warn!("closing the replication session: {e}");
         }
-        let written: Vec<String> = self.sinks.iter().map(|s| s.summary()).collect();
-        tracing::info!(written = %written.join(", "), confirmed = %self.confirmed, "CDC stopped");
+        self.live.finish(&self.stats());
+        let written = self.stats();
+        tracing::info!(files = written.files, changes = written.changes, confirmed = %self.confirmed, "CDC stopped");
         flushed
     }
 }

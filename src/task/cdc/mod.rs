@@ -27,6 +27,7 @@ use tokio_postgres::Client;
 
 use super::full_load::{self, RunOptions, RunSummary, Shared, now};
 use super::plan::TablePlan;
+use super::progress::{CdcStats, LiveLine};
 use super::{Discovered, Started, partitions, reload};
 use crate::batch::changes::{Layout, Op, Row, TableBuffer};
 use crate::config::{
@@ -325,6 +326,10 @@ struct Apply<'a, 'b> {
     catalog: Option<Client>,
     /// Failed reloads: attempts so far, and when the next may start.
     reload_failures: HashMap<String, (u64, Instant)>,
+    /// The live line on a terminal.
+    live: LiveLine,
+    /// The last commit received: its time (µs) and how late it arrived (s).
+    last_commit: Option<(i64, f64)>,
 }
 
 /// The outputs of committed changes this pipeline has.

@@ -407,7 +407,7 @@ pub(super) async fn run_started(
             task.record
                 .tables
                 .entry(plan.key())
-                .or_insert_with(|| TableRecord::new(plan.table.estimated_rows));
+                .or_insert_with(|| TableRecord::new(plan.table.estimated_rows.unwrap_or(0)));
         }
         task.save().await?;
         task.notifier.emit(EventKind::TaskStarted {

@@ -1,0 +1,124 @@
+-- godwit's guarded writes: a batch of operations on keys of ONE hash slot. Every write carries
+-- its change's version (32 hex digits: _lsn then _seq, 16 each) and is refused when the key (or
+-- member) already holds that version or a newer one, or a tombstone says it was deleted at or
+-- after it. So a replay after a crash, or a re-warm racing newer changes, can neither regress
+-- nor resurrect anything.
+--
+-- ARGV[1]: tombstone lifetime in ms; ARGV[2]: version field name inside hashes.
+-- Then one operation after another: ARGV opcode, version, arguments; KEYS in order of use.
+-- Returns the number of operations refused as older.
+
+local tomb_ms = tonumber(ARGV[1])
+local vfield = ARGV[2]
+
+-- a > b for two versions (nil/false is older than anything)
+local function newer(a, b)
+  if not b then return true end
+  if not a then return false end
+  for i = 1, 32, 8 do
+    local x, y = tonumber(string.sub(a, i, i + 7), 16), tonumber(string.sub(b, i, i + 7), 16)
+    if x ~= y then return x > y end
+  end
+  return false
+end
+
+local function expire(key, mode, value)
+  if mode == 'px' then
+    redis.call('PEXPIRE', key, value)
+  elseif mode == 'at' then
+    redis.call('PEXPIREAT', key, value)
+  end
+end
+
+local ki, ai, refused = 1, 3, 0
+local function key() ki = ki + 1; return KEYS[ki - 1] end
+local function arg() ai = ai + 1; return ARGV[ai - 1] end
+
+while ai <= #ARGV do
+  local op, ver = arg(), arg()
+  if op == 'H' then
+    -- hash: KEYS key, tombstone; ARGV nset, field, value…, ndel, field…, expire mode, value
+    local k, t = key(), key()
+    local nset = tonumber(arg())
+    local sets = {}
+    for i = 1, nset * 2 do sets[i] = arg() end
+    local ndel = tonumber(arg())
+    local dels = {}
+    for i = 1, ndel do dels[i] = arg() end
+    local mode, value = arg(), arg()
+    local cur = redis.call('HGET', k, vfield)
+    local gone = redis.call('GET', t)
+    if newer(ver, cur) and newer(ver, gone) then
+      if gone then redis.call('DEL', t) end
+      if ndel > 0 then redis.call('HDEL', k, unpack(dels)) end
+      sets[#sets + 1] = vfield
+      sets[#sets + 1] = ver
+      redis.call('HSET', k, unpack(sets))
+      expire(k, mode, value)
+    else
+      refused = refused + 1
+    end
+  elseif op == 'S' then
+    -- string or json value: KEYS key, version key, tombstone; ARGV value, expire mode, value
+    local k, v, t = key(), key(), key()
+    local val, mode, value = arg(), arg(), arg()
+    local cur = redis.call('GET', v)
+    local gone = redis.call('GET', t)
+    if newer(ver, cur) and newer(ver, gone) then
+      if gone then redis.call('DEL', t) end
+      redis.call('SET', k, val)
+      redis.call('SET', v, ver)
+      expire(k, mode, value)
+      expire(v, mode, value)
+    else
+      refused = refused + 1
+    end
+  elseif op == 'D' then
+    -- delete a whole key: KEYS key, version key (or the key again for a hash), tombstone
+    local k, v, t = key(), key(), key()
+    local cur
+    if v == k then cur = redis.call('HGET', k, vfield) else cur = redis.call('GET', v) end
+    local gone = redis.call('GET', t)
+    if newer(ver, cur) and newer(ver, gone) then
+      redis.call('DEL', k)
+      if v ~= k then redis.call('DEL', v) end
+      redis.call('SET', t, ver, 'PX', tomb_ms)
+    else
+      refused = refused + 1
+    end
+  elseif op == 'M' then
+    -- add a member: KEYS key, member versions, member tombstone;
+    -- ARGV command (ZADD|SADD|GEOADD), member, then the command's values before the member
+    local k, m, t = key(), key(), key()
+    local cmd, member, n = arg(), arg(), 0
+    local values = {}
+    if cmd == 'ZADD' then n = 1 elseif cmd == 'GEOADD' then n = 2 end
+    for i = 1, n do values[i] = arg() end
+    local cur = redis.call('HGET', m, member)
+    local gone = redis.call('GET', t)
+    if newer(ver, cur) and newer(ver, gone) then
+      if gone then redis.call('DEL', t) end
+      values[#values + 1] = member
+      redis.call(cmd, k, unpack(values))
+      redis.call('HSET', m, member, ver)
+    else
+      refused = refused + 1
+    end
+  elseif op == 'R' then
+    -- remove a member: KEYS key, member versions, member tombstone; ARGV command (ZREM|SREM), member
+    local k, m, t = key(), key(), key()
+    local cmd, member = arg(), arg()
+    local cur = redis.call('HGET', m, member)
+    local gone = redis.call('GET', t)
+    if newer(ver, cur) and newer(ver, gone) then
+      redis.call(cmd, k, member)
+      redis.call('HDEL', m, member)
+      redis.call('SET', t, ver, 'PX', tomb_ms)
+    else
+      refused = refused + 1
+    end
+  else
+    return redis.error_reply('godwit: unknown operation ' .. tostring(op))
+  end
+end
+return refused

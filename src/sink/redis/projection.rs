@@ -1,0 +1,410 @@
+//! One `[[cache.projections]]` entry turned into Redis operations, batch by batch: rows of a
+//! full load (all inserts, at the snapshot's version) or committed changes (`Op`, `_lsn`,
+//! `_seq`, `_unchanged`). Values come from the Arrow columns rendered the way the projection
+//! type wants them (text form for hashes and strings, JSON for `json`).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Int64Type, Schema, TimeUnit};
+
+use super::keys::{Bound, Companion, Companions, MissingColumn};
+use super::ops::{Expire, Ops};
+use crate::config::{Projection, ProjectionKind};
+use crate::pg::types::render::Render;
+use crate::state::Mark;
+
+/// The version a write carries: (`_lsn`, `_seq`) as 32 hex digits, which sort as the pair.
+pub fn version(mark: Mark) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    let text = format!("{:016X}{:016X}", mark.lsn, mark.seq);
+    out.copy_from_slice(text.as_bytes());
+    out
+}
+
+/// Where a batch comes from.
+#[derive(Clone, Copy)]
+pub enum Origin {
+    /// Full-load rows, all at the snapshot's consistent point.
+    Load(Mark),
+    /// CDC rows: the batch has `_lsn`, `_seq` (and `Op`, `_unchanged` unless inserts only).
+    Changes,
+}
+
+/// A projection bound to one batch schema.
+struct Bound1 {
+    key: Bound,
+    member: Option<Bound>,
+    channel: Option<Bound>,
+    /// (field name, column, renderer) written to hashes, json documents, streams.
+    fields: Vec<(String, usize, Render)>,
+    value: Option<(usize, Render)>,
+    score: Option<(usize, Render)>,
+    lon_lat: Option<((usize, Render), (usize, Render))>,
+    ttl_column: Option<usize>,
+    op: Option<usize>,
+    lsn: Option<usize>,
+    seq: Option<usize>,
+    unchanged: Option<usize>,
+}
+
+/// A projection and the schema it was last bound to.
+pub struct Projector {
+    pub config: Projection,
+    key_prefix: String,
+    bound: Option<(arrow::datatypes::SchemaRef, Bound1)>,
+}
+
+impl Projector {
+    pub fn new(config: Projection, key_prefix: &str) -> Projector {
+        Projector {
+            config,
+            key_prefix: key_prefix.to_string(),
+            bound: None,
+        }
+    }
+
+    fn bind(&self, schema: &Schema) -> Result<Bound1, MissingColumn> {
+        let c = &self.config;
+        let col = |name: &str| -> Result<(usize, Render), MissingColumn> {
+            let i = schema.index_of(name).map_err(|_| MissingColumn {
+                template: c.key.clone(),
+                column: name.to_string(),
+            })?;
+            Ok((i, Render::new(schema.field(i))))
+        };
+        let meta = |name: &str| schema.fields().iter().rposition(|f| f.name() == name);
+        let data_columns: Vec<usize> = (0..schema.fields().len())
+            .filter(|&i| {
+                let n = schema.field(i).name();
+                !matches!(n.as_str(), "Op" | "_lsn" | "_seq" | "_unchanged") || i == 0 && n != "Op"
+            })
+            .collect();
+        let fields = match &c.fields {
+            Some(list) => list
+                .iter()
+                .map(|f| col(f).map(|(i, r)| (f.clone(), i, r)))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => data_columns
+                .into_iter()
+                .map(|i| {
+                    let f = schema.field(i);
+                    (f.name().clone(), i, Render::new(f))
+                })
+                .collect(),
+        };
+        let opt = |name: &Option<String>| name.as_deref().map(col).transpose();
+        let lon_lat = match (opt(&c.longitude)?, opt(&c.latitude)?) {
+            (Some(a), Some(b)) => Some((a, b)),
+            _ => None,
+        };
+        Ok(Bound1 {
+            key: Bound::new(&c.key, &self.key_prefix, schema)?,
+            member: c
+                .member
+                .as_deref()
+                .map(|m| Bound::new(m, "", schema))
+                .transpose()?,
+            channel: c
+                .channel
+                .as_deref()
+                .map(|m| Bound::new(m, &self.key_prefix, schema))
+                .transpose()?,
+            fields,
+            value: opt(&c.value)?,
+            score: opt(&c.score)?,
+            lon_lat,
+            ttl_column: opt(&c.ttl_column)?.map(|(i, _)| i),
+            op: meta("Op").filter(|&i| i == 0),
+            lsn: meta("_lsn"),
+            seq: meta("_seq"),
+            unchanged: meta("_unchanged"),
+        })
+    }
+
+    /// Adds the operations of every row of `batch` to `ops`. Rows whose key cannot be formed
+    /// (a NULL in a key column) are counted in the returned number and skipped.
+    pub fn encode(
+        &mut self,
+        batch: &RecordBatch,
+        origin: Origin,
+        companions: &Companions,
+        ops: &mut Ops,
+    ) -> Result<u64, MissingColumn> {
+        let schema = batch.schema();
+        if self.bound.as_ref().is_none_or(|(s, _)| s != &schema) {
+            let b = self.bind(&schema)?;
+            self.bound = Some((schema.clone(), b));
+        }
+        let (_, b) = self.bound.as_ref().expect("bound just now");
+        let kind = self.config.kind;
+        let cols = batch.columns();
+        let mut key = Vec::new();
+        let mut member = Vec::new();
+        let mut buf = Vec::new();
+        let mut skipped = 0;
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        for row in 0..batch.num_rows() {
+            let (op, mark) = row_op(b, cols, row, origin);
+            if op == b'T' {
+                ops.truncate(&self.config, mark);
+                continue;
+            }
+            if !b.key.render(cols, row, &mut key) {
+                skipped += 1;
+                continue;
+            }
+            let unchanged = unchanged_columns(b, cols, row);
+            let expire = expire_of(&self.config, b, cols, row, now_ms);
+            let deleting = op == b'D' || matches!(expire, Expire::Past);
+            let ver = version(mark);
+            match kind {
+                ProjectionKind::Hash => {
+                    if deleting {
+                        ops.delete(&key, None, &ver, companions);
+                        continue;
+                    }
+                    let mut sets: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+                    let mut dels: Vec<Vec<u8>> = Vec::new();
+                    for (name, i, render) in &b.fields {
+                        if unchanged.iter().any(|u| u == name) {
+                            continue;
+                        }
+                        buf.clear();
+                        if render.text(cols[*i].as_ref(), row, &mut buf) {
+                            sets.push((name.clone().into_bytes(), buf.clone()));
+                        } else {
+                            dels.push(name.clone().into_bytes());
+                        }
+                    }
+                    ops.hash(&key, &ver, sets, dels, expire, companions);
+                }
+                ProjectionKind::String | ProjectionKind::Json => {
+                    if deleting {
+                        ops.delete(&key, Some(Companion::Version), &ver, companions);
+                        continue;
+                    }
+                    buf.clear();
+                    if kind == ProjectionKind::String {
+                        let (i, render) = b.value.as_ref().expect("string has a value column");
+                        if unchanged.iter().any(|u| *u == b.fields_name(*i)) {
+                            // An unchanged TOASTed value: the cached one stays; only the version moves.
+                            ops.touch_version(&key, &ver, expire, companions);
+                            continue;
+                        }
+                        if !render.text(cols[*i].as_ref(), row, &mut buf) {
+                            // NULL has no string form: the key goes.
+                            ops.delete(&key, Some(Companion::Version), &ver, companions);
+                            continue;
+                        }
+                    } else {
+                        json_document(b, cols, row, &unchanged, &mut buf);
+                        if !unchanged.is_empty() {
+                            ops.json_merge(&key, &ver, buf.clone(), &unchanged, expire, companions);
+                            continue;
+                        }
+                    }
+                    ops.value(&key, &ver, buf.clone(), expire, companions);
+                }
+                ProjectionKind::Zset | ProjectionKind::Set | ProjectionKind::Geo => {
+                    let m = b.member.as_ref().expect("member template");
+                    if !m.render(cols, row, &mut member) {
+                        skipped += 1;
+                        continue;
+                    }
+                    let remove = if kind == ProjectionKind::Set { "SREM" } else { "ZREM" };
+                    if deleting {
+                        ops.remove_member(&key, &member, remove, &ver, companions);
+                        continue;
+                    }
+                    let mut values: Vec<Vec<u8>> = Vec::new();
+                    let mut missing = false;
+                    let mut text = |(i, r): &(usize, Render), values: &mut Vec<Vec<u8>>| {
+                        buf.clear();
+                        if r.text(cols[*i].as_ref(), row, &mut buf) {
+                            values.push(buf.clone());
+                        } else {
+                            missing = true;
+                        }
+                    };
+                    let command = match kind {
+                        ProjectionKind::Zset => {
+                            text(b.score.as_ref().expect("score column"), &mut values);
+                            "ZADD"
+                        }
+                        ProjectionKind::Geo => {
+                            let (lon, lat) = b.lon_lat.as_ref().expect("geo columns");
+                            text(lon, &mut values);
+                            text(lat, &mut values);
+                            "GEOADD"
+                        }
+                        _ => "SADD",
+                    };
+                    if missing {
+                        // No score or position: the member is not in the collection.
+                        ops.remove_member(&key, &member, remove, &ver, companions);
+                    } else {
+                        ops.add_member(&key, &member, command, values, &ver, companions);
+                    }
+                }
+                ProjectionKind::Invalidate => {
+                    if matches!(origin, Origin::Changes) {
+                        ops.invalidate(&key);
+                    }
+                }
+                ProjectionKind::Stream => {
+                    if matches!(origin, Origin::Changes) {
+                        let mut entry: Vec<(Vec<u8>, Vec<u8>)> = vec![
+                            (b"op".to_vec(), vec![op]),
+                            (b"key".to_vec(), key.clone()),
+                            (b"lsn".to_vec(), crate::pg::lsn::Lsn(mark.lsn).to_string().into_bytes()),
+                        ];
+                        for (name, i, render) in &b.fields {
+                            if unchanged.iter().any(|u| u == name) {
+                                continue;
+                            }
+                            buf.clear();
+                            if render.text(cols[*i].as_ref(), row, &mut buf) {
+                                entry.push((name.clone().into_bytes(), buf.clone()));
+                            }
+                        }
+                        ops.stream(&key, mark, self.config.maxlen, entry);
+                    }
+                }
+                ProjectionKind::Publish => {
+                    if matches!(origin, Origin::Changes) {
+                        let ch = b.channel.as_ref().expect("channel template");
+                        if !ch.render(cols, row, &mut member) {
+                            skipped += 1;
+                            continue;
+                        }
+                        buf.clear();
+                        buf.extend_from_slice(b"{\"op\":\"");
+                        buf.push(op);
+                        buf.extend_from_slice(b"\",\"key\":");
+                        json_string(&key, &mut buf);
+                        buf.extend_from_slice(b",\"lsn\":\"");
+                        buf.extend_from_slice(crate::pg::lsn::Lsn(mark.lsn).to_string().as_bytes());
+                        buf.extend_from_slice(b"\",\"row\":");
+                        let mut doc = Vec::new();
+                        json_document(b, cols, row, &unchanged, &mut doc);
+                        buf.extend_from_slice(&doc);
+                        buf.push(b'}');
+                        ops.publish(&member, buf.clone());
+                    }
+                }
+            }
+        }
+        Ok(skipped)
+    }
+}
+
+impl Bound1 {
+    fn fields_name(&self, column: usize) -> String {
+        self.fields
+            .iter()
+            .find(|(_, i, _)| *i == column)
+            .map(|(n, _, _)| n.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// The row's operation (`I`, `U`, `D`, `T`) and version.
+fn row_op(b: &Bound1, cols: &[ArrayRef], row: usize, origin: Origin) -> (u8, Mark) {
+    match origin {
+        Origin::Load(mark) => (b'I', mark),
+        Origin::Changes => {
+            let op = b
+                .op
+                .map(|i| cols[i].as_string::<i32>().value(row).as_bytes()[0])
+                .unwrap_or(b'I');
+            let num = |c: Option<usize>| {
+                c.map(|i| cols[i].as_primitive::<Int64Type>().value(row) as u64)
+                    .unwrap_or(0)
+            };
+            (
+                op,
+                Mark {
+                    lsn: num(b.lsn),
+                    seq: num(b.seq),
+                },
+            )
+        }
+    }
+}
+
+/// Columns whose value was not sent (unchanged TOASTed values): the cache keeps its own.
+fn unchanged_columns(b: &Bound1, cols: &[ArrayRef], row: usize) -> Vec<String> {
+    let Some(i) = b.unchanged else {
+        return Vec::new();
+    };
+    let list = cols[i].as_list::<i32>();
+    if list.is_null(row) || list.value_length(row) == 0 {
+        return Vec::new();
+    }
+    let names = list.value(row);
+    let names = names.as_string::<i32>();
+    (0..names.len()).map(|j| names.value(j).to_string()).collect()
+}
+
+/// The expiry of a row's key: fixed `ttl`, or `ttl_column`'s time (a past one deletes).
+fn expire_of(p: &Projection, b: &Bound1, cols: &[ArrayRef], row: usize, now_ms: i64) -> Expire {
+    if let Some(ttl) = p.ttl {
+        return Expire::After(ttl.as_millis() as i64);
+    }
+    let Some(i) = b.ttl_column else {
+        return Expire::Never;
+    };
+    let a = &cols[i];
+    if a.is_null(row) {
+        return Expire::Never;
+    }
+    let ms = match a.data_type() {
+        DataType::Timestamp(unit, _) => {
+            let v = a
+                .as_primitive_opt::<arrow::datatypes::TimestampMicrosecondType>()
+                .map(|x| x.value(row))
+                .unwrap_or(0);
+            match unit {
+                TimeUnit::Microsecond => v.div_euclid(1000),
+                _ => v,
+            }
+        }
+        DataType::Date32 => a.as_primitive::<arrow::datatypes::Date32Type>().value(row) as i64 * 86_400_000,
+        _ => return Expire::Never,
+    };
+    if ms <= now_ms {
+        Expire::Past
+    } else {
+        Expire::At(ms)
+    }
+}
+
+/// A row as a JSON object of the projection's fields (unchanged ones left out).
+fn json_document(b: &Bound1, cols: &[ArrayRef], row: usize, unchanged: &[String], out: &mut Vec<u8>) {
+    out.clear();
+    out.push(b'{');
+    let mut first = true;
+    for (name, i, render) in &b.fields {
+        if unchanged.iter().any(|u| u == name) {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        json_string(name.as_bytes(), out);
+        out.push(b':');
+        render.json(cols[*i].as_ref(), row, out);
+    }
+    out.push(b'}');
+}
+
+/// `s` as a JSON string (UTF-8 assumed; invalid bytes replaced).
+fn json_string(s: &[u8], out: &mut Vec<u8>) {
+    let text = String::from_utf8_lossy(s);
+    out.extend_from_slice(serde_json::to_string(&text).unwrap_or_default().as_bytes());
+}
