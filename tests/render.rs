@@ -37,39 +37,142 @@ const ISO_BC_YEAR: &str = "CASE WHEN extract(year from v) = -1 THEN '0000' \
 /// string unless an f64 holds it exactly, bytea as base64, timestamptz with `Z`, BC years
 /// in ISO 8601's astronomical form, types without a JSON form as their text form string.
 fn json_expr(ddl_type: &str, arrow: &str) -> String {
+    // A 1-D array of a type whose JSON form deviates from to_json: element by element.
+    if let Some(elem) = ddl_type.strip_suffix("[]")
+        && matches!(
+            elem,
+            "date" | "timestamp" | "timestamptz" | "numeric" | "bytea"
+        )
+    {
+        let arrow = if elem == "numeric" { "Utf8" } else { "" };
+        return format!(
+            "(SELECT COALESCE(jsonb_agg(CASE WHEN e IS NULL THEN NULL ELSE {} END ORDER BY o), '[]') \
+             FROM unnest(v) WITH ORDINALITY u(e, o))",
+            scalar_json(elem, arrow, "e")
+        );
+    }
+    scalar_json(ddl_type, arrow, "v")
+}
+
+/// The expected JSON of the scalar `v` (a column or an array element), as jsonb.
+fn scalar_json(ddl_type: &str, arrow: &str, v: &str) -> String {
     let exact_numeric = |n: &str| {
         format!(
             "CASE WHEN {n}::text ~ '^-?[0-9.]+$' AND {n}::text::float8::text::numeric = {n} \
              THEN to_jsonb({n}) ELSE to_jsonb({n}::text) END"
         )
     };
+    let bc_year = ISO_BC_YEAR.replace("from v", &format!("from {v}"));
     match ddl_type {
         "date" | "timestamp" | "timestamptz" => format!(
-            "CASE WHEN NOT isfinite(v) THEN to_jsonb(v::text) ELSE to_jsonb(regexp_replace(\
-             replace(to_json(v) #>> '{{}}', '+00:00', 'Z'), '^[0-9]+(.*) BC$', ({ISO_BC_YEAR}) || '\\1')) END"
+            "CASE WHEN NOT isfinite({v}) THEN to_jsonb({v}::text) ELSE to_jsonb(regexp_replace(\
+             replace(to_json({v}) #>> '{{}}', '+00:00', 'Z'), '^[0-9]+(.*) BC$', ({bc_year}) || '\\1')) END"
         ),
-        "bytea" => "to_jsonb(replace(encode(v, 'base64'), E'\\n', ''))".into(),
-        "bytea[]" => "(SELECT jsonb_agg(CASE WHEN e IS NULL THEN NULL \
-             ELSE to_jsonb(replace(encode(e, 'base64'), E'\\n', '')) END ORDER BY o) \
-             FROM unnest(v) WITH ORDINALITY u(e, o))"
-            .into(),
-        "money" => exact_numeric("v::numeric"),
-        "money[]" => "to_jsonb(v::numeric[])".into(),
-        "json" | "jsonb" => "to_jsonb(v)".into(),
-        _ if arrow.starts_with("Decimal128") || ddl_type.starts_with("numeric") => {
-            if arrow.starts_with("List") {
-                "to_jsonb(v)".into()
-            } else {
-                exact_numeric("v")
-            }
-        }
+        "bytea" => format!("to_jsonb(replace(encode({v}, 'base64'), E'\\n', ''))"),
+        "money" => exact_numeric(&format!("{v}::numeric")),
+        "money[]" => format!("to_jsonb({v}::numeric[])"),
+        "json" | "jsonb" => format!("to_jsonb({v})"),
+        _ if arrow.starts_with("List") => format!("to_json({v})"),
+        _ if arrow.starts_with("Decimal128") || ddl_type.starts_with("numeric") => exact_numeric(v),
         // to_json keeps float8out's text (jsonb's numeric would print 1.8e308 in 309 digits).
-        _ if arrow.starts_with("List") || arrow == "Boolean" => "to_json(v)".into(),
-        _ if arrow.starts_with("Int") || arrow.starts_with("Float") => "to_json(v)".into(),
+        _ if arrow == "Boolean" || arrow.starts_with("Int") || arrow.starts_with("Float") => {
+            format!("to_json({v})")
+        }
         // Every other type: its text form, as a JSON string.
-        _ => format!("to_jsonb({})", text_expr(ddl_type)),
+        _ => format!("to_jsonb({})", text_expr(ddl_type).replace("v", v)),
     }
 }
+
+/// Edge values beyond the type suite: float exponent thresholds, BC and expanded years with
+/// time zone, array quoting, arrays of booleans, dates, timestamps, json and numeric text.
+const EXTRA: &[(&str, &str, &[&str])] = &[
+    (
+        "r_float8",
+        "double precision",
+        &[
+            "1e-05",
+            "1.5e-05",
+            "0.0001",
+            "0.00015",
+            "1e14",
+            "1e15",
+            "123456789012345.6",
+            "1e20",
+            "-1.5e-300",
+            "0.1::float8 + 0.2",
+            "2.5",
+        ],
+    ),
+    (
+        "r_float4",
+        "real",
+        &[
+            "1e6", "123456", "1234567", "1e-05", "0.0001", "1.5e-05", "0.1", "-99999.5",
+        ],
+    ),
+    (
+        "r_tstz",
+        "timestamptz",
+        &[
+            "'4713-01-01 00:00:00.25+00 BC'",
+            "'0001-01-01 00:00+00 BC'",
+            "'0001-12-31 23:59:59.999999+00 BC'",
+            "'10000-01-01 12:00+00'",
+            "'1969-12-31 23:59:59.5+00'",
+        ],
+    ),
+    (
+        "r_date",
+        "date",
+        &[
+            "'0001-01-01 BC'",
+            "'0001-01-01'",
+            "'0999-02-28'",
+            "'2000-02-29'",
+        ],
+    ),
+    (
+        "r_text_arr",
+        "text[]",
+        &[
+            "ARRAY['a\"b', 'c\\d', 'NULL', 'null', ' lead', 'x,y', '{', '}', '', E'new\nline', E'tab\there', 'plain', 'ü']",
+            "ARRAY[NULL]::text[]",
+        ],
+    ),
+    ("r_bool_arr", "boolean[][]", &["'{{t,f},{NULL,t}}'"]),
+    (
+        "r_date_arr",
+        "date[]",
+        &["'{2024-01-01,\"4713-01-01 BC\",infinity,-infinity,NULL}'"],
+    ),
+    (
+        "r_ts_arr",
+        "timestamp[]",
+        &["'{\"2024-01-01 12:00:00.5\",NULL,\"0044-03-15 12:00 BC\",infinity}'"],
+    ),
+    (
+        "r_tstz_arr",
+        "timestamptz[]",
+        &["'{\"2024-01-01 12:00:00.5+00\",NULL}'"],
+    ),
+    ("r_time_arr", "time[]", &["'{00:00:00.5,24:00,NULL}'"]),
+    (
+        "r_jsonb_arr",
+        "jsonb[]",
+        &["ARRAY['{\"a\": 1}'::jsonb, NULL, '[1, \"x y\"]', 'null']"],
+    ),
+    (
+        "r_numeric_arr",
+        "numeric[]",
+        &["'{1.5,NaN,123456789012345678901234567890,-0.000001,NULL,Infinity}'"],
+    ),
+    (
+        "r_float_arr",
+        "real[]",
+        &["'{1e-05,NaN,-Infinity,1e6,NULL}'"],
+    ),
+    ("r_money", "money", &["'92233720368547758.07'", "'-0.01'"]),
+];
 
 /// (id → (text form, JSON form)) of one table's rows.
 type Rendered = HashMap<i32, (Option<String>, Value)>;
@@ -122,6 +225,16 @@ async fn every_type_renders_as_postgresql_prints_it_from_load_and_cdc_files() {
         .unwrap();
     let db = pg.fresh_db("godwit_render").await;
     type_cases::seed(&db).await;
+    let mut sql = String::from("SET lc_monetary = 'C';");
+    for (table, ddl_type, values) in EXTRA {
+        sql.push_str(&format!(
+            "CREATE TABLE {table} (id int PRIMARY KEY, v {ddl_type});"
+        ));
+        for (i, v) in values.iter().enumerate() {
+            sql.push_str(&format!("INSERT INTO {table} VALUES ({i}, {v});"));
+        }
+    }
+    db.batch_execute(&sql).await.unwrap();
 
     let work = Work::new();
     let pipeline = work.pipeline(&format!(
@@ -133,10 +246,13 @@ async fn every_type_renders_as_postgresql_prints_it_from_load_and_cdc_files() {
     assert_ok(&work.godwit(&["run", p, "--once"], &[]));
 
     // Every row again, through the slot: deleted and inserted with the same values.
-    let cases = type_cases::cases();
+    let cases: Vec<(&str, &str)> = type_cases::cases()
+        .iter()
+        .map(|c| (c.table, c.ddl_type))
+        .chain(EXTRA.iter().map(|(t, d, _)| (*t, *d)))
+        .collect();
     let mut sql = String::new();
-    for c in &cases {
-        let t = c.table;
+    for (t, _) in &cases {
         sql.push_str(&format!(
             "CREATE TEMP TABLE copy_{t} AS SELECT * FROM {t}; DELETE FROM {t}; INSERT INTO {t} SELECT * FROM copy_{t};"
         ));
@@ -164,10 +280,10 @@ async fn every_type_renders_as_postgresql_prints_it_from_load_and_cdc_files() {
 
     let mut failures = Vec::new();
     let mut compared = 0;
-    for c in &cases {
-        let dir = work.out().join("public").join(c.table);
+    for &(table, ddl_type) in &cases {
+        let dir = work.out().join("public").join(table);
         let (load, cdc) = table_files(&dir);
-        let t = &planned[c.table];
+        let t = &planned[table];
         let load: Vec<RecordBatch> = load.iter().flat_map(|f| read_parquet(f)).collect();
         let cdc: Vec<RecordBatch> = cdc.iter().flat_map(|f| read_parquet(f)).collect();
         let from_load = render_rows(&load, "v", t, false);
@@ -176,18 +292,18 @@ async fn every_type_renders_as_postgresql_prints_it_from_load_and_cdc_files() {
         let query = format!(
             "SELECT id, CASE WHEN v IS NULL THEN NULL ELSE {} END, \
              CASE WHEN v IS NULL THEN NULL ELSE ({})::text END FROM {} ORDER BY id",
-            text_expr(c.ddl_type),
-            json_expr(c.ddl_type, &arrow_name(&load)),
-            c.table
+            text_expr(ddl_type),
+            json_expr(ddl_type, &arrow_name(&load)),
+            table
         );
         let rows = db
             .query(&query, &[])
             .await
-            .unwrap_or_else(|e| panic!("{}: {query}: {e}", c.table));
+            .unwrap_or_else(|e| panic!("{}: {query}: {e}", table));
         if rows.len() != from_load.len() || rows.len() != from_cdc.len() {
             failures.push(format!(
                 "{}: {} rows in PostgreSQL, {} in the load, {} inserts in CDC files",
-                c.table,
+                table,
                 rows.len(),
                 from_load.len(),
                 from_cdc.len()
@@ -206,8 +322,8 @@ async fn every_type_renders_as_postgresql_prints_it_from_load_and_cdc_files() {
                 if got.0 != text {
                     failures.push(format!(
                         "{} ({}) id {id} text from {from}: PostgreSQL {:?}, godwit {:?}",
-                        c.table,
-                        c.ddl_type,
+                        table,
+                        ddl_type,
                         text.as_deref().map(short),
                         got.0.as_deref().map(short)
                     ));
@@ -215,8 +331,8 @@ async fn every_type_renders_as_postgresql_prints_it_from_load_and_cdc_files() {
                 if got.1 != json {
                     failures.push(format!(
                         "{} ({}) id {id} JSON from {from}: PostgreSQL {}, godwit {}",
-                        c.table,
-                        c.ddl_type,
+                        table,
+                        ddl_type,
                         short(&json.to_string()),
                         short(&got.1.to_string())
                     ));

@@ -548,7 +548,7 @@ fn time(out: &mut Vec<u8>, micros: i64) {
         out.push(b'.');
         let mut f = frac;
         let mut width = 6;
-        while f % 10 == 0 {
+        while f.is_multiple_of(10) {
             f /= 10;
             width -= 1;
         }
