@@ -1,7 +1,10 @@
 //! The one place where PostgreSQL types meet Arrow: which Arrow type a column becomes, how
 //! the full load selects it, and how its binary COPY form is appended to an Arrow builder.
 //!
-//! Every other module asks this file; nothing else knows a type oid.
+//! Every other module asks this file; nothing else knows a type oid. `render` turns the Arrow
+//! values back into PostgreSQL's text form and into JSON (for the Redis sink).
+
+pub mod render;
 
 use std::sync::Arc;
 
@@ -69,6 +72,9 @@ pub enum TextCast {
     Plain,
     /// money: `::numeric::text`, never locale-formatted.
     Money,
+    /// numeric that is not Decimal128: `::text`, like `Plain`, but known to hold a number
+    /// (the Redis JSON form writes it as one where that is exact).
+    Numeric,
 }
 
 /// What the catalog says about a type; enough to resolve a column to a [`PgType`].
@@ -202,7 +208,7 @@ fn resolve_inner(
 /// numeric(p,s) → Decimal128 where it fits exactly, otherwise exact text.
 fn numeric_type(typmod: i32, numeric: NumericAs) -> PgType {
     let text = PgType::AsText {
-        cast: TextCast::Plain,
+        cast: TextCast::Numeric,
     };
     if typmod < 4 || numeric == NumericAs::Text {
         return text;
@@ -277,7 +283,7 @@ impl PgType {
             Some((cast, is_array)) => {
                 let brackets = if is_array { "[]" } else { "" };
                 match cast {
-                    TextCast::Plain => format!("{ident}::text{brackets}"),
+                    TextCast::Plain | TextCast::Numeric => format!("{ident}::text{brackets}"),
                     TextCast::Money => format!("{ident}::numeric{brackets}::text{brackets}"),
                 }
             }
@@ -298,6 +304,9 @@ impl PgType {
             PgType::AsText {
                 cast: TextCast::Money,
             } => "money as text".into(),
+            PgType::AsText {
+                cast: TextCast::Numeric,
+            } => "numeric as text".into(),
             PgType::AsText { .. } => "text form".into(),
             PgType::Array { elem, dims } => format!("{}-D array of {}", dims, elem.describe()),
             other => format!("{other:?}").to_lowercase(),
