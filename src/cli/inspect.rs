@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::util::pretty::pretty_format_batches;
@@ -139,8 +139,13 @@ async fn read_part(store: &dyn ObjectStore, objects: &[ObjectInfo]) -> Result<Pa
             part.rows += rows;
             part.lines
                 .push(format!("    {}  ~{} lines  {} bytes", o.key, rows, o.size));
-            part.csv_lines
-                .extend(text.lines().map(str::to_string).take(20));
+            let room = 20usize.saturating_sub(part.csv_lines.len());
+            part.csv_lines.extend(text.lines().take(room).map(|l| {
+                match l.char_indices().nth(4 * SHOWN_CHARS) {
+                    Some((at, _)) => format!("{}…", &l[..at]),
+                    None => l.to_string(),
+                }
+            }));
             continue;
         }
         let reader = SerializedFileReader::new(data.clone())
@@ -224,8 +229,11 @@ fn show_part(what: &str, part: &Part, sample_rows: usize) -> Result<(), Error> {
     Ok(())
 }
 
+/// Longest text shown of one sample value.
+const SHOWN_CHARS: usize = 60;
+
 /// The batch with `UTC` timestamps given as the `+00:00` offset, which Arrow's pretty printer
-/// can show without a time-zone database.
+/// can show without a time-zone database, and long texts cut to [`SHOWN_CHARS`] (with `…`).
 fn displayable(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
     let mut fields = Vec::new();
     let mut columns = Vec::new();
@@ -235,6 +243,20 @@ fn displayable(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
                 let t = DataType::Timestamp(*unit, Some("+00:00".into()));
                 columns.push(arrow::compute::cast(column, &t)?);
                 fields.push(Field::new(field.name(), t, true));
+            }
+            DataType::Utf8 => {
+                let cut: arrow::array::StringArray = column
+                    .as_string::<i32>()
+                    .iter()
+                    .map(|v| {
+                        v.map(|v| match v.char_indices().nth(SHOWN_CHARS) {
+                            Some((at, _)) => format!("{}…", &v[..at]),
+                            None => v.to_string(),
+                        })
+                    })
+                    .collect();
+                columns.push(Arc::new(cut));
+                fields.push(field.as_ref().clone());
             }
             _ => {
                 columns.push(column.clone());
