@@ -142,14 +142,13 @@ fn trino_type(t: &DataType) -> Option<String> {
     })
 }
 
-/// An Athena object name for the table (lower case letters, digits and `_`).
+/// An Athena object name for the table: lower case letters, digits and `_` (what Athena's
+/// catalog accepts), so it needs no quoting in Hive DDL or in Presto SQL.
 fn athena_name(t: &TableName, suffix: &str) -> String {
     let raw = format!("{}_{}{suffix}", t.schema, t.name).to_lowercase();
-    let clean: String = raw
-        .chars()
+    raw.chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    ident(&clean)
+        .collect()
 }
 
 /// The SQL of every table, for one dialect. `preamble` lines (S3 set-up) come first.
@@ -425,6 +424,9 @@ fn athena_table(t: &LakeTable, out: &mut String) {
     let history = athena_name(&t.name, "_history");
     let location = lit(&format!("{}/", t.folder));
     out.push_str(&format!("-- {}\n", t.name));
+    if !t.folder.starts_with("s3://") {
+        out.push_str("-- Athena reads S3 only: this target is a local folder, so these statements show the shape but cannot run as they are.\n");
+    }
     let csv = matches!(t.encoding, Encoding::Csv { .. });
     let col_type = |c: &Col| {
         if csv {
@@ -476,12 +478,12 @@ fn athena_table(t: &LakeTable, out: &mut String) {
         _ => "",
     };
     out.push_str(&format!(
-        "CREATE EXTERNAL TABLE IF NOT EXISTS {load_table} (\n{}\n)\n{storage}\nLOCATION {location}{header_prop};\n",
+        "CREATE EXTERNAL TABLE IF NOT EXISTS `{load_table}` (\n{}\n)\n{storage}\nLOCATION {location}{header_prop};\n",
         ddl_cols(&load_cols)
     ));
     if t.cdc_columns.is_some() {
         out.push_str(&format!(
-            "CREATE EXTERNAL TABLE IF NOT EXISTS {cdc_table} (\n{}\n)\n{storage}\nLOCATION {location}{header_prop};\n",
+            "CREATE EXTERNAL TABLE IF NOT EXISTS `{cdc_table}` (\n{}\n)\n{storage}\nLOCATION {location}{header_prop};\n",
             ddl_cols(&cdc_cols)
         ));
     } else {
@@ -611,6 +613,10 @@ mod tests {
             sql.contains("is unknown (the source is not reachable)"),
             "{sql}"
         );
-        assert!(sql.contains("\"my_schema_t_x_history\""), "{sql}");
+        assert!(sql.contains("VIEW my_schema_t_x_history AS"), "{sql}");
+        assert!(
+            sql.contains("CREATE EXTERNAL TABLE IF NOT EXISTS `my_schema_t_x_cdc`"),
+            "{sql}"
+        );
     }
 }
