@@ -88,13 +88,15 @@ pub async fn execute(
         let load = read_part(store.as_ref(), &folder.load).await?;
         let cdc = read_part(store.as_ref(), &folder.cdc).await?;
         outln!(
-            "\n{name}: {} full-load file{} ({} rows), {} CDC file{} ({} rows), {} bytes",
+            "\n{name}: {} full-load file{} ({} row{}), {} CDC file{} ({} row{}), {} bytes",
             folder.load.len(),
             plural(folder.load.len()),
             load.rows,
+            plural(load.rows as usize),
             folder.cdc.len(),
             plural(folder.cdc.len()),
             cdc.rows,
+            plural(cdc.rows as usize),
             load.bytes + cdc.bytes
         )?;
         show_part("full load", &load, sample_rows)?;
