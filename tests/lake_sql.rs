@@ -226,6 +226,30 @@ async fn current_state_matches_postgres(format: &str, db_name: &str) {
         duckdb(w.path(), &sql, "SELECT * FROM \"public\".\"keyless\"").is_err(),
         "a keyless table has no current-state view"
     );
+
+    // Athena (not run here): per table its LOAD and CDC tables, the history view, and the
+    // current-state view where there is a key.
+    let out = w.godwit(&["inspect", p, "--sql", "athena"], &[]);
+    assert_ok(&out);
+    let athena = String::from_utf8_lossy(&out.stdout).into_owned();
+    for name in ["public_items", "public_gone", "my_sch_odd__name__x"] {
+        for made in [
+            format!("CREATE EXTERNAL TABLE IF NOT EXISTS `{name}_load`"),
+            format!("CREATE EXTERNAL TABLE IF NOT EXISTS `{name}_cdc`"),
+            format!("CREATE OR REPLACE VIEW {name}_history AS"),
+            format!("CREATE OR REPLACE VIEW {name} AS"),
+        ] {
+            assert!(athena.contains(&made), "{made}:\n{athena}");
+        }
+    }
+    assert!(
+        athena.contains("CREATE OR REPLACE VIEW public_keyless_history AS"),
+        "{athena}"
+    );
+    assert!(
+        !athena.contains("CREATE OR REPLACE VIEW public_keyless AS"),
+        "{athena}"
+    );
 }
 
 #[tokio::test]
