@@ -74,6 +74,7 @@ ensure_tools() {
     command -v openssl >/dev/null || apt_install openssl
     command -v python3 >/dev/null || apt_install python3
     ensure_moto
+    ensure_duckdb
 }
 
 ensure_moto() {
@@ -91,6 +92,14 @@ ensure_moto() {
     log "pip install 'moto[server]' (takes a minute the first time)"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check 'moto[server]' >&2 \
         || { rm -rf "$VENV"; die "pip install 'moto[server]' failed"; }
+}
+
+# DuckDB (PyPI) in the same venv, for the tests that run `godwit inspect --sql duckdb`.
+ensure_duckdb() {
+    "$VENV/bin/python" -c 'import duckdb' 2>/dev/null && return 0
+    log "pip install duckdb (into $VENV)"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check duckdb >&2 \
+        || die "pip install duckdb failed"
 }
 
 # ---------------------------------------------------------------- helpers
@@ -452,6 +461,8 @@ write_env() {
         echo "export AWS_SECRET_ACCESS_KEY=$(q test)"
         echo "export AWS_REGION=$(q us-east-1)"
         echo "export AWS_EC2_METADATA_DISABLED=$(q true)"
+        # A Python with the duckdb module (tests/lake_sql.rs).
+        echo "export GODWIT_PYTHON=$(q "$VENV/bin/python")"
     } >"$ENV_FILE.tmp"
     chmod 600 "$ENV_FILE.tmp"
     mv "$ENV_FILE.tmp" "$ENV_FILE"
@@ -467,6 +478,7 @@ cmd_start() {
 
     if [ "${#need[@]}" = 0 ] && [ -s "$ENV_FILE" ]; then
         log "reusing the running services in $DIR"
+        ensure_duckdb
         write_env
     else
         ensure_tools

@@ -40,6 +40,14 @@ enum LogFormat {
     Pretty,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum SqlDialect {
+    /// CREATE VIEW statements over read_parquet/read_csv (local folders, or S3 with httpfs).
+    Duckdb,
+    /// CREATE EXTERNAL TABLE and CREATE VIEW statements for Amazon Athena (S3 targets).
+    Athena,
+}
+
 /// The pipeline file every subcommand takes.
 #[derive(clap::Args)]
 struct PipelineArg {
@@ -100,9 +108,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// What landed in the target: objects, rows, schema, sample rows, read back from the files.
+    /// What landed in the target: full-load and CDC files apart, with rows, schema and sample
+    /// rows read back from the files; or, with --sql, views that read them.
     #[command(
-        after_help = "Examples:\n  godwit inspect pipelines/quickstart.toml\n  godwit inspect pipelines/quickstart.toml --table shop.orders --rows 20"
+        after_help = "Examples:\n  godwit inspect pipelines/quickstart.toml\n  godwit inspect pipelines/quickstart.toml --table shop.orders --rows 20\n  godwit inspect pipelines/quickstart.toml --sql duckdb | duckdb lake.db"
     )]
     Inspect {
         #[command(flatten)]
@@ -110,9 +119,13 @@ enum Command {
         /// Show only this table (schema.table).
         #[arg(long, value_name = "SCHEMA.TABLE")]
         table: Option<String>,
-        /// Sample rows to show per table.
+        /// Sample rows to show per table, of its full load and of its CDC files.
         #[arg(long, value_name = "N", default_value_t = 5)]
         rows: usize,
+        /// Print SQL instead: per table a view of its current state (full load with the
+        /// changes applied) and a <table>_history view of every row of its files.
+        #[arg(long, value_enum, value_name = "DIALECT")]
+        sql: Option<SqlDialect>,
     },
     /// Queue a fresh full load of one table (after a table error, or to start its copy over).
     #[command(
@@ -212,7 +225,14 @@ fn main() -> ExitCode {
                 pipeline,
                 table,
                 rows,
-            } => cli::inspect::execute(&pipeline.pipeline, table.as_deref(), rows).await,
+                sql,
+            } => {
+                let sql = sql.map(|d| match d {
+                    SqlDialect::Duckdb => cli::lake_sql::Dialect::Duckdb,
+                    SqlDialect::Athena => cli::lake_sql::Dialect::Athena,
+                });
+                cli::inspect::execute(&pipeline.pipeline, table.as_deref(), rows, sql).await
+            }
             Command::Drop { pipeline, yes } => cli::drop::execute(&pipeline.pipeline, yes).await,
             Command::Reload { pipeline, table } => {
                 cli::reload::execute(&pipeline.pipeline, &table).await

@@ -178,7 +178,7 @@ where = "keep""#,
     // inspect reads back what landed.
     let inspect = assert_ok(&work.godwit(&["inspect", pipeline.to_str().unwrap()], &[]));
     assert!(
-        inspect.contains("public.no_key: 1 objects, 1001 rows"),
+        inspect.contains("public.no_key: 1 full-load file (1001 rows)"),
         "{inspect}"
     );
     assert!(inspect.contains("sample:"), "{inspect}");

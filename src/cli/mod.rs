@@ -7,6 +7,7 @@ pub(crate) mod output;
 pub mod check;
 pub mod drop;
 pub mod inspect;
+pub mod lake_sql;
 pub mod reload;
 pub mod run;
 pub mod status;

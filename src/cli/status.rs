@@ -1,4 +1,7 @@
 //! `godwit status PIPELINE`: task state and per-table statistics, as a table or `--json`.
+//! Its `load files` column counts the full-load files the state recorded (LOAD and
+//! SEGMENT…_LOAD objects); CDC files are not recorded one by one: `godwit inspect` lists
+//! both kinds from the target.
 
 use crate::error::Error;
 use crate::pg::replication::slot;
@@ -95,12 +98,12 @@ pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
         .unwrap_or(5)
         .max(5);
     outln!(
-        "{:width$}  {:<16} {:>12} {:>14} {:>5} {:>8} {:>8} {:>8} {:>6}  last LSN",
+        "{:width$}  {:<16} {:>12} {:>14} {:>10} {:>8} {:>8} {:>8} {:>6}  last LSN",
         "table",
         "state",
         "rows",
         "bytes",
-        "files",
+        "load files",
         "inserts",
         "updates",
         "deletes",
@@ -108,7 +111,7 @@ pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
     )?;
     for (name, t) in &record.tables {
         outln!(
-            "{:width$}  {:<16} {:>12} {:>14} {:>5} {:>8} {:>8} {:>8} {:>6}  {}",
+            "{:width$}  {:<16} {:>12} {:>14} {:>10} {:>8} {:>8} {:>8} {:>6}  {}",
             name,
             t.state.as_str(),
             t.full_load_rows,
@@ -122,7 +125,7 @@ pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
         )?;
         for seg in &t.segments {
             outln!(
-                "    segment {}/{} (blocks {}..{}): {}, {} rows, {} files",
+                "    segment {}/{} (blocks {}..{}): {}, {} rows, {} load files",
                 seg.number,
                 t.segments.len(),
                 seg.start,
