@@ -8,6 +8,9 @@ pub mod files;
 
 use std::sync::Arc;
 
+use arrow::array::{AsArray, BooleanArray, Int64Array, RecordBatch};
+use arrow::datatypes::Int64Type;
+
 use crate::batch::changes::Changes;
 use crate::error::Error;
 use crate::pg::catalog::TableName;
@@ -20,6 +23,75 @@ pub struct TableChanges {
     pub key: String,
     pub name: TableName,
     pub changes: Changes,
+}
+
+impl TableChanges {
+    /// The rows after `mark` (a sink that already holds some of them): `None` when none are.
+    pub fn after(self: &Arc<Self>, mark: Option<Mark>) -> Option<Arc<TableChanges>> {
+        let Some(m) = mark else {
+            return Some(self.clone());
+        };
+        let c = &self.changes;
+        if c.last <= m {
+            return None;
+        }
+        if c.first > m {
+            return Some(self.clone());
+        }
+        let mut batches = Vec::new();
+        for b in &c.batches {
+            let kept = keep_after(b, m)?;
+            if kept.num_rows() > 0 {
+                batches.push(kept);
+            }
+        }
+        Some(Arc::new(TableChanges {
+            key: self.key.clone(),
+            name: self.name.clone(),
+            changes: Changes {
+                folder: c.folder.clone(),
+                first: first_after(&batches).unwrap_or(c.last),
+                last: c.last,
+                schema: c.schema.clone(),
+                batches,
+            },
+        }))
+    }
+}
+
+/// The rows of a CDC-layout batch whose (`_lsn`, `_seq`) is above `m`.
+fn keep_after(b: &RecordBatch, m: Mark) -> Option<RecordBatch> {
+    let (lsn, seq) = mark_columns(b)?;
+    let keep: BooleanArray = (0..b.num_rows())
+        .map(|i| {
+            Some(
+                Mark {
+                    lsn: lsn.value(i) as u64,
+                    seq: seq.value(i) as u64,
+                } > m,
+            )
+        })
+        .collect();
+    arrow::compute::filter_record_batch(b, &keep).ok()
+}
+
+/// The first (`_lsn`, `_seq`) of the first non-empty batch.
+fn first_after(batches: &[RecordBatch]) -> Option<Mark> {
+    let b = batches.first()?;
+    let (lsn, seq) = mark_columns(b)?;
+    Some(Mark {
+        lsn: lsn.value(0) as u64,
+        seq: seq.value(0) as u64,
+    })
+}
+
+/// The `_lsn` and `_seq` columns (the last ones of those names: a source column may share it).
+fn mark_columns(b: &RecordBatch) -> Option<(&Int64Array, &Int64Array)> {
+    let fields = b.schema_ref().fields();
+    let find = |name: &str| fields.iter().rposition(|f| f.name() == name);
+    let lsn = b.column(find("_lsn")?).as_primitive_opt::<Int64Type>()?;
+    let seq = b.column(find("_seq")?).as_primitive_opt::<Int64Type>()?;
+    Some((lsn, seq))
 }
 
 /// One output of CDC.
@@ -37,7 +109,13 @@ pub trait ChangeSink: Send {
         record: Option<&TableRecord>,
     ) -> Result<Option<Mark>, Error>;
 
-    /// Takes committed changes. A sink that serves readers at once writes them now; the files
+    /// This sink's position of a table as the checkpoint `record` holds it.
+    fn recorded(&self, record: &TableRecord) -> Option<Mark>;
+
+    /// Puts this sink's position of a table into the checkpoint `record`.
+    fn record(&self, record: &mut TableRecord, mark: Option<Mark>);
+
+    /// Takes committed changes (only those after this sink's own position). A sink that serves readers at once writes them now; the files
     /// sink keeps them for its next files.
     async fn write(&mut self, changes: &[Arc<TableChanges>]) -> Result<(), Error>;
 
@@ -61,4 +139,67 @@ pub trait ChangeSink: Send {
 pub struct Written {
     pub rows: u64,
     pub objects: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{ArrayRef, Int64Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    fn changes(marks: &[(i64, i64)]) -> Arc<TableChanges> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("_lsn", DataType::Int64, false),
+            Field::new("_seq", DataType::Int64, false),
+        ]));
+        let col = |f: fn(&(i64, i64)) -> i64| -> ArrayRef {
+            Arc::new(marks.iter().map(f).collect::<Int64Array>())
+        };
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![col(|m| m.0 * 10 + m.1), col(|m| m.0), col(|m| m.1)],
+        )
+        .unwrap();
+        let mark = |m: &(i64, i64)| Mark {
+            lsn: m.0 as u64,
+            seq: m.1 as u64,
+        };
+        Arc::new(TableChanges {
+            key: "public.t".into(),
+            name: TableName {
+                schema: "public".into(),
+                name: "t".into(),
+            },
+            changes: Changes {
+                folder: String::new(),
+                first: mark(&marks[0]),
+                last: mark(marks.last().unwrap()),
+                schema,
+                batches: vec![batch.slice(0, 2), batch.slice(2, marks.len() - 2)],
+            },
+        })
+    }
+
+    fn ids(c: &TableChanges) -> Vec<i64> {
+        c.changes
+            .batches
+            .iter()
+            .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn a_sink_gets_only_the_rows_after_what_it_holds() {
+        let c = changes(&[(5, 2), (5, 4), (7, 2), (7, 4), (9, 2)]);
+        let m = |lsn, seq| Some(Mark { lsn, seq });
+        assert_eq!(ids(&c.after(None).unwrap()), [52, 54, 72, 74, 92]);
+        assert_eq!(ids(&c.after(m(5, 1)).unwrap()), [52, 54, 72, 74, 92]);
+        let part = c.after(m(7, 2)).unwrap();
+        assert_eq!(ids(&part), [74, 92]);
+        assert_eq!(part.changes.first, Mark { lsn: 7, seq: 4 });
+        assert_eq!(part.changes.last, Mark { lsn: 9, seq: 2 });
+        assert!(c.after(m(9, 2)).is_none());
+        assert!(c.after(m(10, 0)).is_none());
+    }
 }

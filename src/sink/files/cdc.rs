@@ -54,11 +54,19 @@ impl ChangeSink for CdcFiles {
         name: &TableName,
         record: Option<&TableRecord>,
     ) -> Result<Option<Mark>, Error> {
-        let recorded = record.and_then(|r| r.mark);
+        let recorded = record.and_then(|r| self.recorded(r));
         let intents = record.and_then(|r| r.intents.clone());
         recover_mark(self.store.as_ref(), name, recorded, intents, &self.format)
             .await
             .map_err(|e| Error::Recoverable(format!("reading back the CDC files of {name}: {e}")))
+    }
+
+    fn recorded(&self, record: &TableRecord) -> Option<Mark> {
+        record.mark
+    }
+
+    fn record(&self, record: &mut TableRecord, mark: Option<Mark>) {
+        record.mark = mark;
     }
 
     async fn write(&mut self, changes: &[Arc<TableChanges>]) -> Result<(), Error> {

@@ -30,6 +30,7 @@ impl<'a, 'b> Apply<'a, 'b> {
                 },
                 primary_key: plan.table.key.clone(),
                 mark: None,
+                held: Vec::new(),
                 layout: None,
                 buffer: TableBuffer::default(),
                 counts: Counts::default(),

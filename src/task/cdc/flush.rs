@@ -16,23 +16,23 @@ impl Apply<'_, '_> {
         }
         Ok(())
     }
-    /// Each table's mark: the lowest position any sink holds of it (the checkpoint's, moved
-    /// past what a sink completed after it). Changes at or below it are skipped.
+    /// Each table's position in every sink (the checkpoint's, moved past what a sink
+    /// completed after it); its mark is the lowest of them. Changes at or below it are skipped.
     pub(super) async fn recover_marks(&mut self) -> Result<(), Error> {
         for t in &mut self.tables {
             let record = self.task.record.tables.get(&t.key);
-            let recorded = record.and_then(|r| r.mark);
-            let mut lowest: Option<Option<Mark>> = None;
+            t.held.clear();
             for sink in &mut self.sinks {
+                let recorded = record.and_then(|r| sink.recorded(r));
                 let m = sink.recover(&t.name, record).await?;
-                lowest = Some(lowest.map_or(m, |l| l.min(m)));
+                if m != recorded
+                    && let Some(m) = m
+                {
+                    tracing::info!(table = %t.key, sink = sink.name(), mark_lsn = %Lsn(m.lsn), mark_seq = m.seq, "high-water mark moved past files written after the last checkpoint");
+                }
+                t.held.push(m);
             }
-            t.mark = lowest.unwrap_or(recorded);
-            if t.mark != recorded
-                && let Some(m) = t.mark
-            {
-                tracing::info!(table = %t.key, mark_lsn = %Lsn(m.lsn), mark_seq = m.seq, "high-water mark moved past files written after the last checkpoint");
-            }
+            t.mark = t.held.iter().copied().min().flatten();
         }
         Ok(())
     }
@@ -57,8 +57,16 @@ impl Apply<'_, '_> {
                     })
                 }));
             }
-            for sink in &mut self.sinks {
-                sink.write(&changes).await?;
+            // Each sink gets what it does not hold yet.
+            for (i, sink) in self.sinks.iter_mut().enumerate() {
+                let mine: Vec<Arc<TableChanges>> = changes
+                    .iter()
+                    .filter_map(|c| {
+                        let held = self.tables.iter().find(|t| t.key == c.key)?.held[i];
+                        c.after(held)
+                    })
+                    .collect();
+                sink.write(&mine).await?;
             }
             // The intent: what this flush is about to complete, saved before the first write,
             // so a start after a crash reads back only those.
@@ -70,27 +78,15 @@ impl Apply<'_, '_> {
                 }
             }
             self.task.save().await?;
-            // A table's mark is what every sink now holds.
-            let mut held: HashMap<String, Mark> = HashMap::new();
             for (i, sink) in self.sinks.iter_mut().enumerate() {
-                let mut this: HashMap<String, Mark> = HashMap::new();
                 for (table, mark) in sink.flush().await? {
-                    let m = this.entry(table).or_insert(mark);
-                    *m = (*m).max(mark);
-                }
-                if i == 0 {
-                    held = this;
-                } else {
-                    held.retain(|k, _| this.contains_key(k));
-                    for (k, m) in &mut held {
-                        *m = (*m).min(this[k]);
+                    if let Some(t) = self.tables.iter_mut().find(|t| t.key == table) {
+                        t.held[i] = t.held[i].max(Some(mark));
                     }
                 }
             }
             for t in &mut self.tables {
-                if let Some(m) = held.get(&t.key) {
-                    t.mark = t.mark.max(Some(*m));
-                }
+                t.mark = t.held.iter().copied().min().flatten();
             }
             self.buffered_rows = 0;
             self.buffered_bytes = 0;
@@ -103,7 +99,9 @@ impl Apply<'_, '_> {
                 r.updates += counts.updates;
                 r.deletes += counts.deletes;
                 r.data_errors += counts.data_errors;
-                r.mark = t.mark;
+                for (sink, held) in self.sinks.iter().zip(&t.held) {
+                    sink.record(r, *held);
+                }
                 r.intents = Some(Vec::new());
                 r.last_lsn = t.mark.map(|m| Lsn(m.lsn).to_string());
                 if r.state != TableState::Error {

@@ -268,7 +268,10 @@ struct Followed {
     exclude: Vec<String>,
     numeric: NumericAs,
     primary_key: Vec<String>,
+    /// Changes at or below this are skipped: the lowest of `held`.
     mark: Option<Mark>,
+    /// Per sink (in `Apply::sinks` order), the position it holds.
+    held: Vec<Option<Mark>>,
     layout: Option<Arc<Layout>>,
     buffer: TableBuffer,
     counts: Counts,
@@ -281,6 +284,14 @@ struct Counts {
     updates: u64,
     deletes: u64,
     data_errors: u64,
+}
+
+impl Followed {
+    /// Every sink holds the table up to `mark` (a reload's new start).
+    fn hold_all(&mut self, mark: Option<Mark>) {
+        self.held.iter_mut().for_each(|h| *h = mark);
+        self.mark = mark;
+    }
 }
 
 /// A relation of the stream: which followed table it is, and where its key columns are.

@@ -137,13 +137,15 @@ impl Apply<'_, '_> {
                 self.reload_failed(&key, &why, false).await?;
                 continue;
             }
-            r.mark = Some(mark);
+            for sink in &self.sinks {
+                sink.record(r, Some(mark));
+            }
             r.last_lsn = None;
             r.fingerprint = fingerprints.get(&key).cloned().unwrap_or_default();
             r.switch_pending = true;
             // Its changes wait for the switch; from then on they count from the new mark.
             if let Some(t) = self.tables.iter_mut().find(|t| t.key == key) {
-                t.mark = Some(mark);
+                t.hold_all(Some(mark));
                 t.suspended = true;
             }
             self.reload_failures.remove(&key);
@@ -160,9 +162,14 @@ impl Apply<'_, '_> {
             .await
             .map_err(Error::Recoverable)?;
         for key in done {
-            let mark = self.task.record.tables.get(&key).and_then(|r| r.mark);
+            let record = self.task.record.tables.get(&key);
             if let Some(t) = self.tables.iter_mut().find(|t| t.key == key) {
-                t.mark = mark;
+                t.held = self
+                    .sinks
+                    .iter()
+                    .map(|s| record.and_then(|r| s.recorded(r)))
+                    .collect();
+                t.mark = t.held.iter().copied().min().flatten();
                 t.suspended = false;
             }
         }
