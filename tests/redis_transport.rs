@@ -515,3 +515,165 @@ async fn nodes_and_wait_on_a_standalone_server() {
         .await
         .unwrap();
 }
+
+/// Moves an empty slot from its primary to another one (both nodes told directly).
+async fn assign_slot(slot: u16, from: &str, to: &str) {
+    let mut to_c = tr::connect_url(&format!("redis://{to}")).await;
+    let mut from_c = tr::connect_url(&format!("redis://{from}")).await;
+    let to_id: String = cmd("CLUSTER")
+        .arg("MYID")
+        .query_async(&mut to_c)
+        .await
+        .unwrap();
+    let _: () = cmd("CLUSTER")
+        .arg("SETSLOT")
+        .arg(slot)
+        .arg("NODE")
+        .arg(&to_id)
+        .query_async(&mut to_c)
+        .await
+        .unwrap();
+    let _: String = cmd("CLUSTER")
+        .arg("BUMPEPOCH")
+        .query_async(&mut to_c)
+        .await
+        .unwrap();
+    let _: () = cmd("CLUSTER")
+        .arg("SETSLOT")
+        .arg(slot)
+        .arg("NODE")
+        .arg(&to_id)
+        .query_async(&mut from_c)
+        .await
+        .unwrap();
+}
+
+/// The primary that answers for `key` (the others answer MOVED).
+async fn owner_of(key: &str) -> String {
+    for addr in tr::cluster_primaries(&tr::cluster_url()).await {
+        let mut c = tr::connect_url(&format!("redis://{addr}")).await;
+        if cmd("EXISTS")
+            .arg(key)
+            .query_async::<i64>(&mut c)
+            .await
+            .is_ok()
+        {
+            return addr;
+        }
+    }
+    panic!("no primary holds {key}");
+}
+
+#[tokio::test]
+async fn cluster_pipeline_follows_a_moved_slot() {
+    // A slot none of the other tests in this file write to (nor slot 0, where keyless PINGs go).
+    let mut used: std::collections::BTreeSet<u16> = [0].into();
+    for i in 0..2000 {
+        for kind in ["s", "h"] {
+            used.insert(slot(format!("t-mixed-cluster:{kind}:{i}").as_bytes()));
+        }
+    }
+    for i in 0..37 {
+        used.insert(slot(format!("t-mixed-cluster:z:{i}").as_bytes()));
+    }
+    for i in 0..11 {
+        used.insert(slot(i.to_string().as_bytes()));
+    }
+    for i in 0..200 {
+        used.insert(slot(format!("t-noscript-cluster:{i}").as_bytes()));
+    }
+    used.insert(slot(b"k"));
+    let tag = (0..)
+        .map(|n| format!("t-moved-{n}"))
+        .find(|t| !used.contains(&slot(t.as_bytes())))
+        .unwrap();
+    let s = slot(tag.as_bytes());
+    let key = format!("{{{tag}}}:k");
+    let a = owner_of(&key).await;
+    let b = tr::cluster_primaries(&tr::cluster_url())
+        .await
+        .into_iter()
+        .find(|x| *x != a)
+        .unwrap();
+    let r = Redis::connect(&tr::cache(&tr::cluster_url(), true, None))
+        .await
+        .unwrap();
+    let mut on_a = tr::connect_url(&format!("redis://{a}")).await;
+    let _: i64 = cmd("DEL").arg(&key).query_async(&mut on_a).await.unwrap();
+    r.exec(vec![Routed::new(key.clone(), cmd("GET").arg(&key).clone())])
+        .await
+        .unwrap();
+    // The transport still routes slot s to a; a now answers MOVED to b.
+    assign_slot(s, &a, &b).await;
+    let result = r
+        .exec(vec![
+            Routed::new(key.clone(), cmd("SET").arg(&key).arg("2").clone()),
+            Routed::new(key.clone(), cmd("GET").arg(&key).clone()),
+        ])
+        .await;
+    let mut on_b = tr::connect_url(&format!("redis://{b}")).await;
+    let on_b_value: Option<String> = cmd("GET").arg(&key).query_async(&mut on_b).await.unwrap();
+    // Put the slot back before asserting.
+    let _: i64 = cmd("DEL").arg(&key).query_async(&mut on_b).await.unwrap();
+    assign_slot(s, &b, &a).await;
+    let out = result.expect("exec follows MOVED");
+    assert_eq!(out, vec![Value::Okay, Value::BulkString(b"2".to_vec())]);
+    assert_eq!(on_b_value.as_deref(), Some("2"));
+}
+
+#[tokio::test]
+async fn read_key_reads_every_type() {
+    let server = tr::private_redis(PrivateOpts::default()).await;
+    let r = Redis::connect(&tr::cache(&server.url(), false, None))
+        .await
+        .unwrap();
+    let c = |parts: &[&str]| {
+        let mut x = cmd(parts[0]);
+        for p in &parts[1..] {
+            x.arg(*p);
+        }
+        Routed::new(parts[1], x)
+    };
+    r.exec(vec![
+        c(&["SET", "str", "v", "PX", "100000"]),
+        c(&["GEOADD", "geo", "13.361389", "38.115556", "palermo"]),
+        c(&["XADD", "st", "1-1", "a", "1", "b", "2"]),
+        c(&["XADD", "st", "2-1", "a", "3"]),
+    ])
+    .await
+    .unwrap();
+    let mut check = TestRedis::Single(tr::connect_url(&server.url()).await);
+    let s = check.read_key(b"str").await;
+    assert_eq!(s.value, KeyValue::String(b"v".to_vec()));
+    assert!(s.pttl > 90_000 && s.pttl <= 100_000, "{}", s.pttl);
+    let KeyValue::Geo(g) = check.read_geo(b"geo").await else {
+        unreachable!()
+    };
+    let (lon, lat) = g["palermo"];
+    assert!(
+        (lon - 13.361389).abs() < 1e-5 && (lat - 38.115556).abs() < 1e-5,
+        "{g:?}"
+    );
+    assert!(matches!(
+        check.read_key(b"geo").await.value,
+        KeyValue::Zset(_)
+    ));
+    let st = check.read_key(b"st").await;
+    assert_eq!(
+        st.value,
+        KeyValue::Stream(vec![
+            (
+                "1-1".into(),
+                vec![("a".into(), "1".into()), ("b".into(), "2".into())]
+            ),
+            ("2-1".into(), vec![("a".into(), "3".into())]),
+        ])
+    );
+    assert_eq!(
+        check.read_key(b"nothing").await,
+        tr::ReadKey {
+            value: KeyValue::None,
+            pttl: -2
+        }
+    );
+}

@@ -139,7 +139,7 @@ pub enum KeyValue {
     /// Members with their scores, in score order.
     Zset(Vec<(String, f64)>),
     Set(BTreeSet<String>),
-    /// Members with (longitude, latitude) from GEOPOS, in member order.
+    /// Members with (longitude, latitude) from GEOPOS ([`TestRedis::read_geo`]).
     Geo(BTreeMap<String, (f64, f64)>),
     /// (id, fields) in stream order.
     Stream(Vec<(String, Vec<(String, String)>)>),
@@ -281,31 +281,11 @@ impl TestRedis {
                         x => vec![x],
                     })
                     .collect();
-                let is_geo = self.is_geo(key, &flat).await;
-                if is_geo {
-                    let members: Vec<String> = flat.chunks(2).map(|p| text(&p[0])).collect();
-                    let mut cmd = redis::cmd("GEOPOS");
-                    cmd.arg(key);
-                    for m in &members {
-                        cmd.arg(m);
-                    }
-                    let pos = items(self.query(&cmd).await);
-                    let mut out = BTreeMap::new();
-                    for (m, p) in members.into_iter().zip(pos) {
-                        let xy = items(p);
-                        out.insert(
-                            m,
-                            (text(&xy[0]).parse().unwrap(), text(&xy[1]).parse().unwrap()),
-                        );
-                    }
-                    KeyValue::Geo(out)
-                } else {
-                    KeyValue::Zset(
-                        flat.chunks(2)
-                            .map(|p| (text(&p[0]), text(&p[1]).parse().unwrap()))
-                            .collect(),
-                    )
-                }
+                KeyValue::Zset(
+                    flat.chunks(2)
+                        .map(|p| (text(&p[0]), text(&p[1]).parse().unwrap()))
+                        .collect(),
+                )
             }
             "stream" => {
                 let v = items(
@@ -333,10 +313,34 @@ impl TestRedis {
         ReadKey { value, pttl }
     }
 
-    /// A sorted set is read as geo positions when its key says so (`geo` in the name) — Redis
-    /// stores both the same way.
-    async fn is_geo(&mut self, key: &[u8], _flat: &[Value]) -> bool {
-        String::from_utf8_lossy(key).contains("geo")
+    /// A geo set (a sorted set to Redis, so [`TestRedis::read_key`] shows it as a zset): every
+    /// member's (longitude, latitude) from GEOPOS.
+    pub async fn read_geo(&mut self, key: &[u8]) -> KeyValue {
+        let members: Vec<String> = items(
+            self.query(redis::cmd("ZRANGE").arg(key).arg(0).arg(-1))
+                .await,
+        )
+        .iter()
+        .map(text)
+        .collect();
+        if members.is_empty() {
+            return KeyValue::Geo(BTreeMap::new());
+        }
+        let mut cmd = redis::cmd("GEOPOS");
+        cmd.arg(key);
+        for m in &members {
+            cmd.arg(m);
+        }
+        let pos = items(self.query(&cmd).await);
+        let mut out = BTreeMap::new();
+        for (m, p) in members.into_iter().zip(pos) {
+            let xy = items(p);
+            out.insert(
+                m,
+                (text(&xy[0]).parse().unwrap(), text(&xy[1]).parse().unwrap()),
+            );
+        }
+        KeyValue::Geo(out)
     }
 
     /// Creates (or resets) an ACL user on every primary: `on >password ~* &*` and `rules`

@@ -3,8 +3,8 @@
 //! connection, which follows the slot map, MOVED/ASK redirections and reconnects).
 //!
 //! [`Redis::exec`] sends a batch of commands as pipelines: commands are grouped by hash slot
-//! (in cluster mode a pipeline must stay in one slot; in standalone mode slots are folded into a
-//! few lanes), each group is sent in order as pipelines of at most [`PIPELINE_COMMANDS`]
+//! (in cluster mode a pipeline must stay in one slot — so that the crate can send it whole again
+//! to a slot's new owner on MOVED/ASK; in standalone mode slots are folded into a few lanes), each group is sent in order as pipelines of at most [`PIPELINE_COMMANDS`]
 //! commands, and up to [`GROUPS_IN_FLIGHT`] groups run at once. Two commands on the same key are
 //! always in the same group, so they run in input order. Results come back in input order.
 //!
