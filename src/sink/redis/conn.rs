@@ -216,7 +216,7 @@ fn classify(code: Option<&str>, text: &str, e: Option<&::redis::RedisError>) -> 
         Some(_) => return ErrorClass::Command,
         None => {}
     }
-    if lower.contains("certificate") || lower.contains("unknownissuer") || lower.contains("tls") {
+    if lower.contains("certificate") || lower.contains("unknownissuer") {
         return ErrorClass::Tls;
     }
     if lower.contains("wrongpass") || lower.contains("noauth") {
