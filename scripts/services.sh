@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Private service instances for godwit's tests, the quickstart and CI:
-# a PostgreSQL cluster (logical WAL, TLS, password auth), a Redis and a moto
-# (S3/SNS mock), each on a free loopback port chosen here. It never uses the
-# services the machine may already run on their standard ports.
+# a PostgreSQL cluster (logical WAL, TLS, password auth), a Redis, a 3-node Redis
+# Cluster, a TLS-only Redis and a moto (S3/SNS mock), each on free loopback ports
+# chosen here. It never uses the services the machine may already run on their
+# standard ports.
 #
 #   scripts/services.sh start   install what is missing, start (or reuse), print env
-#   scripts/services.sh stop    stop all three; data stays
-#   scripts/services.sh status  exit 0 when all three are running
+#   scripts/services.sh stop    stop them all; data stays
+#   scripts/services.sh status  exit 0 when all are running
 #   scripts/services.sh env     print the env file of the last start (the services'
 #                               settings and GODWIT_SHOP_URL, the quickstart's demo database)
 #   scripts/services.sh reset   stop and delete the state folder
@@ -29,6 +30,8 @@ PG="$DIR/pg"
 PGDATA_DIR="$PG/data"
 TLS="$DIR/tls"
 RDS="$DIR/redis"
+RCL="$DIR/redis-cluster"
+RTLS="$DIR/redis-tls"
 MOTO="$DIR/moto"
 ENV_FILE="$DIR/env"
 
@@ -71,6 +74,7 @@ ensure_tools() {
         useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
     fi
     command -v redis-server >/dev/null || apt_install redis-server
+    command -v redis-cli >/dev/null || apt_install redis-tools
     command -v openssl >/dev/null || apt_install openssl
     command -v python3 >/dev/null || apt_install python3
     ensure_moto
@@ -176,6 +180,14 @@ pid_alive() {
 
 pg_running() { pid_alive "$PGDATA_DIR/postmaster.pid" postgres; }
 redis_running() { pid_alive "$RDS/redis.pid" redis-server; }
+redis_cluster_running() {
+    local i
+    [ -s "$RCL/ports" ] || return 1
+    for i in 1 2 3; do
+        pid_alive "$RCL/node$i/redis.pid" redis-server || return 1
+    done
+}
+redis_tls_running() { pid_alive "$RTLS/redis.pid" redis-server; }
 moto_running() { pid_alive "$MOTO/moto.pid" moto_server; }
 
 # Let the postgres user reach $DIR: every parent folder must be searchable.
@@ -391,6 +403,104 @@ start_redis() {
     die "Redis did not answer on port $port"
 }
 
+# A 3-node Redis Cluster (no replicas), rebuilt from scratch on every start: its data is
+# test data, and a fresh cluster cannot disagree with an old nodes.conf about ports.
+# $1..$3 client ports, $4..$6 cluster bus ports (set explicitly: port+10000 may not exist).
+start_redis_cluster() {
+    local i port bus addrs=() d
+    stop_redis_cluster
+    rm -rf "$RCL"
+    mkdir -p "$RCL"
+    for i in 1 2 3; do
+        port="${*:$i:1}"
+        bus="${*:$((i + 3)):1}"
+        d="$RCL/node$i"
+        mkdir -p "$d"
+        detached redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
+            --cluster-port "$bus" --cluster-config-file "$d/nodes.conf" \
+            --cluster-node-timeout 5000 --save '' --appendonly no \
+            --daemonize yes --pidfile "$d/redis.pid" --logfile "$d/redis.log" --dir "$d" \
+            </dev/null >/dev/null 2>&1 || die "redis-server (cluster node $i) failed (log: $d/redis.log)"
+        addrs+=("127.0.0.1:$port")
+    done
+    log "starting a Redis Cluster on ${addrs[*]}"
+    for i in 1 2 3; do
+        port="${*:$i:1}"
+        for _ in $(seq 1 100); do
+            redis_ping "$port" && break
+            sleep 0.05
+        done
+        redis_ping "$port" || die "Redis Cluster node on port $port did not answer (log: $RCL/node$i/redis.log)"
+    done
+    redis-cli --cluster create "${addrs[@]}" --cluster-replicas 0 --cluster-yes \
+        </dev/null >"$RCL/create.log" 2>&1 \
+        || { tail -n 20 "$RCL/create.log" >&2; die "redis-cli --cluster create failed"; }
+    for _ in $(seq 1 100); do
+        local ok=1
+        for i in 1 2 3; do
+            redis-cli -p "${*:$i:1}" cluster info 2>/dev/null | grep -q '^cluster_state:ok' || ok=0
+        done
+        if [ "$ok" = 1 ]; then
+            echo "${*:1:3}" >"$RCL/ports"
+            return 0
+        fi
+        sleep 0.1
+    done
+    die "the Redis Cluster did not reach cluster_state:ok (logs: $RCL/node*/redis.log)"
+}
+
+stop_redis_cluster() {
+    local i
+    for i in 1 2 3; do
+        kill_pidfile "$RCL/node$i/redis.pid" redis-server
+    done
+}
+
+# A certificate for the TLS Redis, signed by the CA in $TLS (made by ensure_tls).
+ensure_redis_cert() {
+    ensure_tls
+    if [ ! -s "$TLS/redis.crt" ] || [ ! -s "$TLS/redis.key" ] || [ "$TLS/ca.crt" -nt "$TLS/redis.crt" ]; then
+        log "making a Redis server certificate for localhost / 127.0.0.1"
+        local ext="$TLS/redis.ext"
+        cat >"$ext" <<'EOF2'
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:localhost,IP:127.0.0.1,IP:::1
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid,issuer
+EOF2
+        openssl req -new -nodes -newkey rsa:2048 -sha256 \
+            -keyout "$TLS/redis.key" -out "$TLS/redis.csr" -subj "/CN=localhost" 2>/dev/null
+        openssl x509 -req -in "$TLS/redis.csr" -CA "$TLS/ca.crt" -CAkey "$TLS/ca.key" \
+            -CAcreateserial -out "$TLS/redis.crt" -days 3650 -sha256 -extfile "$ext" 2>/dev/null
+        rm -f "$TLS/redis.csr" "$ext"
+        chmod 644 "$TLS/redis.crt"
+        chmod 600 "$TLS/redis.key"
+    fi
+}
+
+start_redis_tls() {
+    local port="$1"
+    ensure_redis_cert
+    mkdir -p "$RTLS"
+    rm -f "$RTLS/redis.pid"
+    log "starting a TLS-only Redis on 127.0.0.1:$port"
+    detached redis-server --port 0 --tls-port "$port" --bind 127.0.0.1 \
+        --tls-cert-file "$TLS/redis.crt" --tls-key-file "$TLS/redis.key" \
+        --tls-ca-cert-file "$TLS/ca.crt" --tls-auth-clients no --save '' --appendonly no \
+        --daemonize yes --pidfile "$RTLS/redis.pid" --logfile "$RTLS/redis.log" --dir "$RTLS" \
+        </dev/null >/dev/null 2>&1 || die "redis-server (TLS) failed (log: $RTLS/redis.log)"
+    for _ in $(seq 1 100); do
+        if [ "$(redis-cli --tls --cacert "$TLS/ca.crt" -h 127.0.0.1 -p "$port" ping 2>/dev/null)" = PONG ]; then
+            return 0
+        fi
+        sleep 0.05
+    done
+    tail -n 20 "$RTLS/redis.log" >&2 || true
+    die "the TLS Redis did not answer on port $port"
+}
+
 # ---------------------------------------------------------------- moto
 
 moto_answers() {
@@ -436,9 +546,12 @@ kill_pidfile() {
 # ---------------------------------------------------------------- commands
 
 write_env() {
-    local pg_port redis_port moto_port pw
+    local pg_port redis_port moto_port pw cl_ports tls_port nodes
     pg_port="$(cat "$PG/port")"
     redis_port="$(cat "$RDS/port")"
+    read -r -a cl_ports <"$RCL/ports"
+    nodes="127.0.0.1:${cl_ports[0]},127.0.0.1:${cl_ports[1]},127.0.0.1:${cl_ports[2]}"
+    tls_port="$(cat "$RTLS/port")"
     moto_port="$(cat "$MOTO/port")"
     pw="$(cat "$PG/password")"
     {
@@ -456,6 +569,10 @@ write_env() {
         echo "export PGPASSWORD=$(q "$pw")"
         echo "export PGDATABASE=$(q postgres)"
         echo "export GODWIT_REDIS_URL=$(q "redis://127.0.0.1:$redis_port")"
+        echo "export GODWIT_REDIS_CLUSTER_URL=$(q "redis://127.0.0.1:${cl_ports[0]}")"
+        echo "export GODWIT_REDIS_CLUSTER_NODES=$(q "$nodes")"
+        echo "export GODWIT_REDIS_TLS_URL=$(q "rediss://127.0.0.1:$tls_port")"
+        echo "export GODWIT_REDIS_CA=$(q "$TLS/ca.crt")"
         echo "export GODWIT_S3_ENDPOINT=$(q "http://127.0.0.1:$moto_port")"
         echo "export AWS_ACCESS_KEY_ID=$(q test)"
         echo "export AWS_SECRET_ACCESS_KEY=$(q test)"
@@ -474,6 +591,8 @@ cmd_start() {
     local t0=$SECONDS need=()
     pg_running || need+=(pg)
     redis_running || need+=(redis)
+    redis_cluster_running || need+=(redis-cluster)
+    redis_tls_running || need+=(redis-tls)
     moto_running || need+=(moto)
 
     if [ "${#need[@]}" = 0 ] && [ -s "$ENV_FILE" ]; then
@@ -484,8 +603,8 @@ cmd_start() {
         ensure_tools
         open_parents
         local fresh p
-        read -r -a fresh <<<"$(free_ports 3)"
-        mkdir -p "$PG" "$RDS" "$MOTO"
+        read -r -a fresh <<<"$(free_ports 10)"
+        mkdir -p "$PG" "$RDS" "$RTLS" "$MOTO"
         for p in "${need[@]}"; do
             case "$p" in
                 pg)
@@ -498,6 +617,14 @@ cmd_start() {
                     choose_port "$RDS/port" "${fresh[1]}" >"$RDS/port.new"
                     start_redis "$(cat "$RDS/port.new")"
                     mv "$RDS/port.new" "$RDS/port"
+                    ;;
+                redis-cluster)
+                    start_redis_cluster "${fresh[@]:3:6}"
+                    ;;
+                redis-tls)
+                    choose_port "$RTLS/port" "${fresh[9]}" >"$RTLS/port.new"
+                    start_redis_tls "$(cat "$RTLS/port.new")"
+                    mv "$RTLS/port.new" "$RTLS/port"
                     ;;
                 moto)
                     choose_port "$MOTO/port" "${fresh[2]}" >"$MOTO/port.new"
@@ -516,6 +643,8 @@ cmd_start() {
 cmd_stop() {
     stop_pg
     kill_pidfile "$RDS/redis.pid" redis-server
+    stop_redis_cluster
+    kill_pidfile "$RTLS/redis.pid" redis-server
     kill_pidfile "$MOTO/moto.pid" moto_server
     log "stopped (data kept in $DIR)"
 }
@@ -524,6 +653,8 @@ cmd_status() {
     local rc=0
     if pg_running; then log "postgres  running on port $(cat "$PG/port" 2>/dev/null)"; else log "postgres  stopped"; rc=1; fi
     if redis_running; then log "redis     running on port $(cat "$RDS/port" 2>/dev/null)"; else log "redis     stopped"; rc=1; fi
+    if redis_cluster_running; then log "redis cluster running on ports $(cat "$RCL/ports" 2>/dev/null)"; else log "redis cluster stopped"; rc=1; fi
+    if redis_tls_running; then log "redis tls running on port $(cat "$RTLS/port" 2>/dev/null)"; else log "redis tls stopped"; rc=1; fi
     if moto_running; then log "moto      running on port $(cat "$MOTO/port" 2>/dev/null)"; else log "moto      stopped"; rc=1; fi
     return "$rc"
 }
@@ -531,7 +662,7 @@ cmd_status() {
 cmd_env() {
     [ -s "$ENV_FILE" ] || die "no $ENV_FILE yet: run scripts/services.sh start"
     # An env file written before a setting was added gets it now (same ports and password).
-    if ! grep -q '^export GODWIT_SHOP_URL=' "$ENV_FILE"; then
+    if ! grep -q '^export GODWIT_SHOP_URL=' "$ENV_FILE" && [ -s "$RCL/ports" ] && [ -s "$RTLS/port" ]; then
         lock
         write_env
     fi

@@ -238,6 +238,8 @@ include_op_for_full_load = false
 url = "redis://127.0.0.1:6379"
 cluster = false
 tls_ca = ""
+key_prefix = ""
+wait_replicas = 0
 
 [[cache.projections]]
 table = "public.users"
@@ -323,7 +325,7 @@ url = ""
     );
     assert_eq!(p.line_of("target.url"), Some(27));
     assert_eq!(p.line_of("tables.\"public.orders\".partitions"), Some(17));
-    assert_eq!(p.line_of("cache.projections[1].score"), Some(63));
+    assert_eq!(p.line_of("cache.projections[1].score"), Some(65));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1124,6 +1126,8 @@ fn cache_valid() {
 url = "rediss://default:pw@cache.example:6380"
 cluster = true
 tls_ca = "/etc/ssl/private-ca.pem"
+key_prefix = "app1:"
+wait_replicas = 1
 
 [[cache.projections]]
 table = "public.users"
@@ -1189,6 +1193,8 @@ channel = "orders"
     assert!(!format!("{:?}", c.url).contains(":pw@"));
     assert!(c.cluster);
     assert_eq!(c.tls_ca, Some(PathBuf::from("/etc/ssl/private-ca.pem")));
+    assert_eq!(c.key_prefix, "app1:");
+    assert_eq!(c.wait_replicas, 1);
     assert_eq!(c.projections.len(), 9);
     let h = &c.projections[0];
     assert_eq!(h.kind, ProjectionKind::Hash);
@@ -1270,6 +1276,22 @@ fn cache_invalid() {
             6,
             "cache.tls_ca",
             "rediss://",
+        ),
+        (
+            with(&format!(
+                "[cache]\nurl = \"redis://127.0.0.1:6379\"\nwait_replicas = -1\n[[cache.projections]]\n{hash}"
+            )),
+            6,
+            "cache.wait_replicas",
+            "must be from 0 to 100",
+        ),
+        (
+            with(&format!(
+                "[cache]\nurl = \"redis://127.0.0.1:6379\"\nkey_prefix = 7\n[[cache.projections]]\n{hash}"
+            )),
+            6,
+            "cache.key_prefix",
+            "expected a string",
         ),
         (
             cache_with("table = \"public.*\"\ntype = \"hash\"\nkey = \"k:{id}\"\n"),
@@ -1934,4 +1956,16 @@ fn load_reads_a_file_and_reports_unreadable_paths() {
     let e = load(&missing).unwrap_err();
     assert!(e.message.contains("cannot read"), "{e}");
     assert_eq!(e.file, missing.display().to_string());
+}
+
+#[test]
+fn cache_defaults() {
+    let p = ok(&cache_with(
+        "table = \"public.users\"\ntype = \"hash\"\nkey = \"user:{id}\"\n",
+    ));
+    let c = p.cache.as_ref().unwrap();
+    assert!(!c.cluster);
+    assert_eq!(c.tls_ca, None);
+    assert_eq!(c.key_prefix, "");
+    assert_eq!(c.wait_replicas, 0);
 }

@@ -43,7 +43,14 @@ const TARGET_KEYS: &[&str] = &[
     "timestamp_column",
     "include_op_for_full_load",
 ];
-const CACHE_KEYS: &[&str] = &["url", "cluster", "tls_ca", "projections"];
+const CACHE_KEYS: &[&str] = &[
+    "url",
+    "cluster",
+    "tls_ca",
+    "key_prefix",
+    "wait_replicas",
+    "projections",
+];
 const PROJECTION_KEYS: &[&str] = &[
     "table",
     "type",
@@ -631,6 +638,14 @@ fn cache(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, tables: &Tables) -> R<Cache> 
         }
         tls_ca = Some(PathBuf::from(p));
     }
+    let mut key_prefix = String::new();
+    if let Some(it) = sec.get("key_prefix") {
+        key_prefix = it.string(ctx)?;
+    }
+    let mut wait_replicas = 0;
+    if let Some(it) = sec.get("wait_replicas") {
+        wait_replicas = it.int_in(ctx, 0, 100)? as u32;
+    }
     let mut projections = Vec::new();
     match sec.get("projections") {
         Some(it) => {
@@ -654,6 +669,8 @@ fn cache(ctx: &mut Ctx<'_>, sec: &Section<'_, '_>, tables: &Tables) -> R<Cache> 
         url,
         cluster,
         tls_ca,
+        key_prefix,
+        wait_replicas,
         projections,
     })
 }

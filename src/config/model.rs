@@ -394,6 +394,10 @@ pub struct Cache {
     pub cluster: bool,
     /// PEM file of a private CA (needs `rediss://`).
     pub tls_ca: Option<PathBuf>,
+    /// Put before every key the projections write (default empty).
+    pub key_prefix: String,
+    /// After each flush, `WAIT` for this many replicas on every primary written to (default 0: no wait).
+    pub wait_replicas: u32,
     pub projections: Vec<Projection>,
 }
 

@@ -5,6 +5,7 @@
 //! holds.
 
 pub mod files;
+pub mod redis;
 
 use std::sync::Arc;
 

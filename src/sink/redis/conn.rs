@@ -1,0 +1,947 @@
+//! Redis transport: one [`Redis`] per pipeline, over a standalone server (a multiplexed
+//! `ConnectionManager` that reconnects by itself) or a Redis Cluster (the crate's async cluster
+//! connection, which follows the slot map, MOVED/ASK redirections and reconnects).
+//!
+//! [`Redis::exec`] sends a batch of commands as pipelines: commands are grouped by hash slot
+//! (in cluster mode a pipeline must stay in one slot — so that the crate can send it whole again
+//! to a slot's new owner on MOVED/ASK; in standalone mode slots are folded into a few lanes), each group is sent in order as pipelines of at most [`PIPELINE_COMMANDS`]
+//! commands, and up to [`GROUPS_IN_FLIGHT`] groups run at once. Two commands on the same key are
+//! always in the same group, so they run in input order. Results come back in input order.
+//!
+//! Errors become a [`RedisError`]: one sentence naming the server (password removed), Redis's
+//! error code and text, and what to do, with an [`ErrorClass`] that says whether retrying helps.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::cluster::ClusterClientBuilder;
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use ::redis::{Client, Cmd, ErrorKind, Pipeline, ServerError, TlsCertificates, Value};
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+
+/// Number of hash slots in a Redis Cluster.
+pub const SLOTS: u16 = 16384;
+/// Most commands in one pipeline (a larger group is sent as several pipelines, in order).
+pub const PIPELINE_COMMANDS: usize = 1000;
+/// Groups (slot groups in cluster mode, lanes in standalone mode) in flight at once.
+pub const GROUPS_IN_FLIGHT: usize = 32;
+/// Standalone mode: slots are folded into this many lanes that run in parallel.
+const STANDALONE_LANES: u16 = 8;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The commands godwit's Redis sink sends, for an ACL rule (see README, *Redis ACL*).
+pub const ACL_COMMANDS: &[&str] = &[
+    "HSET",
+    "HGET",
+    "HDEL",
+    "DEL",
+    "SET",
+    "GET",
+    "EXPIREAT",
+    "PEXPIREAT",
+    "ZADD",
+    "ZREM",
+    "SADD",
+    "SREM",
+    "GEOADD",
+    "XADD",
+    "PUBLISH",
+    "EVALSHA",
+    "EVAL",
+    "SCRIPT|LOAD",
+    "SCAN",
+    "TYPE",
+    "PING",
+    "INFO",
+    "CONFIG|GET",
+    "CLUSTER|SLOTS",
+    "WAIT",
+    "MULTI",
+    "EXEC",
+];
+
+// ---------------------------------------------------------------- slots
+
+/// CRC16/XMODEM (polynomial 0x1021), the checksum Redis Cluster uses for key slots.
+const CRC16_TABLE: [u16; 256] = {
+    let mut table = [0u16; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut crc = (i as u16) << 8;
+        let mut bit = 0;
+        while bit < 8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+            bit += 1;
+        }
+        table[i] = crc;
+        i += 1;
+    }
+    table
+};
+
+fn crc16(data: &[u8]) -> u16 {
+    data.iter().fold(0u16, |crc, &b| {
+        (crc << 8) ^ CRC16_TABLE[(((crc >> 8) as u8) ^ b) as usize]
+    })
+}
+
+/// The part of `key` that decides its slot: the bytes between the first `{` and the first `}`
+/// after it, when that is not empty. `None`: the whole key decides.
+pub fn hash_tag(key: &[u8]) -> Option<&[u8]> {
+    let open = key.iter().position(|&b| b == b'{')?;
+    let rest = &key[open + 1..];
+    let close = rest.iter().position(|&b| b == b'}')?;
+    (close > 0).then(|| &rest[..close])
+}
+
+/// The Redis Cluster hash slot of `key` (0..16384), with the `{hash tag}` rule.
+pub fn slot(key: &[u8]) -> u16 {
+    crc16(hash_tag(key).unwrap_or(key)) % SLOTS
+}
+
+// ---------------------------------------------------------------- errors
+
+/// What kind of failure a [`RedisError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Connection refused/reset, timeouts, LOADING, TRYAGAIN, CLUSTERDOWN, MASTERDOWN, READONLY,
+    /// BUSY, MOVED/ASK: retrying (after a pause) can succeed.
+    Retryable,
+    /// NOAUTH, WRONGPASS: the credentials in `cache.url` are wrong.
+    Auth,
+    /// NOPERM: the ACL user lacks a command or key.
+    Permission,
+    /// The server's certificate was not accepted.
+    Tls,
+    /// The server does not know a command.
+    UnknownCommand,
+    /// NOSCRIPT: a script is not in the server's script cache (handled inside `exec`).
+    NoScript,
+    /// The configuration cannot work (a bad URL, an unreadable CA file).
+    Config,
+    /// Any other error the server returned for a command.
+    Command,
+}
+
+/// A failed Redis operation, with a message for users (no password in it).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct RedisError {
+    message: String,
+    class: ErrorClass,
+    code: Option<String>,
+}
+
+impl RedisError {
+    /// Whether sending the same commands again later can succeed.
+    pub fn retryable(&self) -> bool {
+        self.class == ErrorClass::Retryable
+    }
+
+    pub fn class(&self) -> ErrorClass {
+        self.class
+    }
+
+    /// Redis's error code (`NOPERM`, `WRONGPASS`, …), when the server sent one.
+    pub fn code(&self) -> Option<&str> {
+        self.code.as_deref()
+    }
+
+    fn new(
+        server: &Server,
+        what: &str,
+        code: Option<String>,
+        text: &str,
+        class: ErrorClass,
+    ) -> Self {
+        let text = server.scrub(text.trim().trim_end_matches('.'));
+        let hint = hint(class);
+        let detail = match &code {
+            Some(c) if !text.starts_with(c.as_str()) => format!("{c} {text}"),
+            _ => text,
+        };
+        RedisError {
+            message: format!("Redis {}: {what} failed: {detail}; {hint}", server.shown),
+            class,
+            code,
+        }
+    }
+
+    fn from_redis(server: &Server, what: &str, e: &::redis::RedisError) -> Self {
+        if let Some(first) = e
+            .clone()
+            .into_server_errors()
+            .and_then(|v| v.first().cloned())
+        {
+            return Self::from_server(server, what, &first.1);
+        }
+        let code = e.code().map(str::to_string);
+        let text = match (e.code(), e.detail()) {
+            (Some(_), Some(d)) => d.to_string(),
+            // The crate's own errors read "description - Kind[: detail]"; the kind is noise.
+            _ => e.to_string().replacen(&format!(" - {:?}", e.kind()), "", 1),
+        };
+        let class = classify(code.as_deref(), &text, Some(e));
+        Self::new(server, what, code, &text, class)
+    }
+
+    fn from_server(server: &Server, what: &str, e: &ServerError) -> Self {
+        let code = e.code().to_string();
+        let text = e.details().unwrap_or("").to_string();
+        let class = classify(Some(&code), &text, None);
+        Self::new(server, what, Some(code), &text, class)
+    }
+}
+
+fn classify(code: Option<&str>, text: &str, e: Option<&::redis::RedisError>) -> ErrorClass {
+    let lower = text.to_ascii_lowercase();
+    match code {
+        Some(
+            "LOADING" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY" | "BUSY" | "MOVED"
+            | "ASK",
+        ) => return ErrorClass::Retryable,
+        Some("NOAUTH" | "WRONGPASS") => return ErrorClass::Auth,
+        Some("NOPERM") => return ErrorClass::Permission,
+        Some("NOSCRIPT") => return ErrorClass::NoScript,
+        Some("ERR") if lower.starts_with("unknown command") => return ErrorClass::UnknownCommand,
+        Some(_) => return ErrorClass::Command,
+        None => {}
+    }
+    if lower.contains("certificate") || lower.contains("unknownissuer") {
+        return ErrorClass::Tls;
+    }
+    if lower.contains("wrongpass") || lower.contains("noauth") {
+        return ErrorClass::Auth;
+    }
+    if let Some(e) = e {
+        match e.kind() {
+            ErrorKind::AuthenticationFailed => return ErrorClass::Auth,
+            ErrorKind::InvalidClientConfig => return ErrorClass::Config,
+            ErrorKind::Io | ErrorKind::ClusterConnectionNotFound => return ErrorClass::Retryable,
+            _ => {}
+        }
+        if e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+            return ErrorClass::Retryable;
+        }
+    }
+    ErrorClass::Command
+}
+
+fn hint(class: ErrorClass) -> String {
+    match class {
+        ErrorClass::Retryable => {
+            "godwit retries this; if it persists, check that Redis is running and reachable".into()
+        }
+        ErrorClass::Auth => "check user:password in cache.url".into(),
+        ErrorClass::Permission => format!(
+            "the Redis ACL user needs these commands: {} (see README, Redis ACL)",
+            ACL_COMMANDS.join(" ").to_ascii_lowercase()
+        ),
+        ErrorClass::Tls => "check that cache.tls_ca names the CA that signed the server's \
+                            certificate (without tls_ca the system CAs are used) and that the \
+                            URL's host is in the certificate"
+            .into(),
+        ErrorClass::UnknownCommand => {
+            "the server does not have this command: use Redis 6.2 or later without renamed commands"
+                .into()
+        }
+        ErrorClass::NoScript => "godwit loads the script again".into(),
+        ErrorClass::Config => "check cache.url and cache.tls_ca".into(),
+        ErrorClass::Command => "check the key's type and the projection that wrote it".into(),
+    }
+}
+
+/// How the server is shown in messages, and the password to keep out of them.
+#[derive(Clone)]
+struct Server {
+    shown: String,
+    password: Option<String>,
+}
+
+impl Server {
+    fn scrub(&self, text: &str) -> String {
+        match &self.password {
+            Some(p) if !p.is_empty() => text.replace(p.as_str(), "***"),
+            _ => text.to_string(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- connection
+
+/// One command and the key whose slot routes it (a command without a key: any key, e.g. `b""`).
+#[derive(Debug, Clone)]
+pub struct Routed {
+    pub key: Vec<u8>,
+    pub cmd: Cmd,
+}
+
+impl Routed {
+    pub fn new(key: impl Into<Vec<u8>>, cmd: Cmd) -> Self {
+        Routed {
+            key: key.into(),
+            cmd,
+        }
+    }
+}
+
+/// A Lua script known to a [`Redis`]: loaded on every primary at [`Redis::load_script`] and
+/// again whenever a pipeline meets NOSCRIPT (a restarted or flushed server).
+#[derive(Debug, Clone)]
+pub struct LuaScript {
+    sha: String,
+    source: Arc<str>,
+}
+
+impl LuaScript {
+    pub fn sha(&self) -> &str {
+        &self.sha
+    }
+
+    /// `EVALSHA sha numkeys keys… args…` for a pipeline.
+    pub fn cmd<K: ::redis::ToRedisArgs, A: ::redis::ToRedisArgs>(
+        &self,
+        keys: &[K],
+        args: &[A],
+    ) -> Cmd {
+        let mut c = ::redis::cmd("EVALSHA");
+        c.arg(&self.sha).arg(keys.len());
+        for k in keys {
+            c.arg(k);
+        }
+        for a in args {
+            c.arg(a);
+        }
+        c
+    }
+}
+
+/// What [`Redis::nodes`] reports about one primary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeInfo {
+    /// `host:port`.
+    pub address: String,
+    /// `master` (or `slave` when a standalone URL names a replica).
+    pub role: String,
+    pub maxmemory_policy: String,
+    pub used_memory: u64,
+    pub redis_version: String,
+}
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// A connection to the cache: a standalone server or a cluster.
+pub struct Redis {
+    conn: Conn,
+    server: Server,
+    /// Standalone: `host:port` of the server.
+    address: String,
+    scripts: Mutex<Vec<LuaScript>>,
+    /// Slots written since the last [`Redis::wait_replicas`] (standalone: slot 0 stands for all).
+    written: Mutex<BTreeSet<u16>>,
+}
+
+static CRYPTO: Once = Once::new();
+
+/// The redis crate builds its TLS configuration with rustls' process-wide default provider; the
+/// tree enables two (ring and aws-lc-rs), so rustls cannot pick one itself. godwit uses ring.
+fn install_crypto_provider() {
+    CRYPTO.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+fn read_ca(server: &Server, path: &Path) -> Result<Vec<u8>, RedisError> {
+    std::fs::read(path).map_err(|e| RedisError {
+        message: format!(
+            "reading cache.tls_ca {} for Redis {} failed: {e}; check the path and its permissions",
+            path.display(),
+            server.shown
+        ),
+        class: ErrorClass::Config,
+        code: None,
+    })
+}
+
+impl Redis {
+    /// Connects (checking the connection with the handshake the crate does: AUTH, SELECT).
+    pub async fn connect(cache: &crate::config::Cache) -> Result<Redis, RedisError> {
+        install_crypto_provider();
+        let url = cache.url.expose();
+        let parsed = url::Url::parse(url).ok();
+        let server = Server {
+            shown: cache.url.redacted(),
+            password: parsed
+                .as_ref()
+                .and_then(|u| u.password())
+                .map(percent_decode),
+        };
+        let address = parsed
+            .as_ref()
+            .map(|u| {
+                format!(
+                    "{}:{}",
+                    u.host_str().unwrap_or("127.0.0.1"),
+                    u.port().unwrap_or(6379)
+                )
+            })
+            .unwrap_or_default();
+        let certs = match &cache.tls_ca {
+            Some(p) => Some(TlsCertificates {
+                client_tls: None,
+                root_cert: Some(read_ca(&server, p)?),
+            }),
+            None => None,
+        };
+        let conn = if cache.cluster {
+            let mut b = ClusterClientBuilder::new(vec![url])
+                .connection_timeout(CONNECT_TIMEOUT)
+                .response_timeout(RESPONSE_TIMEOUT);
+            if let Some(c) = certs {
+                b = b.certs(c);
+            }
+            let client = b
+                .build()
+                .map_err(|e| RedisError::from_redis(&server, "connecting", &e))?;
+            let c = client
+                .get_async_connection()
+                .await
+                .map_err(|e| RedisError::from_redis(&server, "connecting", &e))?;
+            Conn::Cluster(c)
+        } else {
+            let client = match certs {
+                Some(c) => Client::build_with_tls(url, c),
+                None => Client::open(url),
+            }
+            .map_err(|e| RedisError::from_redis(&server, "connecting", &e))?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                .set_number_of_retries(2);
+            let c = ConnectionManager::new_with_config(client, config)
+                .await
+                .map_err(|e| RedisError::from_redis(&server, "connecting", &e))?;
+            Conn::Single(c)
+        };
+        let redis = Redis {
+            conn,
+            server,
+            address,
+            scripts: Mutex::new(Vec::new()),
+            written: Mutex::new(BTreeSet::new()),
+        };
+        // A first round trip: a wrong password or a refused ACL shows here, not mid-load.
+        redis
+            .exec(vec![Routed::new(Vec::new(), ::redis::cmd("PING"))])
+            .await?;
+        redis.written.lock().expect("lock").clear();
+        Ok(redis)
+    }
+
+    /// The server as shown in messages (URL without password).
+    pub fn shown(&self) -> &str {
+        &self.server.shown
+    }
+
+    /// Runs the commands pipelined and returns their results in input order. Commands are
+    /// grouped by hash slot (cluster) or by lanes of slots (standalone); commands on one key run in
+    /// input order. A group that meets NOSCRIPT gets every known script loaded again and is sent
+    /// again whole (the sink's commands are idempotent). Any command error fails the whole call
+    /// with the first error in input order.
+    pub async fn exec(&self, cmds: Vec<Routed>) -> Result<Vec<Value>, RedisError> {
+        let n = cmds.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let cluster = matches!(self.conn, Conn::Cluster(_));
+        let mut groups: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+        let mut slots = Vec::with_capacity(n);
+        for (i, r) in cmds.iter().enumerate() {
+            let s = slot(&r.key);
+            slots.push(s);
+            let g = if cluster { s } else { s % STANDALONE_LANES };
+            groups.entry(g).or_default().push(i);
+        }
+        {
+            let mut w = self.written.lock().expect("lock");
+            if cluster {
+                w.extend(slots.iter().copied());
+            } else {
+                w.insert(0);
+            }
+        }
+        let cmds = &cmds;
+        let slots = &slots;
+        let results: Vec<(Vec<usize>, Vec<Value>)> = stream::iter(groups.into_values())
+            .map(|idx| async move {
+                let s = slots[idx[0]];
+                let values = self.run_group(cmds, &idx, s).await?;
+                Ok::<_, RedisError>((idx, values))
+            })
+            .buffer_unordered(GROUPS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        let mut out: Vec<Option<Value>> = vec![None; n];
+        for (idx, values) in results {
+            for (i, v) in idx.into_iter().zip(values) {
+                out[i] = Some(v);
+            }
+        }
+        // The first failed command in input order decides the error.
+        let mut values = Vec::with_capacity(n);
+        for (i, v) in out.into_iter().enumerate() {
+            match v {
+                Some(Value::ServerError(e)) => {
+                    let what = format!("command {} ({})", i + 1, cmd_name(&cmds[i].cmd));
+                    return Err(RedisError::from_server(&self.server, &what, &e));
+                }
+                Some(v) => values.push(v),
+                None => {
+                    return Err(RedisError {
+                        message: format!(
+                            "a pipeline to Redis {} returned fewer results than commands; \
+                             this is a bug in godwit, please report it",
+                            self.server.shown
+                        ),
+                        class: ErrorClass::Command,
+                        code: None,
+                    });
+                }
+            }
+        }
+        Ok(values)
+    }
+
+    /// One group, in order, as pipelines of at most [`PIPELINE_COMMANDS`]; NOSCRIPT: load the
+    /// scripts again and resend the group (once per call).
+    async fn run_group(
+        &self,
+        cmds: &[Routed],
+        idx: &[usize],
+        slot: u16,
+    ) -> Result<Vec<Value>, RedisError> {
+        let mut reloaded = false;
+        'again: loop {
+            let mut values = Vec::with_capacity(idx.len());
+            for chunk in idx.chunks(PIPELINE_COMMANDS) {
+                let mut p = ::redis::pipe();
+                for &i in chunk {
+                    p.add_command(cmds[i].cmd.clone());
+                }
+                let got = self.send_pipeline(p, chunk.len(), slot).await?;
+                let noscript = got
+                    .iter()
+                    .any(|v| matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT"));
+                if noscript && !reloaded {
+                    reloaded = true;
+                    self.reload_scripts().await?;
+                    continue 'again;
+                }
+                values.extend(got);
+            }
+            return Ok(values);
+        }
+    }
+
+    async fn send_pipeline(
+        &self,
+        mut p: Pipeline,
+        count: usize,
+        slot: u16,
+    ) -> Result<Vec<Value>, RedisError> {
+        p.ignore_errors();
+        let result = match &self.conn {
+            Conn::Single(c) => {
+                let mut c = c.clone();
+                c.send_packed_commands(&p, 0, count).await
+            }
+            Conn::Cluster(c) => {
+                let mut c = c.clone();
+                c.route_pipeline(
+                    p,
+                    0,
+                    count,
+                    SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master)),
+                )
+                .await
+            }
+        };
+        let values =
+            result.map_err(|e| RedisError::from_redis(&self.server, "sending commands", &e))?;
+        if values.len() != count {
+            return Err(RedisError {
+                message: format!(
+                    "a pipeline of {count} commands to Redis {} returned {} results; \
+                     this is a bug in godwit, please report it",
+                    self.server.shown,
+                    values.len()
+                ),
+                class: ErrorClass::Command,
+                code: None,
+            });
+        }
+        Ok(values)
+    }
+
+    /// [`Redis::exec`], retrying retryable failures: waits [`retry_delay`] (100 ms doubling to
+    /// 5 s) between attempts, logs each retry at warn with the error, and gives up after
+    /// `retries` retries (`-1`: never; `[errors] recoverable_retries`) or when `stop()` is true.
+    /// The whole batch is sent again: the sink's commands are idempotent (version-guarded).
+    pub async fn exec_retrying(
+        &self,
+        cmds: Vec<Routed>,
+        retries: i64,
+        stop: impl Fn() -> bool,
+    ) -> Result<Vec<Value>, RedisError> {
+        let mut attempt: u32 = 0;
+        loop {
+            match self.exec(cmds.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    let exhausted = retries >= 0 && i64::from(attempt) >= retries;
+                    if !e.retryable() || exhausted || stop() {
+                        return Err(e);
+                    }
+                    let delay = retry_delay(attempt);
+                    attempt += 1;
+                    tracing::warn!(
+                        attempt,
+                        delay_ms = delay.as_millis() as u64,
+                        error = %e,
+                        "Redis write failed; retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                    if stop() {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Loads a Lua script on every primary (SCRIPT LOAD) and remembers it, so that a NOSCRIPT
+    /// in a pipeline (a restarted or flushed server) loads it again.
+    pub async fn load_script(&self, source: &str) -> Result<LuaScript, RedisError> {
+        let script = LuaScript {
+            sha: ::redis::Script::new(source).get_hash().to_string(),
+            source: Arc::from(source),
+        };
+        self.load_on_primaries(std::slice::from_ref(&script))
+            .await?;
+        let mut s = self.scripts.lock().expect("lock");
+        if !s.iter().any(|x| x.sha == script.sha) {
+            s.push(script.clone());
+        }
+        Ok(script)
+    }
+
+    async fn reload_scripts(&self) -> Result<(), RedisError> {
+        let scripts = self.scripts.lock().expect("lock").clone();
+        self.load_on_primaries(&scripts).await
+    }
+
+    async fn load_on_primaries(&self, scripts: &[LuaScript]) -> Result<(), RedisError> {
+        if scripts.is_empty() {
+            return Ok(());
+        }
+        for target in self.primaries().await? {
+            let mut p = ::redis::pipe();
+            for s in scripts {
+                p.cmd("SCRIPT").arg("LOAD").arg(&*s.source);
+            }
+            self.on_node(&target, p, scripts.len(), "loading a Lua script")
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Every node answers PING (cluster: replicas too); then per primary its address, role,
+    /// maxmemory-policy, used_memory and redis_version.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, RedisError> {
+        let mut out = Vec::new();
+        let targets = self.primaries().await?;
+        if let Conn::Cluster(_) = &self.conn {
+            for addr in self.cluster_nodes().await?.1 {
+                let mut p = ::redis::pipe();
+                p.cmd("PING");
+                self.on_node(&Target::Address(addr), p, 1, "PING").await?;
+            }
+        }
+        for t in targets {
+            let mut p = ::redis::pipe();
+            p.cmd("PING");
+            p.cmd("INFO").arg("server").arg("memory").arg("replication");
+            p.cmd("CONFIG").arg("GET").arg("maxmemory-policy");
+            let v = self.on_node(&t, p, 3, "reading the server's INFO").await?;
+            let info = match &v[1] {
+                Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                Value::VerbatimString { text, .. } => text.clone(),
+                Value::SimpleString(s) => s.clone(),
+                _ => String::new(),
+            };
+            let field = |name: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_default()
+            };
+            let policy = config_value(&v[2]).unwrap_or_default();
+            out.push(NodeInfo {
+                address: match &t {
+                    Target::Address(a) => a.clone(),
+                    Target::Single => self.address.clone(),
+                },
+                role: field("role"),
+                maxmemory_policy: policy,
+                used_memory: field("used_memory").parse().unwrap_or(0),
+                redis_version: field("redis_version"),
+            });
+        }
+        Ok(out)
+    }
+
+    /// `WAIT n timeout` on every primary written to since the last call; fails when a primary
+    /// has fewer than `n` replicas acknowledging in time. `n == 0`: nothing to do.
+    pub async fn wait_replicas(&self, n: u32, timeout: Duration) -> Result<(), RedisError> {
+        let written = std::mem::take(&mut *self.written.lock().expect("lock"));
+        if n == 0 || written.is_empty() {
+            return Ok(());
+        }
+        let targets: Vec<(Target, u16)> = match &self.conn {
+            Conn::Single(_) => vec![(Target::Single, 0)],
+            Conn::Cluster(_) => {
+                let (ranges, _) = self.cluster_nodes().await?;
+                let mut by_node: BTreeMap<String, u16> = BTreeMap::new();
+                for s in &written {
+                    if let Some((_, _, a)) = ranges.iter().find(|(lo, hi, _)| lo <= s && s <= hi) {
+                        by_node.entry(a.clone()).or_insert(*s);
+                    }
+                }
+                by_node
+                    .into_iter()
+                    .map(|(a, s)| (Target::Address(a), s))
+                    .collect()
+            }
+        };
+        for (t, _) in targets {
+            let mut p = ::redis::pipe();
+            p.cmd("WAIT").arg(n).arg(timeout.as_millis() as u64);
+            let v = self.on_node(&t, p, 1, "WAIT for replicas").await?;
+            let acked = match v.first() {
+                Some(Value::Int(k)) => *k,
+                _ => 0,
+            };
+            if acked < i64::from(n) {
+                let node = match &t {
+                    Target::Address(a) => a.clone(),
+                    Target::Single => self.address.clone(),
+                };
+                return Err(RedisError {
+                    message: format!(
+                        "WAIT on Redis {} (node {node}) got {acked} of {n} replicas within {} ms; \
+                         godwit retries this; check the replicas' link, or lower cache.wait_replicas",
+                        self.server.shown,
+                        timeout.as_millis()
+                    ),
+                    class: ErrorClass::Retryable,
+                    code: None,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Primaries: the one server, or each cluster primary's address.
+    async fn primaries(&self) -> Result<Vec<Target>, RedisError> {
+        match &self.conn {
+            Conn::Single(_) => Ok(vec![Target::Single]),
+            Conn::Cluster(_) => {
+                let (ranges, _) = self.cluster_nodes().await?;
+                let set: BTreeSet<String> = ranges.into_iter().map(|(_, _, a)| a).collect();
+                Ok(set.into_iter().map(Target::Address).collect())
+            }
+        }
+    }
+
+    /// CLUSTER SLOTS: (first slot, last slot, primary address) and every node's address.
+    async fn cluster_nodes(&self) -> Result<(Vec<(u16, u16, String)>, Vec<String>), RedisError> {
+        let Conn::Cluster(c) = &self.conn else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let v = c
+            .clone()
+            .route_command(
+                ::redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await
+            .map_err(|e| RedisError::from_redis(&self.server, "CLUSTER SLOTS", &e))?;
+        let mut ranges = Vec::new();
+        let mut all = BTreeSet::new();
+        if let Value::Array(items) = v {
+            for it in items {
+                let Value::Array(parts) = it else { continue };
+                let (Some(Value::Int(lo)), Some(Value::Int(hi))) = (parts.first(), parts.get(1))
+                else {
+                    continue;
+                };
+                for (k, node) in parts.iter().skip(2).enumerate() {
+                    let Value::Array(n) = node else { continue };
+                    let host = match n.first() {
+                        Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                        Some(Value::SimpleString(s)) => s.clone(),
+                        _ => continue,
+                    };
+                    let Some(Value::Int(port)) = n.get(1) else {
+                        continue;
+                    };
+                    let addr = format!("{host}:{port}");
+                    if k == 0 {
+                        ranges.push((*lo as u16, *hi as u16, addr.clone()));
+                    }
+                    all.insert(addr);
+                }
+            }
+        }
+        Ok((ranges, all.into_iter().collect()))
+    }
+
+    async fn on_node(
+        &self,
+        t: &Target,
+        mut p: Pipeline,
+        count: usize,
+        what: &str,
+    ) -> Result<Vec<Value>, RedisError> {
+        p.ignore_errors();
+        let r = match (&self.conn, t) {
+            (Conn::Single(c), _) => c.clone().send_packed_commands(&p, 0, count).await,
+            (Conn::Cluster(c), Target::Address(a)) => {
+                let (host, port) = a.rsplit_once(':').unwrap_or((a.as_str(), "6379"));
+                c.clone()
+                    .route_pipeline(
+                        p,
+                        0,
+                        count,
+                        SingleNodeRoutingInfo::ByAddress {
+                            host: host.to_string(),
+                            port: port.parse().unwrap_or(6379),
+                        },
+                    )
+                    .await
+            }
+            (Conn::Cluster(c), Target::Single) => {
+                c.clone()
+                    .route_pipeline(p, 0, count, SingleNodeRoutingInfo::Random)
+                    .await
+            }
+        };
+        let values = r.map_err(|e| RedisError::from_redis(&self.server, what, &e))?;
+        for v in &values {
+            if let Value::ServerError(e) = v {
+                return Err(RedisError::from_server(&self.server, what, e));
+            }
+        }
+        Ok(values)
+    }
+}
+
+enum Target {
+    Single,
+    Address(String),
+}
+
+fn config_value(v: &Value) -> Option<String> {
+    let s = |v: &Value| match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    match v {
+        Value::Array(a) => a.get(1).and_then(s),
+        Value::Map(m) => m.first().and_then(|(_, v)| s(v)),
+        _ => None,
+    }
+}
+
+fn cmd_name(c: &Cmd) -> String {
+    c.args_iter()
+        .next()
+        .and_then(|a| match a {
+            ::redis::Arg::Simple(b) => Some(String::from_utf8_lossy(b).to_ascii_uppercase()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && b[i + 1].is_ascii_hexdigit()
+            && b[i + 2].is_ascii_hexdigit()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Pause before retry `attempt` (0-based): 100 ms, doubling, at most 5 s.
+pub fn retry_delay(attempt: u32) -> Duration {
+    let ms = 100u64.saturating_mul(1u64 << attempt.min(16));
+    Duration::from_millis(ms.min(5_000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_match_redis() {
+        // Values from CLUSTER KEYSLOT.
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"bar"), 5061);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
+        assert_eq!(slot(b"{}x"), crc16(b"{}x") % SLOTS);
+        assert_eq!(hash_tag(b"a{b}c{d}"), Some(&b"b"[..]));
+        assert_eq!(hash_tag(b"a{}c{d}"), None);
+        assert_eq!(hash_tag(b"a{bc"), None);
+        assert_eq!(hash_tag(b"}{x}"), Some(&b"x"[..]));
+    }
+
+    #[test]
+    fn delays() {
+        assert_eq!(retry_delay(0), Duration::from_millis(100));
+        assert_eq!(retry_delay(1), Duration::from_millis(200));
+        assert_eq!(retry_delay(5), Duration::from_millis(3200));
+        assert_eq!(retry_delay(6), Duration::from_secs(5));
+        assert_eq!(retry_delay(60), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn percent() {
+        assert_eq!(percent_decode("p%40ss%2"), "p@ss%2");
+    }
+}
