@@ -117,6 +117,19 @@ while ai <= #ARGV do
     else
       refused = refused + 1
     end
+  elseif op == 'X' then
+    -- stream entry: KEYS stream; ARGV (the version is the entry id) maxlen or '', nfields, field, value…
+    local k = key()
+    local maxlen, n = arg(), tonumber(arg())
+    local args = {k}
+    if maxlen ~= '' then
+      args[#args + 1] = 'MAXLEN'; args[#args + 1] = '~'; args[#args + 1] = maxlen
+    end
+    args[#args + 1] = ver
+    for i = 1, n * 2 do args[#args + 1] = arg() end
+    -- an id at or below the stream's last is a replay: Redis refuses it, the stream stays as it is
+    local ok = redis.pcall('XADD', unpack(args))
+    if type(ok) == 'table' and ok.err then refused = refused + 1 end
   else
     return redis.error_reply('godwit: unknown operation ' .. tostring(op))
   end

@@ -46,6 +46,15 @@ impl Expire {
     }
 }
 
+/// A `json` row whose unchanged columns keep their cached values.
+pub struct Merge {
+    pub key: Vec<u8>,
+    pub version: [u8; 32],
+    /// The columns that were sent, as a JSON object.
+    pub fields: Vec<u8>,
+    pub expire: Expire,
+}
+
 /// One script call being built.
 #[derive(Default)]
 struct Call {
@@ -63,9 +72,8 @@ pub struct Ops {
     plain: Vec<Routed>,
     /// TRUNCATEs met, per projection table: every key of it older than the version goes.
     pub truncates: Vec<(String, Mark)>,
-    /// Rows of `json` projections with unchanged columns: merged with the cached document
-    /// (key, version, the new fields as a JSON object, expiry).
-    pub merges: Vec<(Vec<u8>, [u8; 32], Vec<u8>, Expire)>,
+    /// Rows of `json` projections with unchanged columns, to merge with the cached document.
+    pub merges: Vec<Merge>,
     pub operations: u64,
 }
 
@@ -83,7 +91,10 @@ impl Ops {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.calls.is_empty() && self.plain.is_empty() && self.truncates.is_empty() && self.merges.is_empty()
+        self.calls.is_empty()
+            && self.plain.is_empty()
+            && self.truncates.is_empty()
+            && self.merges.is_empty()
     }
 
     /// The script call of `key`'s slot with room for one more operation.
@@ -181,11 +192,18 @@ impl Ops {
         let [mode, exp] = expire.script_args();
         let c = self.call(key);
         c.keys.extend([key.to_vec(), vkey, tomb]);
-        c.args.extend([b"S".to_vec(), ver.to_vec(), value, mode, exp]);
+        c.args
+            .extend([b"S".to_vec(), ver.to_vec(), value, mode, exp]);
     }
 
     /// A `string` whose value was not sent (unchanged TOASTed): the value stays.
-    pub fn touch_version(&mut self, _key: &[u8], _ver: &[u8; 32], _expire: Expire, _c: &Companions) {
+    pub fn touch_version(
+        &mut self,
+        _key: &[u8],
+        _ver: &[u8; 32],
+        _expire: Expire,
+        _c: &Companions,
+    ) {
         self.operations += 1;
     }
 
@@ -200,7 +218,12 @@ impl Ops {
         _c: &Companions,
     ) {
         self.operations += 1;
-        self.merges.push((key.to_vec(), *ver, fields, expire));
+        self.merges.push(Merge {
+            key: key.to_vec(),
+            version: *ver,
+            fields,
+            expire,
+        });
     }
 
     /// A whole key deleted; `version` names where its version lives (`None`: inside the hash).
@@ -254,7 +277,12 @@ impl Ops {
         companions.name(Companion::Tombstone, key, Some(member), &mut tomb);
         let c = self.call(key);
         c.keys.extend([key.to_vec(), versions, tomb]);
-        c.args.extend([b"M".to_vec(), ver.to_vec(), command.as_bytes().to_vec(), member.to_vec()]);
+        c.args.extend([
+            b"M".to_vec(),
+            ver.to_vec(),
+            command.as_bytes().to_vec(),
+            member.to_vec(),
+        ]);
         c.args.extend(values);
     }
 
@@ -274,7 +302,12 @@ impl Ops {
         companions.name(Companion::Tombstone, key, Some(member), &mut tomb);
         let c = self.call(key);
         c.keys.extend([key.to_vec(), versions, tomb]);
-        c.args.extend([b"R".to_vec(), ver.to_vec(), command.as_bytes().to_vec(), member.to_vec()]);
+        c.args.extend([
+            b"R".to_vec(),
+            ver.to_vec(),
+            command.as_bytes().to_vec(),
+            member.to_vec(),
+        ]);
     }
 
     /// `invalidate`: the key goes on any change.
@@ -283,26 +316,42 @@ impl Ops {
         self.plain(key, redis::cmd("DEL").arg(key).clone());
     }
 
-    /// `stream`: one entry per change, its id made of (`_lsn`, `_seq`) so that Redis refuses a
-    /// replayed one; capped at `maxlen` (approximately).
-    pub fn stream(&mut self, key: &[u8], mark: Mark, maxlen: Option<u64>, entry: Vec<(Vec<u8>, Vec<u8>)>) {
+    /// `stream`: one entry per change, its id made of (`_lsn`, `_seq`); the script skips an
+    /// entry whose id is not above the stream's last (a replay); capped at `maxlen`
+    /// (approximately).
+    pub fn stream(
+        &mut self,
+        key: &[u8],
+        mark: Mark,
+        maxlen: Option<u64>,
+        entry: Vec<(Vec<u8>, Vec<u8>)>,
+    ) {
         self.operations += 1;
-        let mut xadd = redis::cmd("XADD");
-        xadd.arg(key);
-        if let Some(n) = maxlen {
-            xadd.arg("MAXLEN").arg("~").arg(n);
-        }
-        xadd.arg(format!("{}-{}", mark.lsn, mark.seq));
+        let c = self.call(key);
+        c.keys.push(key.to_vec());
+        c.args.push(b"X".to_vec());
+        c.args
+            .push(format!("{}-{}", mark.lsn, mark.seq).into_bytes());
+        c.args.push(
+            maxlen
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+                .into_bytes(),
+        );
+        c.args.push(entry.len().to_string().into_bytes());
         for (f, v) in entry {
-            xadd.arg(f).arg(v);
+            c.args.push(f);
+            c.args.push(v);
         }
-        self.plain(key, xadd);
     }
 
     /// `publish`: the change to a channel (at most once: a subscriber that is away misses it).
     pub fn publish(&mut self, channel: &[u8], message: Vec<u8>) {
         self.operations += 1;
-        self.plain(channel, redis::cmd("PUBLISH").arg(channel).arg(message).clone());
+        self.plain(
+            channel,
+            redis::cmd("PUBLISH").arg(channel).arg(message).clone(),
+        );
     }
 
     /// A TRUNCATE of the projection's table.
@@ -311,8 +360,9 @@ impl Ops {
         self.truncates.push((p.key.clone(), mark));
     }
 
-    /// The commands: script calls (by slot), then plain commands in the order they came.
-    pub fn commands(self, sha: &str) -> Vec<Routed> {
+    /// The commands: script calls (by slot) first, then plain commands in the order they came;
+    /// and how many script calls lead (each answers how many operations it refused as older).
+    pub fn commands(self, sha: &str) -> (Vec<Routed>, usize) {
         let mut out = Vec::new();
         for (_, calls) in self.calls {
             for c in calls {
@@ -331,7 +381,8 @@ impl Ops {
                 out.push(Routed { key: first, cmd });
             }
         }
+        let calls = out.len();
         out.extend(self.plain);
-        out
+        (out, calls)
     }
 }

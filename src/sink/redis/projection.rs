@@ -6,11 +6,12 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Int64Type, Schema, TimeUnit};
+use arrow::datatypes::{DataType, Int64Type, Schema, SchemaRef, TimeUnit};
 
 use super::keys::{Bound, Companion, Companions, MissingColumn};
 use super::ops::{Expire, Ops};
 use crate::config::{Projection, ProjectionKind};
+use crate::pg::types::PgType;
 use crate::pg::types::render::Render;
 use crate::state::Mark;
 
@@ -52,47 +53,56 @@ struct Bound1 {
 pub struct Projector {
     pub config: Projection,
     key_prefix: String,
-    bound: Option<(arrow::datatypes::SchemaRef, Bound1)>,
+    /// The table's written columns and their types, in order.
+    columns: Vec<(String, PgType)>,
+    bound: Option<(SchemaRef, Bound1)>,
 }
 
 impl Projector {
-    pub fn new(config: Projection, key_prefix: &str) -> Projector {
+    pub fn new(config: Projection, key_prefix: &str, columns: Vec<(String, PgType)>) -> Projector {
         Projector {
             config,
             key_prefix: key_prefix.to_string(),
+            columns,
             bound: None,
         }
+    }
+
+    /// Where the table's column `name` is in a batch of `schema`: the first field of that
+    /// name that is not one of godwit's own (`Op` first, `_lsn`, `_seq`, `_unchanged` last).
+    fn position(schema: &Schema, name: &str) -> Option<usize> {
+        let n = schema.fields().len();
+        let meta = |i: usize| {
+            let f = schema.field(i).name();
+            (i == 0 && f == "Op")
+                || (i + 3 >= n && matches!(f.as_str(), "_lsn" | "_seq" | "_unchanged"))
+        };
+        (0..n).find(|&i| schema.field(i).name() == name && !meta(i))
     }
 
     fn bind(&self, schema: &Schema) -> Result<Bound1, MissingColumn> {
         let c = &self.config;
         let col = |name: &str| -> Result<(usize, Render), MissingColumn> {
-            let i = schema.index_of(name).map_err(|_| MissingColumn {
+            let i = Self::position(schema, name).ok_or_else(|| MissingColumn {
                 template: c.key.clone(),
                 column: name.to_string(),
             })?;
-            Ok((i, Render::new(schema.field(i))))
+            let field = schema.field(i);
+            let render = match self.columns.iter().find(|(n, _)| n == name) {
+                Some((_, t)) => Render::with_type(field, t),
+                None => Render::new(field),
+            };
+            Ok((i, render))
         };
         let meta = |name: &str| schema.fields().iter().rposition(|f| f.name() == name);
-        let data_columns: Vec<usize> = (0..schema.fields().len())
-            .filter(|&i| {
-                let n = schema.field(i).name();
-                !matches!(n.as_str(), "Op" | "_lsn" | "_seq" | "_unchanged") || i == 0 && n != "Op"
-            })
-            .collect();
-        let fields = match &c.fields {
-            Some(list) => list
-                .iter()
-                .map(|f| col(f).map(|(i, r)| (f.clone(), i, r)))
-                .collect::<Result<Vec<_>, _>>()?,
-            None => data_columns
-                .into_iter()
-                .map(|i| {
-                    let f = schema.field(i);
-                    (f.name().clone(), i, Render::new(f))
-                })
-                .collect(),
+        let names: Vec<String> = match &c.fields {
+            Some(list) => list.clone(),
+            None => self.columns.iter().map(|(n, _)| n.clone()).collect(),
         };
+        let fields = names
+            .into_iter()
+            .map(|f| col(&f).map(|(i, r)| (f, i, r)))
+            .collect::<Result<Vec<_>, _>>()?;
         let opt = |name: &Option<String>| name.as_deref().map(col).transpose();
         let lon_lat = match (opt(&c.longitude)?, opt(&c.latitude)?) {
             (Some(a), Some(b)) => Some((a, b)),
@@ -115,7 +125,11 @@ impl Projector {
             score: opt(&c.score)?,
             lon_lat,
             ttl_column: opt(&c.ttl_column)?.map(|(i, _)| i),
-            op: meta("Op").filter(|&i| i == 0),
+            op: schema
+                .fields()
+                .first()
+                .filter(|f| f.name() == "Op" && f.data_type() == &DataType::Utf8)
+                .map(|_| 0),
             lsn: meta("_lsn"),
             seq: meta("_seq"),
             unchanged: meta("_unchanged"),
@@ -190,7 +204,8 @@ impl Projector {
                     buf.clear();
                     if kind == ProjectionKind::String {
                         let (i, render) = b.value.as_ref().expect("string has a value column");
-                        if unchanged.iter().any(|u| *u == b.fields_name(*i)) {
+                        let name = self.config.value.as_deref().unwrap_or_default();
+                        if unchanged.iter().any(|u| u == name) {
                             // An unchanged TOASTed value: the cached one stays; only the version moves.
                             ops.touch_version(&key, &ver, expire, companions);
                             continue;
@@ -215,7 +230,11 @@ impl Projector {
                         skipped += 1;
                         continue;
                     }
-                    let remove = if kind == ProjectionKind::Set { "SREM" } else { "ZREM" };
+                    let remove = if kind == ProjectionKind::Set {
+                        "SREM"
+                    } else {
+                        "ZREM"
+                    };
                     if deleting {
                         ops.remove_member(&key, &member, remove, &ver, companions);
                         continue;
@@ -260,7 +279,10 @@ impl Projector {
                         let mut entry: Vec<(Vec<u8>, Vec<u8>)> = vec![
                             (b"op".to_vec(), vec![op]),
                             (b"key".to_vec(), key.clone()),
-                            (b"lsn".to_vec(), crate::pg::lsn::Lsn(mark.lsn).to_string().into_bytes()),
+                            (
+                                b"lsn".to_vec(),
+                                crate::pg::lsn::Lsn(mark.lsn).to_string().into_bytes(),
+                            ),
                         ];
                         for (name, i, render) in &b.fields {
                             if unchanged.iter().any(|u| u == name) {
@@ -302,25 +324,14 @@ impl Projector {
     }
 }
 
-impl Bound1 {
-    fn fields_name(&self, column: usize) -> String {
-        self.fields
-            .iter()
-            .find(|(_, i, _)| *i == column)
-            .map(|(n, _, _)| n.clone())
-            .unwrap_or_default()
-    }
-}
-
 /// The row's operation (`I`, `U`, `D`, `T`) and version.
 fn row_op(b: &Bound1, cols: &[ArrayRef], row: usize, origin: Origin) -> (u8, Mark) {
     match origin {
         Origin::Load(mark) => (b'I', mark),
         Origin::Changes => {
-            let op = b
-                .op
-                .map(|i| cols[i].as_string::<i32>().value(row).as_bytes()[0])
-                .unwrap_or(b'I');
+            let op =
+                b.op.map(|i| cols[i].as_string::<i32>().value(row).as_bytes()[0])
+                    .unwrap_or(b'I');
             let num = |c: Option<usize>| {
                 c.map(|i| cols[i].as_primitive::<Int64Type>().value(row) as u64)
                     .unwrap_or(0)
@@ -347,7 +358,9 @@ fn unchanged_columns(b: &Bound1, cols: &[ArrayRef], row: usize) -> Vec<String> {
     }
     let names = list.value(row);
     let names = names.as_string::<i32>();
-    (0..names.len()).map(|j| names.value(j).to_string()).collect()
+    (0..names.len())
+        .map(|j| names.value(j).to_string())
+        .collect()
 }
 
 /// The expiry of a row's key: fixed `ttl`, or `ttl_column`'s time (a past one deletes).
@@ -373,7 +386,9 @@ fn expire_of(p: &Projection, b: &Bound1, cols: &[ArrayRef], row: usize, now_ms: 
                 _ => v,
             }
         }
-        DataType::Date32 => a.as_primitive::<arrow::datatypes::Date32Type>().value(row) as i64 * 86_400_000,
+        DataType::Date32 => {
+            a.as_primitive::<arrow::datatypes::Date32Type>().value(row) as i64 * 86_400_000
+        }
         _ => return Expire::Never,
     };
     if ms <= now_ms {
@@ -384,7 +399,13 @@ fn expire_of(p: &Projection, b: &Bound1, cols: &[ArrayRef], row: usize, now_ms: 
 }
 
 /// A row as a JSON object of the projection's fields (unchanged ones left out).
-fn json_document(b: &Bound1, cols: &[ArrayRef], row: usize, unchanged: &[String], out: &mut Vec<u8>) {
+fn json_document(
+    b: &Bound1,
+    cols: &[ArrayRef],
+    row: usize,
+    unchanged: &[String],
+    out: &mut Vec<u8>,
+) {
     out.clear();
     out.push(b'{');
     let mut first = true;
