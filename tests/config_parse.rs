@@ -1894,10 +1894,13 @@ fn refused(text: &str) -> ConfigError {
 fn unsupported_features_are_refused_with_line_and_key() {
     let cases: Vec<(String, usize, &str, &str)> = vec![
         (
-            cache_with("table = \"public.users\"\ntype = \"hash\"\nkey = \"u:{id}\"\n"),
-            4,
-            "cache",
-            "[cache] is not supported yet",
+            with(
+                "[target]\nurl = \"none\"\n[cache]\nurl = \"redis://127.0.0.1:6379\"\n\
+                 [[cache.projections]]\ntable = \"public.users\"\ntype = \"hash\"\nkey = \"u:{id}\"\n",
+            ),
+            5,
+            "target.url",
+            "url = \"none\" is not supported yet",
         ),
         (
             with("[notify]\nsns_topic_arn = \"arn:aws:sns:eu-west-1:123456789012:ev\"\n"),

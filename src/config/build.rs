@@ -1078,15 +1078,12 @@ pub(crate) fn unsupported(p: &Pipeline) -> R<()> {
         .with_key(key)
         .with_hint(hint)
     };
-    if p.cache.is_some() {
-        let line = p.spans.line("cache");
-        return Err(ConfigError::new(
-            p.file.clone(),
-            "[cache] is not supported yet by this godwit version",
-        )
-        .at_line(line)
-        .with_key("cache")
-        .with_hint("remove the [cache] section for now"));
+    if p.cache.is_some() && p.target.url == TargetUrl::None {
+        return Err(refuse(
+            "target.url",
+            "\"none\"",
+            "cache-only pipelines come next: write files too for now (e.g. url = \"file://./godwit-out\")",
+        ));
     }
     if let Some(arn) = &p.notify.sns_topic_arn {
         return Err(refuse(

@@ -133,6 +133,12 @@ pub trait ChangeSink: Send {
 
     /// What this sink wrote so far in this run.
     fn written(&self) -> Written;
+
+    /// Tables whose copy in this sink was found incomplete at [`recover`](Self::recover) (a
+    /// cache that lost acknowledged writes): they must be loaded again.
+    fn lost(&mut self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Rows (changes) and objects (files, keys) a sink wrote.

@@ -75,6 +75,9 @@ pub struct TableRecord {
     /// CDC high-water mark: every change at or below it is in the target already.
     #[serde(default)]
     pub mark: Option<Mark>,
+    /// The cache's (Redis) high-water mark, when the pipeline has a `[cache]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_mark: Option<Mark>,
     /// The CDC objects the flush in progress is about to write (its intent, saved before the
     /// first of them): at start, only these are read back to move the mark past what a crash
     /// left unrecorded. `None` in a record of an older godwit, whose start-up lists the table's
@@ -143,6 +146,7 @@ impl TableRecord {
             fingerprint: String::new(),
             switch_pending: false,
             mark: None,
+            cache_mark: None,
             intents: Some(Vec::new()),
         }
     }

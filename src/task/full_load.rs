@@ -2,6 +2,9 @@
 //! time, each through COPY → Arrow → Parquet or CSV with reading and encoding overlapped, table
 //! states and events kept as it goes, and the error policies applied.
 
+use crate::pg::lsn::Lsn;
+use crate::sink::redis::writer::{CacheLoad, CacheTarget};
+use crate::state::Mark;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -70,6 +73,7 @@ struct Ctx {
     progress: Progress,
     permits: Arc<Semaphore>,
     load_time: i64,
+    cache: Option<(Arc<CacheTarget>, Lsn)>,
     /// `batch_bytes` and `row_group_bytes` shared by the files written at once, so that
     /// several parallel loads hold about as much memory as one would.
     batch_bytes: u64,
@@ -103,6 +107,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, Error> {
         notifier,
         previous,
         discovered,
+        cache,
     } = started;
     let Discovered {
         source,
@@ -125,11 +130,23 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, Error> {
         mode: p.mode.as_str().into(),
         tables: plans.len(),
     });
+    // The cache's rows carry the WAL position of the snapshot: a later run's load is newer.
+    let cache = match cache {
+        Some(c) => match crate::pg::replication::slot::current_wal_lsn(snapshot.client()).await {
+            Ok(at) => Some((c, at)),
+            Err(e) => {
+                lease.release().await;
+                return Err(Error::Runtime(format!("reading pg_current_wal_lsn(): {e}")));
+            }
+        },
+        None => None,
+    };
     let shared = Shared {
         source,
         store,
         state: state.clone(),
         notifier: notifier.clone(),
+        cache,
     };
     let snapshot_id = snapshot.id().to_string();
     let outcome = load(p, &opts, shared, &snapshot_id, plans, record).await;
@@ -190,6 +207,9 @@ pub(crate) struct Shared {
     pub store: Arc<dyn ObjectStore>,
     pub state: Arc<StateStore>,
     pub notifier: Arc<Notifier>,
+    /// The cache the load also warms, and the version its rows carry there (the snapshot's
+    /// position).
+    pub cache: Option<(Arc<CacheTarget>, Lsn)>,
 }
 
 /// How a load ended.
@@ -225,6 +245,7 @@ pub(crate) async fn load(
         state: shared.state,
         record: Mutex::new(record),
         notifier: shared.notifier,
+        cache: shared.cache,
         progress: Progress::new(opts.progress),
         permits: Arc::new(Semaphore::new(p.load.parallel)),
         batch_bytes: (p.load.batch_bytes / writers as u64).max(4 << 20),
@@ -601,14 +622,47 @@ async fn load_table(
     };
     let mut spec = plan.copy_for(segment);
     spec.batch_bytes = ctx.batch_bytes;
-    let copied = run_copy(&client, spec, tx.clone(), &rows, &mut on_error).await;
-    if copied.is_ok() {
+    // With a cache, each batch warms it before it goes on to the file encoder: the same Arrow
+    // batches, one COPY.
+    let warm = ctx
+        .cache
+        .as_ref()
+        .and_then(|(c, at)| CacheLoad::new(c, &table, Mark { lsn: at.0, seq: 0 }));
+    let (copy_tx, warming) = match warm {
+        None => (tx.clone(), None),
+        Some(mut warm) => {
+            let (warm_tx, mut warm_rx) = mpsc::channel::<RecordBatch>(1);
+            let files = tx.clone();
+            let task = tokio::spawn(async move {
+                while let Some(batch) = warm_rx.recv().await {
+                    warm.write(&batch).await?;
+                    if files.send(batch).await.is_err() {
+                        break;
+                    }
+                }
+                Ok::<(), Error>(())
+            });
+            (warm_tx, Some(task))
+        }
+    };
+    let copied = run_copy(&client, spec, copy_tx, &rows, &mut on_error).await;
+    let warmed = match warming {
+        Some(task) => match task.await {
+            Ok(r) => r,
+            Err(e) => Err(Error::Runtime(format!("the cache writer crashed: {e}"))),
+        },
+        None => Ok(()),
+    };
+    if copied.is_ok() && warmed.is_ok() {
         commit.store(true, Ordering::SeqCst);
     }
     drop(tx);
     let encoded = encoder
         .await
         .map_err(|e| failure(format!("the encoder of {table} crashed: {e}"), retry))?;
+    if let Err(e) = warmed {
+        return Err(failure(format!("warming the cache: {e}"), retry));
+    }
     let data_remedy = "fix the value in the source (or set numeric = \"text\" for NaN in numeric columns), then run again";
     let loaded = match (copied, encoded) {
         (Ok(n), Ok(files)) => (n, files),

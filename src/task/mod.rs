@@ -8,6 +8,7 @@ pub mod plan;
 pub mod progress;
 pub mod reload;
 
+use crate::sink::redis::writer::CacheTarget;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -129,6 +130,8 @@ pub struct Started {
     pub notifier: Arc<Notifier>,
     pub previous: Option<TaskRecord>,
     pub discovered: Discovered,
+    /// The cache (Redis) when the pipeline has a `[cache]`.
+    pub cache: Option<Arc<CacheTarget>>,
 }
 
 /// Start-up shared by every mode: stores, discovery, the lease, clean-up of what an
@@ -145,6 +148,23 @@ pub async fn start(p: &Pipeline) -> Result<Started, Error> {
     let store = target_store(p).await?;
     let state = state_store(p).await?;
     let discovered = discover(p).await?;
+    let cache = match &p.cache {
+        Some(c) => {
+            let columns = discovered
+                .plans
+                .iter()
+                .map(|pl| {
+                    let cols = pl.copy.columns.iter();
+                    (
+                        pl.key(),
+                        cols.map(|c| (c.name.clone(), c.ty.clone())).collect(),
+                    )
+                })
+                .collect();
+            Some(CacheTarget::connect(p, c, &columns).await?)
+        }
+        None => None,
+    };
     let lease = state
         .acquire_lease(&p.name)
         .await
@@ -182,6 +202,7 @@ pub async fn start(p: &Pipeline) -> Result<Started, Error> {
         notifier: Arc::new(notifier),
         previous,
         discovered,
+        cache,
     })
 }
 

@@ -79,6 +79,7 @@ pub(crate) async fn load_from_temporary_slot(
         store: Arc::new(Staging {
             inner: shared.store,
         }),
+        cache: shared.cache.map(|(c, _)| (c, point)),
         ..shared
     };
     let outcome = full_load::load(

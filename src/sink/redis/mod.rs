@@ -10,6 +10,7 @@ pub mod conn;
 pub mod keys;
 pub mod ops;
 pub mod projection;
+pub mod writer;
 
 /// The guarded writes (see the script's header).
 pub const APPLY_SCRIPT: &str = include_str!("apply.lua");

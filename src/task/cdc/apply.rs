@@ -43,7 +43,7 @@ impl<'a, 'b> Apply<'a, 'b> {
                     .is_some_and(|r| r.state == TableState::Error),
             });
         }
-        let sinks = sinks(p, &store);
+        let sinks = sinks(p, &store, reloader.cache.as_ref());
         let live = LiveLine::new(reloader.progress, "CDC");
         let mut apply = Apply {
             p,

@@ -34,6 +34,17 @@ impl Apply<'_, '_> {
             }
             t.mark = t.held.iter().copied().min().flatten();
         }
+        // A sink that lost what it had acknowledged (a cache restarted empty) gets its tables
+        // loaded again, from a snapshot of their own.
+        let lost: Vec<String> = self.sinks.iter_mut().flat_map(|s| s.lost()).collect();
+        for table in lost {
+            self.task.state.request_reload(&table).await.map_err(|e| {
+                Error::Recoverable(format!("requesting the reload of {table}: {e}"))
+            })?;
+            self.task
+                .notifier
+                .emit(EventKind::TableReloadRequested { table });
+        }
         Ok(())
     }
 

@@ -45,6 +45,7 @@ use crate::pg::replication::{identity, row_filter};
 use crate::pg::types::{self, NumericAs};
 use crate::sink::files::cdc::CdcFiles;
 use crate::sink::files::{ObjectStore, layout};
+use crate::sink::redis::writer::{CacheChanges, CacheTarget};
 use crate::sink::{ChangeSink, TableChanges};
 use crate::state::{CdcRecord, Mark, StateStore, TableRecord, TableState, TaskRecord};
 
@@ -74,6 +75,7 @@ pub async fn run(p: &Pipeline, opts: CdcOptions) -> Result<RunSummary, Error> {
         notifier,
         previous,
         discovered,
+        cache,
     } = super::start(p).await?;
     let Discovered {
         source,
@@ -102,7 +104,7 @@ pub async fn run(p: &Pipeline, opts: CdcOptions) -> Result<RunSummary, Error> {
         unhealthy: false,
     };
     let result = run_started(
-        p, &opts, &mut task, prepared, source, store, plans, previous,
+        p, &opts, &mut task, prepared, source, store, cache, plans, previous,
     )
     .await;
     let outcome = match result {
@@ -343,10 +345,19 @@ struct Apply<'a, 'b> {
     last_commit: Option<(i64, f64)>,
 }
 
-/// The outputs of committed changes this pipeline has.
-fn sinks(p: &Pipeline, store: &Arc<dyn ObjectStore>) -> Vec<Box<dyn ChangeSink>> {
+/// The outputs of committed changes this pipeline has: the files, and the cache when there
+/// is one.
+fn sinks(
+    p: &Pipeline,
+    store: &Arc<dyn ObjectStore>,
+    cache: Option<&Arc<CacheTarget>>,
+) -> Vec<Box<dyn ChangeSink>> {
     let format = full_load::file_format(p, p.target.row_group_bytes as usize);
-    vec![Box::new(CdcFiles::new(store.clone(), format))]
+    let mut sinks: Vec<Box<dyn ChangeSink>> = vec![Box::new(CdcFiles::new(store.clone(), format))];
+    if let Some(c) = cache {
+        sinks.push(Box::new(CacheChanges::new(c.clone())));
+    }
+    sinks
 }
 
 /// What reloading single tables needs.
@@ -355,6 +366,8 @@ struct Reloader {
     publications: Vec<String>,
     plans: Vec<TablePlan>,
     progress: bool,
+    /// The cache reloads warm too.
+    cache: Option<Arc<CacheTarget>>,
 }
 
 #[cfg(test)]

@@ -91,6 +91,8 @@ impl Apply<'_, '_> {
             store: self.store.clone(),
             state: self.task.state.clone(),
             notifier: self.task.notifier.clone(),
+            // The version is the temporary slot's point, known once it exists.
+            cache: self.reloader.cache.clone().map(|c| (c, Lsn(0))),
         };
         let attempt = reload::load_from_temporary_slot(
             self.p,

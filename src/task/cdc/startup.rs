@@ -270,6 +270,7 @@ pub(super) async fn run_started(
     prepared: Prepared,
     source: Source,
     store: Arc<dyn ObjectStore>,
+    cache: Option<Arc<CacheTarget>>,
     plans: Vec<TablePlan>,
     previous: Option<TaskRecord>,
 ) -> Result<(RunSummary, f64), Error> {
@@ -357,6 +358,7 @@ pub(super) async fn run_started(
             store: store.clone(),
             state: task.state.clone(),
             notifier: task.notifier.clone(),
+            cache: cache.clone().map(|c| (c, new.consistent_point)),
         };
         let outcome = full_load::load(
             p,
@@ -462,6 +464,7 @@ pub(super) async fn run_started(
         publications: cdc.publications.clone(),
         plans: plans.clone(),
         progress: opts.progress,
+        cache,
     };
     let mut apply = Apply::new(p, task, store, reloader, prepared.types, stream, start_lsn).await?;
     // Partition changes made while godwit was not running, then what is queued.

@@ -1,0 +1,329 @@
+//! The Redis sink: the cache side of every run. [`CacheTarget`] is what every writer shares
+//! (the connection, the loaded script, the projections per table); [`CacheChanges`] is the CDC
+//! sink of the [`ChangeSink`] contract, applying each hand-off of committed changes at once
+//! (write-through), and [`CacheLoad`] warms the projections of one table from the full load's
+//! own Arrow batches. Every write is version-guarded (`apply.lua`), so replays and loads
+//! racing newer changes are harmless; an applied-position marker in Redis lets a start see
+//! that Redis lost writes it had acknowledged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+
+use super::APPLY_SCRIPT;
+use super::conn::{LuaScript, Redis, RedisError, Routed};
+use super::keys::Companions;
+use super::ops::Ops;
+use super::projection::{Origin, Projector};
+use crate::config::{Cache, Pipeline, Projection};
+use crate::error::Error;
+use crate::pg::catalog::TableName;
+use crate::pg::types::PgType;
+use crate::sink::{ChangeSink, TableChanges, Written};
+use crate::state::{Mark, TableRecord};
+
+/// How long a delete's tombstone stays: longer than any replay or re-warm is expected to take.
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// A table's projections and its written columns (name, type), in order.
+type Projected = (Vec<Projection>, Vec<(String, PgType)>);
+
+/// What every writer to the cache shares.
+pub struct CacheTarget {
+    redis: Redis,
+    script: LuaScript,
+    companions: Companions,
+    /// Per table key (`schema.table`): its projections and its written columns.
+    tables: HashMap<String, Projected>,
+    key_prefix: String,
+    wait_replicas: u32,
+    retries: i64,
+    /// The hash that holds, per table, the last version applied: `<prefix>godwit:applied:{<pipeline>}`.
+    marker: Vec<u8>,
+}
+
+/// A Redis failure as the pipeline reports it: retryable ones are recoverable.
+fn failed(doing: &str, e: RedisError) -> Error {
+    let message = format!("{doing}: {e}");
+    if e.retryable() {
+        Error::Recoverable(message)
+    } else {
+        Error::Runtime(message)
+    }
+}
+
+impl CacheTarget {
+    /// Connects and loads the script; `columns` gives each projected table's written columns.
+    pub async fn connect(
+        p: &Pipeline,
+        cache: &Cache,
+        columns: &HashMap<String, Vec<(String, PgType)>>,
+    ) -> Result<Arc<CacheTarget>, Error> {
+        let redis = Redis::connect(cache)
+            .await
+            .map_err(|e| Error::Startup(e.to_string()))?;
+        let script = redis
+            .load_script(APPLY_SCRIPT)
+            .await
+            .map_err(|e| Error::Startup(e.to_string()))?;
+        let mut tables: HashMap<String, Projected> = HashMap::new();
+        for projection in &cache.projections {
+            let Some((schema, name)) = projection.table.exact_name() else {
+                continue;
+            };
+            let key = TableName { schema, name }.to_string();
+            let cols = columns.get(&key).cloned().unwrap_or_default();
+            let entry = tables.entry(key).or_insert_with(|| (Vec::new(), cols));
+            entry.0.push(projection.clone());
+        }
+        Ok(Arc::new(CacheTarget {
+            redis,
+            script,
+            companions: Companions::new(&cache.key_prefix),
+            tables,
+            key_prefix: cache.key_prefix.clone(),
+            wait_replicas: cache.wait_replicas,
+            retries: p.errors.recoverable_retries,
+            marker: format!("{}godwit:applied:{{{}}}", cache.key_prefix, p.name).into_bytes(),
+        }))
+    }
+
+    /// Whether any projection reads `table`.
+    pub fn projects(&self, table: &str) -> bool {
+        self.tables.contains_key(table)
+    }
+
+    /// Fresh projectors of `table` (each writer binds its own).
+    fn projectors(&self, table: &str) -> Vec<Projector> {
+        match self.tables.get(table) {
+            Some((projections, columns)) => projections
+                .iter()
+                .map(|c| Projector::new(c.clone(), &self.key_prefix, columns.clone()))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Applies the operations of `batch` through `projectors`; returns how many operations ran.
+    async fn apply(
+        &self,
+        projectors: &mut [Projector],
+        batch: &RecordBatch,
+        origin: Origin,
+        table: &str,
+    ) -> Result<u64, Error> {
+        let mut ops = Ops::new(true, TOMBSTONE_TTL.as_millis() as i64);
+        for p in projectors.iter_mut() {
+            let skipped = p
+                .encode(batch, origin, &self.companions, &mut ops)
+                .map_err(|e| Error::Runtime(format!("{table}: cache projection: {e}")))?;
+            if skipped > 0 {
+                tracing::warn!(table, skipped, key = %p.config.key, "rows without a key (a NULL in a key column) were not written to the cache");
+            }
+        }
+        if !ops.truncates.is_empty() || !ops.merges.is_empty() {
+            return Err(Error::Runtime(format!(
+                "{table}: a TRUNCATE, or a json projection row with unchanged TOASTed columns, \
+                 is not supported by the cache sink yet"
+            )));
+        }
+        let count = ops.operations;
+        if ops.is_empty() {
+            return Ok(0);
+        }
+        let (commands, _) = ops.commands(self.script.sha());
+        self.exec(commands, "writing to the cache").await?;
+        Ok(count)
+    }
+
+    async fn exec(&self, commands: Vec<Routed>, doing: &str) -> Result<Vec<redis::Value>, Error> {
+        self.redis
+            .exec_retrying(commands, self.retries, || false)
+            .await
+            .map_err(|e| failed(doing, e))
+    }
+
+    /// The version of `table` the marker holds.
+    async fn applied(&self, table: &str) -> Result<Option<Mark>, Error> {
+        let cmd = redis::cmd("HGET").arg(&self.marker).arg(table).clone();
+        let v = self
+            .exec(
+                vec![Routed::new(self.marker.clone(), cmd)],
+                "reading the cache's applied position",
+            )
+            .await?;
+        Ok(match v.first() {
+            Some(redis::Value::BulkString(b)) => parse_version(b),
+            _ => None,
+        })
+    }
+}
+
+/// A version (32 hex digits) back to a mark.
+fn parse_version(b: &[u8]) -> Option<Mark> {
+    let s = std::str::from_utf8(b).ok()?;
+    if s.len() != 32 {
+        return None;
+    }
+    Some(Mark {
+        lsn: u64::from_str_radix(&s[..16], 16).ok()?,
+        seq: u64::from_str_radix(&s[16..], 16).ok()?,
+    })
+}
+
+/// The CDC side of the cache: committed changes written through at once.
+pub struct CacheChanges {
+    target: Arc<CacheTarget>,
+    projectors: HashMap<String, Vec<Projector>>,
+    /// Per table, the last position applied since the last flush.
+    applied: HashMap<String, Mark>,
+    /// Tables whose cache lost writes it had acknowledged (found at `recover`).
+    lost: Vec<String>,
+    written: Written,
+}
+
+impl CacheChanges {
+    pub fn new(target: Arc<CacheTarget>) -> CacheChanges {
+        CacheChanges {
+            target,
+            projectors: HashMap::new(),
+            applied: HashMap::new(),
+            lost: Vec::new(),
+            written: Written::default(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ChangeSink for CacheChanges {
+    fn name(&self) -> &'static str {
+        "cache"
+    }
+
+    async fn recover(
+        &mut self,
+        name: &TableName,
+        record: Option<&TableRecord>,
+    ) -> Result<Option<Mark>, Error> {
+        let table = name.to_string();
+        let recorded = record.and_then(|r| self.recorded(r));
+        if !self.target.projects(&table) {
+            // Nothing of it goes to the cache: it holds whatever the files hold.
+            return Ok(record.and_then(|r| r.mark).max(recorded));
+        }
+        let applied = self.target.applied(&table).await?;
+        if recorded.is_some() && applied < recorded {
+            tracing::warn!(table = %table, "the cache lost writes it had acknowledged (its applied position is behind the checkpoint): the table is warmed again");
+            self.lost.push(table);
+            return Ok(applied);
+        }
+        Ok(applied.max(recorded))
+    }
+
+    fn recorded(&self, record: &TableRecord) -> Option<Mark> {
+        record.cache_mark
+    }
+
+    fn record(&self, record: &mut TableRecord, mark: Option<Mark>) {
+        record.cache_mark = mark;
+    }
+
+    async fn write(&mut self, changes: &[Arc<TableChanges>]) -> Result<(), Error> {
+        for c in changes {
+            if !self.target.projects(&c.key) {
+                self.applied.insert(c.key.clone(), c.changes.last);
+                continue;
+            }
+            let projectors = self
+                .projectors
+                .entry(c.key.clone())
+                .or_insert_with(|| self.target.projectors(&c.key));
+            for batch in &c.changes.batches {
+                let n = self
+                    .target
+                    .apply(projectors, batch, Origin::Changes, &c.key)
+                    .await?;
+                self.written.rows += batch.num_rows() as u64;
+                self.written.objects += n;
+            }
+            self.applied.insert(c.key.clone(), c.changes.last);
+        }
+        Ok(())
+    }
+
+    fn intents(&mut self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    async fn flush(&mut self) -> Result<Vec<(String, Mark)>, Error> {
+        if self.applied.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.target.wait_replicas > 0 {
+            self.target
+                .redis
+                .wait_replicas(self.target.wait_replicas, Duration::from_secs(5))
+                .await
+                .map_err(|e| failed("waiting for the cache's replicas", e))?;
+        }
+        let mut hset = redis::cmd("HSET");
+        hset.arg(&self.target.marker);
+        for (table, mark) in &self.applied {
+            hset.arg(table).arg(&super::projection::version(*mark)[..]);
+        }
+        self.target
+            .exec(
+                vec![Routed::new(self.target.marker.clone(), hset)],
+                "recording the cache's applied position",
+            )
+            .await?;
+        Ok(self.applied.drain().collect())
+    }
+
+    fn reset(&mut self) {
+        self.applied.clear();
+    }
+
+    fn written(&self) -> Written {
+        self.written
+    }
+
+    fn lost(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.lost)
+    }
+}
+
+/// Warms the projections of one table (or segment) from the full load's batches, at the
+/// snapshot's version.
+pub struct CacheLoad {
+    target: Arc<CacheTarget>,
+    table: String,
+    projectors: Vec<Projector>,
+    at: Mark,
+}
+
+impl CacheLoad {
+    /// `None` when no projection reads `table`.
+    pub fn new(target: &Arc<CacheTarget>, table: &str, at: Mark) -> Option<CacheLoad> {
+        target.projects(table).then(|| CacheLoad {
+            target: target.clone(),
+            table: table.to_string(),
+            projectors: target.projectors(table),
+            at,
+        })
+    }
+
+    pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), Error> {
+        self.target
+            .apply(
+                &mut self.projectors,
+                batch,
+                Origin::Load(self.at),
+                &self.table,
+            )
+            .await
+            .map(|_| ())
+    }
+}
