@@ -330,3 +330,92 @@ async fn projections_follow_the_source_cluster() {
     )
     .await;
 }
+
+/// Write-through: with the file sink batching for a minute, a committed change is in Redis
+/// within a second or two, long before any CDC file is written.
+#[tokio::test]
+async fn the_cache_gets_each_commit_before_the_files_flush() {
+    let pg = pg();
+    let db = pg.fresh_db("godwit_cache_wt").await;
+    db.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a');")
+        .await
+        .unwrap();
+    let prefix = "godwit_cache_wt:";
+    let mut r = common::redis::standalone().await;
+    r.delete_matching(&format!("{prefix}*")).await;
+    let work = Work::new();
+    let path = work.pipeline(&format!(
+        r#"
+name = "cache_wt"
+mode = "full-load-and-cdc"
+[source]
+url = "{}"
+[tables]
+include = ["public.t"]
+[target]
+url = "file://{{out}}"
+cdc_max_batch_interval = "60s"
+[cache]
+url = "{}"
+key_prefix = "{prefix}"
+[[cache.projections]]
+table = "public.t"
+type = "string"
+key = "t:{{id}}"
+value = "v"
+"#,
+        pg.url("godwit_cache_wt"),
+        common::redis::standalone_url()
+    ));
+    let mut child = work.spawn_run(&path);
+    let key = format!("{prefix}t:2");
+    let wait_for = async |r: &mut TestRedis, key: &str, want: Option<&str>| {
+        let started = std::time::Instant::now();
+        loop {
+            let got = match r.read_key(key.as_bytes()).await.value {
+                KeyValue::String(s) => Some(String::from_utf8(s).unwrap()),
+                _ => None,
+            };
+            if got.as_deref() == want {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed().as_secs() < 30,
+                "{key} never became {want:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    // The full load has warmed the cache once row 1 is there.
+    wait_for(&mut r, &format!("{prefix}t:1"), Some("a")).await;
+    db.batch_execute("INSERT INTO t VALUES (2, 'b')")
+        .await
+        .unwrap();
+    let inserted = wait_for(&mut r, &key, Some("b")).await;
+    db.batch_execute("UPDATE t SET v = 'c' WHERE id = 2")
+        .await
+        .unwrap();
+    let updated = wait_for(&mut r, &key, Some("c")).await;
+    db.batch_execute("DELETE FROM t WHERE id = 2")
+        .await
+        .unwrap();
+    let deleted = wait_for(&mut r, &key, None).await;
+    let cdc_files = common::parquet_files(&work.out().join("public/t"))
+        .into_iter()
+        .filter(|f| !f.file_name().unwrap().to_string_lossy().contains("LOAD"))
+        .count();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(cdc_files, 0, "no CDC file yet: the files flush every 60 s");
+    for (what, took) in [
+        ("insert", inserted),
+        ("update", updated),
+        ("delete", deleted),
+    ] {
+        assert!(
+            took.as_secs_f64() < 5.0,
+            "{what} reached Redis after {took:?}"
+        );
+    }
+    r.delete_matching(&format!("{prefix}*")).await;
+}

@@ -116,6 +116,12 @@ pub trait ChangeSink: Send {
     /// Puts this sink's position of a table into the checkpoint `record`.
     fn record(&self, record: &mut TableRecord, mark: Option<Mark>);
 
+    /// True when this sink wants committed changes as soon as each transaction commits (a
+    /// cache serving readers), not only at the next flush.
+    fn immediate(&self) -> bool {
+        false
+    }
+
     /// Takes committed changes (only those after this sink's own position). A sink that serves readers at once writes them now; the files
     /// sink keeps them for its next files.
     async fn write(&mut self, changes: &[Arc<TableChanges>]) -> Result<(), Error>;

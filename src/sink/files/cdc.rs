@@ -20,12 +20,25 @@ use crate::pg::lsn::Lsn;
 use crate::sink::{ChangeSink, TableChanges, Written};
 use crate::state::{Mark, TableRecord};
 
+/// The rows of one coming file: hand-offs of one table, date folder and schema, in order.
+struct Pending {
+    table: String,
+    name: TableName,
+    folder: String,
+    schema: SchemaRef,
+    first: Mark,
+    last: Mark,
+    batches: Vec<RecordBatch>,
+    /// The object key, once the flush named it (its intent).
+    key: Option<String>,
+}
+
 /// CDC changes into files of the target.
 pub struct CdcFiles {
     store: Arc<dyn ObjectStore>,
     format: FileFormat,
-    /// Taken changes, each with the object key it goes to once the flush named it.
-    pending: Vec<(Arc<TableChanges>, Option<String>)>,
+    /// Taken changes, one entry per coming file.
+    pending: Vec<Pending>,
     /// The time in the last file name: names are unique and in order even within a millisecond.
     last_file_ms: i64,
     written: Written,
@@ -70,31 +83,50 @@ impl ChangeSink for CdcFiles {
     }
 
     async fn write(&mut self, changes: &[Arc<TableChanges>]) -> Result<(), Error> {
-        self.pending
-            .extend(changes.iter().map(|c| (c.clone(), None)));
+        // Hand-offs come as often as every commit (with a cache): they join the table's coming
+        // file while its folder and schema stay the same.
+        for c in changes {
+            let ch = &c.changes;
+            let open = self.pending.iter_mut().rev().find(|p| p.table == c.key);
+            match open {
+                Some(p) if p.key.is_none() && p.folder == ch.folder && p.schema == ch.schema => {
+                    p.last = ch.last;
+                    p.batches.extend(ch.batches.iter().cloned());
+                }
+                _ => self.pending.push(Pending {
+                    table: c.key.clone(),
+                    name: c.name.clone(),
+                    folder: ch.folder.clone(),
+                    schema: ch.schema.clone(),
+                    first: ch.first,
+                    last: ch.last,
+                    batches: ch.batches.clone(),
+                    key: None,
+                }),
+            }
+        }
         Ok(())
     }
 
     fn intents(&mut self) -> Vec<(String, String)> {
         let mut named = Vec::new();
-        for (c, key) in &mut self.pending {
-            if key.is_none() {
+        for p in &mut self.pending {
+            if p.key.is_none() {
                 let mut ms = chrono::Utc::now().timestamp_millis();
                 if ms <= self.last_file_ms {
                     ms = self.last_file_ms + 1;
                 }
                 self.last_file_ms = ms;
-                let ch = &c.changes;
-                *key = Some(layout::cdc_file(
-                    &c.name,
-                    &ch.folder,
+                p.key = Some(layout::cdc_file(
+                    &p.name,
+                    &p.folder,
                     ms,
-                    ch.first.lsn,
-                    ch.last.lsn,
+                    p.first.lsn,
+                    p.last.lsn,
                     self.format.extension(),
                 ));
             }
-            named.push((c.key.clone(), key.clone().unwrap_or_default()));
+            named.push((p.table.clone(), p.key.clone().unwrap_or_default()));
         }
         named
     }
@@ -106,17 +138,23 @@ impl ChangeSink for CdcFiles {
         let format = self.format.clone();
         let written = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
-            for (c, key) in work {
-                let key = key.unwrap_or_default();
-                let ch = &c.changes;
-                let file = write_file(
-                    store.as_ref(),
-                    &key,
-                    ch.schema.clone(),
-                    &format,
-                    &ch.batches,
-                )?;
-                out.push((c.clone(), file));
+            for p in work {
+                let key = p.key.clone().unwrap_or_default();
+                // Many small hand-offs make one batch, so the encoder sees few large ones.
+                let batches = if p.batches.len() > 1 {
+                    let all =
+                        arrow::compute::concat_batches(&p.schema, &p.batches).map_err(|e| {
+                            WriteError::Encode {
+                                key: key.clone(),
+                                message: e.to_string(),
+                            }
+                        })?;
+                    vec![all]
+                } else {
+                    p.batches.clone()
+                };
+                let file = write_file(store.as_ref(), &key, p.schema.clone(), &format, &batches)?;
+                out.push((p, file));
             }
             Ok::<_, WriteError>(out)
         })
@@ -124,20 +162,19 @@ impl ChangeSink for CdcFiles {
         .map_err(|e| Error::Runtime(format!("the CDC file writer crashed: {e}")))?
         .map_err(|e| Error::Recoverable(e.to_string()))?;
         let mut marks = Vec::new();
-        for (c, f) in written {
-            let ch = &c.changes;
+        for (p, f) in written {
             self.written.rows += f.rows;
             self.written.objects += 1;
             tracing::info!(
-                table = %c.key,
+                table = %p.table,
                 file = %f.key,
                 rows = f.rows,
                 bytes = f.bytes,
-                first_lsn = %Lsn(ch.first.lsn),
-                last_lsn = %Lsn(ch.last.lsn),
+                first_lsn = %Lsn(p.first.lsn),
+                last_lsn = %Lsn(p.last.lsn),
                 "CDC file written"
             );
-            marks.push((c.key.clone(), ch.last));
+            marks.push((p.table.clone(), p.last));
         }
         Ok(marks)
     }

@@ -253,6 +253,10 @@ impl ChangeSink for CacheChanges {
         Ok(())
     }
 
+    fn immediate(&self) -> bool {
+        true
+    }
+
     fn intents(&mut self) -> Vec<(String, String)> {
         Vec::new()
     }

@@ -263,6 +263,10 @@ impl<'a, 'b> Apply<'a, 'b> {
                     self.confirm(end_lsn)?;
                 } else if self.buffered_bytes as u64 >= self.p.target.cdc_min_file_size {
                     self.flush().await?;
+                } else if self.sinks.iter().any(|s| s.immediate()) {
+                    // Write-through: the cache gets each transaction as it commits; only the
+                    // slot's confirmation waits for the flush.
+                    self.hand_off().await?;
                 }
             }
             StreamEvent::KeepAlive { wal_end } => {

@@ -50,35 +50,45 @@ impl Apply<'_, '_> {
 
     /// Hands every buffered row to the sinks, has them make it durable, checkpoints the marks,
     /// then confirms to the slot the last commit whose rows every sink holds.
+    /// Hands the changes built since the last hand-off to every sink (each gets what it does
+    /// not hold yet). The files sink keeps them for its next files; the cache writes them now.
+    pub(super) async fn hand_off(&mut self) -> Result<(), Error> {
+        let mut changes = Vec::new();
+        for t in &mut self.tables {
+            if t.buffer.groups.is_empty() {
+                continue;
+            }
+            let taken = t
+                .buffer
+                .take()
+                .map_err(|e| Error::Runtime(format!("finishing the batch of {}: {e}", t.key)))?;
+            changes.extend(taken.into_iter().map(|c| {
+                Arc::new(TableChanges {
+                    key: t.key.clone(),
+                    name: t.name.clone(),
+                    changes: c,
+                })
+            }));
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        for (i, sink) in self.sinks.iter_mut().enumerate() {
+            let mine: Vec<Arc<TableChanges>> = changes
+                .iter()
+                .filter_map(|c| {
+                    let held = self.tables.iter().find(|t| t.key == c.key)?.held[i];
+                    c.after(held)
+                })
+                .collect();
+            sink.write(&mine).await?;
+        }
+        Ok(())
+    }
+
     pub(super) async fn flush(&mut self) -> Result<(), Error> {
         if self.buffered_rows > 0 {
-            let mut changes = Vec::new();
-            for t in &mut self.tables {
-                if t.buffer.groups.is_empty() {
-                    continue;
-                }
-                let taken = t.buffer.take().map_err(|e| {
-                    Error::Runtime(format!("finishing the batch of {}: {e}", t.key))
-                })?;
-                changes.extend(taken.into_iter().map(|c| {
-                    Arc::new(TableChanges {
-                        key: t.key.clone(),
-                        name: t.name.clone(),
-                        changes: c,
-                    })
-                }));
-            }
-            // Each sink gets what it does not hold yet.
-            for (i, sink) in self.sinks.iter_mut().enumerate() {
-                let mine: Vec<Arc<TableChanges>> = changes
-                    .iter()
-                    .filter_map(|c| {
-                        let held = self.tables.iter().find(|t| t.key == c.key)?.held[i];
-                        c.after(held)
-                    })
-                    .collect();
-                sink.write(&mine).await?;
-            }
+            self.hand_off().await?;
             // The intent: what this flush is about to complete, saved before the first write,
             // so a start after a crash reads back only those.
             for sink in &mut self.sinks {
