@@ -367,7 +367,15 @@ value = "v"
         pg.url("godwit_cache_wt"),
         common::redis::standalone_url()
     ));
-    let mut child = work.spawn_run(&path);
+    // Killed however the test ends: a run left behind would hold the database's slot.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Killed(work.spawn_run(&path));
     let key = format!("{prefix}t:2");
     let wait_for = async |r: &mut TestRedis, key: &str, want: Option<&str>| {
         let started = std::time::Instant::now();
@@ -404,8 +412,7 @@ value = "v"
         .into_iter()
         .filter(|f| !f.file_name().unwrap().to_string_lossy().contains("LOAD"))
         .count();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert_eq!(cdc_files, 0, "no CDC file yet: the files flush every 60 s");
     for (what, took) in [
         ("insert", inserted),
@@ -418,4 +425,53 @@ value = "v"
         );
     }
     r.delete_matching(&format!("{prefix}*")).await;
+}
+
+/// A key template on a non-key column cannot follow deletes under the default replica identity:
+/// refused before anything is created, with the fix.
+#[tokio::test]
+async fn a_template_on_a_column_deletes_do_not_carry_is_refused() {
+    let pg = pg();
+    let db = pg.fresh_db("godwit_cache_id").await;
+    db.batch_execute("CREATE TABLE t (id int PRIMARY KEY, city text)")
+        .await
+        .unwrap();
+    let work = Work::new();
+    let path = work.pipeline(&format!(
+        r#"name = "cache_id"
+mode = "cdc"
+[source]
+url = "{}"
+[tables]
+include = ["public.t"]
+[target]
+url = "file://{{out}}"
+[cache]
+url = "{}"
+[[cache.projections]]
+table = "public.t"
+type = "set"
+key = "city:{{city}}"
+member = "{{id}}"
+"#,
+        pg.url("godwit_cache_id"),
+        common::redis::standalone_url()
+    ));
+    let out = work.godwit(&["run", path.to_str().unwrap(), "--once"], &[]);
+    let text = common::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("cache.projections[0].key"), "{text}");
+    assert!(
+        text.contains("ALTER TABLE \"public\".\"t\" REPLICA IDENTITY FULL"),
+        "{text}"
+    );
+    let slots: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'godwit_cache_id'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0, "nothing created");
 }

@@ -61,6 +61,9 @@ pub(super) async fn prepare(
             return Err(Error::Config(p.error_at(&key, problem)));
         }
     }
+    if let Some(problem) = cache_identity_problem(p, plans, &identities) {
+        return Err(Error::Config(problem));
+    }
     let admin = source
         .connect()
         .await
@@ -520,6 +523,69 @@ pub(super) async fn record_slot_intent(
     cdc.consistent_point = None;
     task.record.cdc = Some(cdc.clone());
     task.save().await
+}
+
+/// A cache projection whose key or member template reads a column outside the replica
+/// identity cannot find its old key when a row is deleted (a DELETE carries only the identity
+/// columns), unless the table's identity is FULL: refused, with the fix.
+fn cache_identity_problem(
+    p: &Pipeline,
+    plans: &[TablePlan],
+    identities: &HashMap<u32, Vec<identity::Identity>>,
+) -> Option<crate::config::ConfigError> {
+    let cache = p.cache.as_ref()?;
+    for (i, projection) in cache.projections.iter().enumerate() {
+        let Some((schema, name)) = projection.table.exact_name() else {
+            continue;
+        };
+        let Some(plan) = plans.iter().find(|pl| {
+            pl.table.name.schema == schema
+                && pl.table.name.name == name
+                && pl.settings.cdc == CdcMode::All
+        }) else {
+            continue;
+        };
+        let ids = identities
+            .get(&plan.table.oid)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        if ids.iter().all(|id| id.kind == b'f') && !ids.is_empty() {
+            continue;
+        }
+        let key_columns: Vec<&str> = ids
+            .first()
+            .map(|id| id.columns.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        for (what, template) in [
+            ("key", Some(&projection.key)),
+            ("member", projection.member.as_ref()),
+        ] {
+            let Some(template) = template else { continue };
+            let parts = crate::config::parse_template(template).unwrap_or_default();
+            let outside: Vec<&str> = crate::config::template_columns(&parts)
+                .filter(|c| !key_columns.contains(c))
+                .collect();
+            if let Some(column) = outside.first() {
+                return Some(
+                    p.error_at(
+                        &format!("cache.projections[{i}].{what}"),
+                        format!(
+                            "the {what} template \"{template}\" reads column \"{column}\" of {}, which a DELETE \
+                             does not carry under its replica identity ({}): the old {what} could not be removed",
+                            plan.table.name,
+                            ids.first().map(|id| id.describe()).unwrap_or_else(|| "nothing".into())
+                        ),
+                    )
+                    .with_hint(format!(
+                        "run ALTER TABLE {} REPLICA IDENTITY FULL; or template only the key columns ({})",
+                        plan.table.name.quoted(),
+                        key_columns.join(", ")
+                    )),
+                );
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]
