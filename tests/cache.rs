@@ -296,6 +296,23 @@ async fn scenario(redis_url: &str, cluster: bool, mut r: TestRedis, db_name: &st
     let changes = 75 + 33 + 30 + 40 + 2 * 2;
     assert_eq!(entries.len() as i64, changes, "stream entries");
 
+    // A TRUNCATE empties every projection as of its position; rows inserted after it stay.
+    db.batch_execute(
+        "BEGIN; TRUNCATE users;
+         INSERT INTO users (id, email, name, score, city, lon, lat) VALUES
+             (7001, 'a@x', 'After', 1.5, 'Lima', 1, 2), (7002, 'b@x', NULL, NULL, 'Oslo', 3, 4);
+         COMMIT;
+         INSERT INTO users (id, email, city, lon, lat) VALUES (7003, 'c@x', 'Pune', 5, 6);",
+    )
+    .await
+    .unwrap();
+    run(&work);
+    assert_same(
+        &actual(&mut r, &prefix).await,
+        &expected(&db).await,
+        "after a TRUNCATE",
+    );
+
     // Redis loses its applied position (as after a restart without persistence): the next run
     // sees it behind the checkpoint and warms the table again from a snapshot of its own.
     r.delete_matching(&format!("{prefix}godwit:applied:*"))

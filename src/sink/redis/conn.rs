@@ -713,6 +713,44 @@ impl Redis {
         Ok(out)
     }
 
+    /// Every key matching `pattern` (SCAN, on every primary of a cluster). Keys written while
+    /// it runs may or may not be in the answer.
+    pub async fn scan(&self, pattern: &[u8]) -> Result<Vec<Vec<u8>>, RedisError> {
+        let mut keys = Vec::new();
+        for t in self.primaries().await? {
+            let mut cursor = b"0".to_vec();
+            loop {
+                let mut p = ::redis::pipe();
+                p.cmd("SCAN")
+                    .arg(&cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1000);
+                let v = self.on_node(&t, p, 1, "SCAN").await?;
+                let Some(Value::Array(reply)) = v.into_iter().next() else {
+                    break;
+                };
+                let mut reply = reply.into_iter();
+                cursor = match reply.next() {
+                    Some(Value::BulkString(c)) => c,
+                    Some(Value::SimpleString(c)) => c.into_bytes(),
+                    _ => b"0".to_vec(),
+                };
+                if let Some(Value::Array(found)) = reply.next() {
+                    keys.extend(found.into_iter().filter_map(|k| match k {
+                        Value::BulkString(b) => Some(b),
+                        _ => None,
+                    }));
+                }
+                if cursor == b"0" {
+                    break;
+                }
+            }
+        }
+        Ok(keys)
+    }
+
     /// `WAIT n timeout` on every primary written to since the last call; fails when a primary
     /// has fewer than `n` replicas acknowledging in time. `n == 0`: nothing to do.
     pub async fn wait_replicas(&self, n: u32, timeout: Duration) -> Result<(), RedisError> {

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 
 use super::conn::{Routed, slot};
 use super::keys::{Companion, Companions};
-use crate::config::Projection;
 use crate::state::Mark;
 
 /// The field that holds a hash's version.
@@ -70,8 +69,6 @@ pub struct Ops {
     tombstone_ms: i64,
     calls: BTreeMap<u16, Vec<Call>>,
     plain: Vec<Routed>,
-    /// TRUNCATEs met, per projection table: every key of it older than the version goes.
-    pub truncates: Vec<(String, Mark)>,
     /// Rows of `json` projections with unchanged columns, to merge with the cached document.
     pub merges: Vec<Merge>,
     pub operations: u64,
@@ -84,17 +81,13 @@ impl Ops {
             tombstone_ms,
             calls: BTreeMap::new(),
             plain: Vec::new(),
-            truncates: Vec::new(),
             merges: Vec::new(),
             operations: 0,
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.calls.is_empty()
-            && self.plain.is_empty()
-            && self.truncates.is_empty()
-            && self.merges.is_empty()
+        self.calls.is_empty() && self.plain.is_empty() && self.merges.is_empty()
     }
 
     /// The script call of `key`'s slot with room for one more operation.
@@ -352,12 +345,6 @@ impl Ops {
             channel,
             redis::cmd("PUBLISH").arg(channel).arg(message).clone(),
         );
-    }
-
-    /// A TRUNCATE of the projection's table.
-    pub fn truncate(&mut self, p: &Projection, mark: Mark) {
-        self.operations += 1;
-        self.truncates.push((p.key.clone(), mark));
     }
 
     /// The commands: script calls (by slot) first, then plain commands in the order they came;

@@ -164,7 +164,7 @@ impl Projector {
         for row in 0..batch.num_rows() {
             let (op, mark) = row_op(b, cols, row, origin);
             if op == b'T' {
-                ops.truncate(&self.config, mark);
+                // The writer splits batches at TRUNCATEs and applies them itself.
                 continue;
             }
             if !b.key.render(cols, row, &mut key) {

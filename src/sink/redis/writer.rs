@@ -14,10 +14,10 @@ use arrow::array::RecordBatch;
 
 use super::APPLY_SCRIPT;
 use super::conn::{LuaScript, Redis, RedisError, Routed};
-use super::keys::Companions;
+use super::keys::{Companion, Companions};
 use super::ops::Ops;
 use super::projection::{Origin, Projector};
-use crate::config::{Cache, Pipeline, Projection};
+use crate::config::{Cache, Pipeline, Projection, ProjectionKind};
 use crate::error::Error;
 use crate::pg::catalog::TableName;
 use crate::pg::types::PgType;
@@ -106,8 +106,120 @@ impl CacheTarget {
         }
     }
 
-    /// Applies the operations of `batch` through `projectors`; returns how many operations ran.
+    /// Applies `batch` through `projectors`; returns how many operations ran. A TRUNCATE among
+    /// CDC rows splits it: the rows before, the truncate, the rows after.
     async fn apply(
+        &self,
+        projectors: &mut [Projector],
+        batch: &RecordBatch,
+        origin: Origin,
+        table: &str,
+    ) -> Result<u64, Error> {
+        let mut ran = 0;
+        let mut start = 0;
+        for (row, mark) in truncates(batch, origin) {
+            let before = batch.slice(start, row - start);
+            ran += self.apply_rows(projectors, &before, origin, table).await?;
+            ran += self.truncate(projectors, mark).await?;
+            start = row + 1;
+        }
+        let rest = batch.slice(start, batch.num_rows() - start);
+        ran += self.apply_rows(projectors, &rest, origin, table).await?;
+        Ok(ran)
+    }
+
+    /// A TRUNCATE at `mark`: every key (or member) of each projection that is older goes, with a
+    /// tombstone; streams and channels without placeholders get a `T` entry.
+    async fn truncate(&self, projectors: &[Projector], mark: Mark) -> Result<u64, Error> {
+        let ver = super::projection::version(mark);
+        let mut ops = Ops::new(true, TOMBSTONE_TTL.as_millis() as i64);
+        let own = format!("{}godwit:", self.key_prefix).into_bytes();
+        for p in projectors {
+            let c = &p.config;
+            let (pattern, literal) = key_pattern(&self.key_prefix, &c.key);
+            let keys: Vec<Vec<u8>> = match &literal {
+                Some(k) => vec![k.clone()],
+                None => self
+                    .redis
+                    .scan(&pattern)
+                    .await
+                    .map_err(|e| failed("listing the keys of a truncated table", e))?
+                    .into_iter()
+                    .filter(|k| !k.starts_with(&own))
+                    .collect(),
+            };
+            match c.kind {
+                ProjectionKind::Hash => {
+                    for k in &keys {
+                        ops.delete(k, None, &ver, &self.companions);
+                    }
+                }
+                ProjectionKind::String | ProjectionKind::Json => {
+                    for k in &keys {
+                        ops.delete(k, Some(Companion::Version), &ver, &self.companions);
+                    }
+                }
+                ProjectionKind::Invalidate => {
+                    for k in &keys {
+                        ops.invalidate(k);
+                    }
+                }
+                ProjectionKind::Zset | ProjectionKind::Set | ProjectionKind::Geo => {
+                    let (read, remove) = match c.kind {
+                        ProjectionKind::Set => ("SMEMBERS", "SREM"),
+                        _ => ("ZRANGE", "ZREM"),
+                    };
+                    for k in &keys {
+                        let mut cmd = redis::cmd(read);
+                        cmd.arg(k);
+                        if read == "ZRANGE" {
+                            cmd.arg(0).arg(-1);
+                        }
+                        let members = self
+                            .exec(
+                                vec![Routed::new(k.clone(), cmd)],
+                                "reading the members of a truncated table",
+                            )
+                            .await?;
+                        if let Some(redis::Value::Array(ms)) = members.into_iter().next() {
+                            for m in ms {
+                                if let redis::Value::BulkString(m) = m {
+                                    ops.remove_member(k, &m, remove, &ver, &self.companions);
+                                }
+                            }
+                        }
+                    }
+                }
+                ProjectionKind::Stream => {
+                    if let Some(k) = &literal {
+                        let lsn = crate::pg::lsn::Lsn(mark.lsn).to_string().into_bytes();
+                        let entry = vec![(b"op".to_vec(), b"T".to_vec()), (b"lsn".to_vec(), lsn)];
+                        ops.stream(k, mark, c.maxlen, entry);
+                    }
+                }
+                ProjectionKind::Publish => {
+                    let channel = c.channel.as_deref().unwrap_or_default();
+                    if let (_, Some(ch)) = key_pattern(&self.key_prefix, channel) {
+                        let lsn = crate::pg::lsn::Lsn(mark.lsn);
+                        ops.publish(
+                            &ch,
+                            format!("{{\"op\":\"T\",\"lsn\":\"{lsn}\"}}").into_bytes(),
+                        );
+                    }
+                }
+            }
+        }
+        let n = ops.operations;
+        if !ops.is_empty() {
+            let (commands, _) = ops.commands(self.script.sha());
+            self.exec(commands, "applying a TRUNCATE to the cache")
+                .await?;
+        }
+        Ok(n)
+    }
+
+    /// Applies the operations of rows (no TRUNCATE among them) through `projectors`.
+    async fn apply_rows(
         &self,
         projectors: &mut [Projector],
         batch: &RecordBatch,
@@ -123,10 +235,11 @@ impl CacheTarget {
                 tracing::warn!(table, skipped, key = %p.config.key, "rows without a key (a NULL in a key column) were not written to the cache");
             }
         }
-        if !ops.truncates.is_empty() || !ops.merges.is_empty() {
+        if !ops.merges.is_empty() {
             return Err(Error::Runtime(format!(
-                "{table}: a TRUNCATE, or a json projection row with unchanged TOASTed columns, \
-                 is not supported by the cache sink yet"
+                "{table}: a json projection row whose TOASTed columns were not sent (unchanged) \
+                 cannot be merged into the cached document yet; give the table REPLICA IDENTITY \
+                 FULL, or leave those columns out of `fields`"
             )));
         }
         let count = ops.operations;
@@ -159,6 +272,74 @@ impl CacheTarget {
             _ => None,
         })
     }
+}
+
+/// The TRUNCATE rows of a CDC batch: position and version.
+fn truncates(batch: &RecordBatch, origin: Origin) -> Vec<(usize, Mark)> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{DataType, Int64Type};
+    if matches!(origin, Origin::Load(_)) {
+        return Vec::new();
+    }
+    let schema = batch.schema();
+    let op = match schema.fields().first() {
+        Some(f) if f.name() == "Op" && f.data_type() == &DataType::Utf8 => {
+            batch.column(0).as_string::<i32>()
+        }
+        _ => return Vec::new(),
+    };
+    let find = |name: &str| schema.fields().iter().rposition(|f| f.name() == name);
+    let (Some(l), Some(q)) = (find("_lsn"), find("_seq")) else {
+        return Vec::new();
+    };
+    let (lsn, seq) = (
+        batch.column(l).as_primitive::<Int64Type>(),
+        batch.column(q).as_primitive::<Int64Type>(),
+    );
+    (0..batch.num_rows())
+        .filter(|&i| op.value(i) == "T")
+        .map(|i| {
+            (
+                i,
+                Mark {
+                    lsn: lsn.value(i) as u64,
+                    seq: seq.value(i) as u64,
+                },
+            )
+        })
+        .collect()
+}
+
+/// A key template as a SCAN pattern (placeholders as `*`, glob characters escaped), and the
+/// key itself when the template has no placeholder.
+fn key_pattern(prefix: &str, template: &str) -> (Vec<u8>, Option<Vec<u8>>) {
+    use crate::config::TemplatePart;
+    let escape = |s: &str, out: &mut Vec<u8>| {
+        for b in s.bytes() {
+            if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
+                out.push(b'\\');
+            }
+            out.push(b);
+        }
+    };
+    let parts = crate::config::parse_template(template).unwrap_or_default();
+    let mut pattern = Vec::new();
+    let mut literal = prefix.as_bytes().to_vec();
+    let mut has_columns = false;
+    escape(prefix, &mut pattern);
+    for part in &parts {
+        match part {
+            TemplatePart::Literal(t) => {
+                escape(t, &mut pattern);
+                literal.extend_from_slice(t.as_bytes());
+            }
+            TemplatePart::Column(_) => {
+                pattern.push(b'*');
+                has_columns = true;
+            }
+        }
+    }
+    (pattern, (!has_columns).then_some(literal))
 }
 
 /// A version (32 hex digits) back to a mark.
