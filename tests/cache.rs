@@ -492,3 +492,73 @@ member = "{{id}}"
         .get(0);
     assert_eq!(slots, 0, "nothing created");
 }
+
+/// `check` resolves every projection against the catalog and reaches Redis: a column that is
+/// not there, a text score and an expiry column that is no time are errors (exit 2); an
+/// eviction policy that could drop versions is a warning.
+#[tokio::test]
+async fn check_reports_projection_problems_and_eviction() {
+    let pg = pg();
+    let db = pg.fresh_db("godwit_cache_ck").await;
+    db.batch_execute("CREATE TABLE t (id int PRIMARY KEY, name text, score int, at timestamptz)")
+        .await
+        .unwrap();
+    let redis =
+        common::redis::private_redis(common::redis::PrivateOpts { appendonly: false }).await;
+    let mut c = TestRedis::Single(common::redis::connect_url(&redis.url()).await);
+    c.query(
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory-policy")
+            .arg("allkeys-lru"),
+    )
+    .await;
+    let work = Work::new();
+    let pipeline = |projections: &str| {
+        format!(
+            r#"name = "cache_ck"
+mode = "full-load"
+[source]
+url = "{}"
+[tables]
+include = ["public.t"]
+[target]
+url = "file://{{out}}"
+[cache]
+url = "{}"
+{projections}"#,
+            pg.url("godwit_cache_ck"),
+            redis.url()
+        )
+    };
+    let good = work.pipeline(&pipeline(
+        "[[cache.projections]]\ntable = \"public.t\"\ntype = \"zset\"\nkey = \"b\"\nmember = \"{id}\"\nscore = \"score\"\n",
+    ));
+    let out = work.godwit(&["check", good.to_str().unwrap()], &[]);
+    let text = common::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("zset b of public.t"), "{text}");
+    assert!(text.contains("maxmemory-policy allkeys-lru"), "{text}");
+
+    let bad = work.pipeline(&pipeline(
+        "[[cache.projections]]\ntable = \"public.t\"\ntype = \"hash\"\nkey = \"u:{id}\"\nfields = [\"name\", \"nope\"]\nttl_column = \"name\"\n\
+         [[cache.projections]]\ntable = \"public.t\"\ntype = \"zset\"\nkey = \"b\"\nmember = \"{id}\"\nscore = \"name\"\n",
+    ));
+    let out = work.godwit(&["check", bad.to_str().unwrap()], &[]);
+    let text = common::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("cache.projections[0].fields: column \"nope\""),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "cache.projections[0].ttl_column: column \"name\" is Utf8, not a timestamp or date"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("cache.projections[1].score: column \"name\" is Utf8, not a number"),
+        "{text}"
+    );
+}

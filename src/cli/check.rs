@@ -185,6 +185,13 @@ pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
                 });
             }
             report.add("tables", "ok", format!("{} tables matched", d.plans.len()));
+            if let Some(cache) = &p.cache {
+                for (name, status, message) in
+                    crate::sink::redis::check::check(&p, cache, &d.plans).await
+                {
+                    report.add(name, status, message);
+                }
+            }
             if p.mode.has_cdc() {
                 for (name, status, message) in cdc_checks(c, &p, &d.plans).await {
                     report.add(name, status, message);

@@ -6,6 +6,7 @@
 //! - `projection`: one projection's rows → operations; `ops`: operations → commands (guarded
 //!   script calls grouped by slot, or plain commands); `apply.lua`: the guarded writes.
 
+pub mod check;
 pub mod conn;
 pub mod keys;
 pub mod ops;
