@@ -140,8 +140,8 @@ impl Companions {
     }
 }
 
-/// One tag per hash slot: the first of `0`…`z`, `00`…`zz`, `000`… that hashes there. Every
-/// slot is covered within three characters.
+/// One tag per hash slot: the first of `0`…`z`, `00`…`zz`, `000`…`zzzz` that hashes there. Every
+/// slot is covered within four characters.
 fn slot_tags() -> Vec<Box<[u8]>> {
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut tags: Vec<Box<[u8]>> = vec![Box::default(); 16384];
@@ -171,11 +171,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_slot_has_a_tag_of_at_most_three_characters() {
+    fn every_slot_has_a_tag_of_at_most_four_characters() {
         let tags = slot_tags();
         assert_eq!(tags.len(), 16384);
         for (s, t) in tags.iter().enumerate() {
-            assert!(!t.is_empty() && t.len() <= 3, "slot {s}");
+            assert!(!t.is_empty() && t.len() <= 4, "slot {s}");
             assert_eq!(slot(t) as usize, s);
         }
     }

@@ -360,8 +360,10 @@ pub struct CacheChanges {
     projectors: HashMap<String, Vec<Projector>>,
     /// Per table, the last position applied since the last flush.
     applied: HashMap<String, Mark>,
-    /// Tables whose cache lost writes it had acknowledged (found at `recover`).
+    /// Tables whose cache lost writes it had acknowledged (found at `recover` or a flush).
     lost: Vec<String>,
+    /// Per table, the position the marker was last set to by this run.
+    marked: HashMap<String, Mark>,
     written: Written,
 }
 
@@ -372,6 +374,7 @@ impl CacheChanges {
             projectors: HashMap::new(),
             applied: HashMap::new(),
             lost: Vec::new(),
+            marked: HashMap::new(),
             written: Written::default(),
         }
     }
@@ -453,6 +456,14 @@ impl ChangeSink for CacheChanges {
                 .await
                 .map_err(|e| failed("waiting for the cache's replicas", e))?;
         }
+        // A marker behind what this run set means Redis lost acknowledged writes since the last
+        // flush (a restart without persistence, a failover to a lagging replica).
+        for (table, mark) in &self.marked {
+            if self.applied.contains_key(table) && self.target.applied(table).await? < Some(*mark) {
+                tracing::warn!(table = %table, "the cache lost writes it had acknowledged (its applied position went back): the table is warmed again");
+                self.lost.push(table.clone());
+            }
+        }
         let mut hset = redis::cmd("HSET");
         hset.arg(&self.target.marker);
         for (table, mark) in &self.applied {
@@ -464,6 +475,8 @@ impl ChangeSink for CacheChanges {
                 "recording the cache's applied position",
             )
             .await?;
+        self.marked
+            .extend(self.applied.iter().map(|(t, m)| (t.clone(), *m)));
         Ok(self.applied.drain().collect())
     }
 

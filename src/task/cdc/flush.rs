@@ -34,8 +34,12 @@ impl Apply<'_, '_> {
             }
             t.mark = t.held.iter().copied().min().flatten();
         }
-        // A sink that lost what it had acknowledged (a cache restarted empty) gets its tables
-        // loaded again, from a snapshot of their own.
+        self.reload_lost().await
+    }
+
+    /// A sink that lost what it had acknowledged (a cache restarted empty) gets its tables
+    /// loaded again, from a snapshot of their own.
+    pub(super) async fn reload_lost(&mut self) -> Result<(), Error> {
         let lost: Vec<String> = self.sinks.iter_mut().flat_map(|s| s.lost()).collect();
         for table in lost {
             self.task.state.request_reload(&table).await.map_err(|e| {
@@ -48,8 +52,6 @@ impl Apply<'_, '_> {
         Ok(())
     }
 
-    /// Hands every buffered row to the sinks, has them make it durable, checkpoints the marks,
-    /// then confirms to the slot the last commit whose rows every sink holds.
     /// Hands the changes built since the last hand-off to every sink (each gets what it does
     /// not hold yet). The files sink keeps them for its next files; the cache writes them now.
     pub(super) async fn hand_off(&mut self) -> Result<(), Error> {
@@ -86,6 +88,8 @@ impl Apply<'_, '_> {
         Ok(())
     }
 
+    /// Hands every buffered row to the sinks, has them make it durable, checkpoints the marks,
+    /// then confirms to the slot the last commit whose rows every sink holds.
     pub(super) async fn flush(&mut self) -> Result<(), Error> {
         if self.buffered_rows > 0 {
             self.hand_off().await?;
@@ -145,7 +149,7 @@ impl Apply<'_, '_> {
             self.confirm(lsn)?;
         }
         self.live.update(&self.stats());
-        Ok(())
+        self.reload_lost().await
     }
 
     /// Flushes (after a clean end) and closes the session once the last position reached

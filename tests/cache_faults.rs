@@ -1,0 +1,163 @@
+//! The cache when Redis fails: killed with SIGKILL during a CDC burst and back after 10 s with
+//! its data (append-only file), and killed once more and restarted empty. Both times Redis
+//! ends equal to the projection of the source, computed from PostgreSQL's own values.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::redis::{KeyValue, PrivateOpts, TestRedis, private_redis};
+use common::{Work, pg};
+use tokio_postgres::Client;
+
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn source(db: &Client) -> BTreeMap<String, String> {
+    db.query("SELECT id::text, v::text FROM t", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (format!("k:{}", r.get::<_, String>(0)), r.get(1)))
+        .collect()
+}
+
+/// What Redis holds, or `None` while it does not answer.
+async fn cache(url: &str) -> Option<BTreeMap<String, String>> {
+    let client = redis::Client::open(url).ok()?;
+    let connect = client.get_multiplexed_async_connection();
+    let conn = tokio::time::timeout(Duration::from_secs(2), connect)
+        .await
+        .ok()?
+        .ok()?;
+    let mut r = TestRedis::Single(conn);
+    let mut out = BTreeMap::new();
+    for k in r.scan("k:*").await {
+        if let KeyValue::Hash(h) = r.read_key(&k).await.value {
+            out.insert(
+                String::from_utf8(k).unwrap(),
+                h.get("v").cloned().unwrap_or_default(),
+            );
+        }
+    }
+    Some(out)
+}
+
+/// Waits until Redis equals the source (at most 90 s); says how the last look differed.
+async fn converges(db: &Client, url: &str, when: &str) {
+    let started = Instant::now();
+    loop {
+        let want = source(db).await;
+        let got = cache(url).await;
+        if got.as_ref() == Some(&want) {
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(90) {
+            let got = got.unwrap_or_default();
+            let differ: Vec<_> = want
+                .iter()
+                .filter(|(k, v)| got.get(*k) != Some(v))
+                .take(5)
+                .collect();
+            panic!(
+                "{when}: Redis never became the source; e.g. {differ:?} ({} keys vs {})",
+                got.len(),
+                want.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn burst(db: &Client, rounds: i32) {
+    for i in 0..rounds {
+        db.execute("UPDATE t SET v = v + 1 WHERE id % 3 = $1", &[&(i % 3)])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_killed_and_restarted_with_or_without_its_data_ends_equal_to_the_source() {
+    let pg = pg();
+    let db = pg.fresh_db("godwit_cache_fault").await;
+    db.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v int);
+         INSERT INTO t SELECT i, 0 FROM generate_series(1, 300) i;",
+    )
+    .await
+    .unwrap();
+    let mut redis = private_redis(PrivateOpts { appendonly: true }).await;
+    let url = redis.url();
+    let work = Work::new();
+    let path = work.pipeline(&format!(
+        r#"name = "cache_fault"
+mode = "full-load-and-cdc"
+[source]
+url = "{}"
+[tables]
+include = ["public.t"]
+[target]
+url = "file://{{out}}"
+cdc_max_batch_interval = "1s"
+[cache]
+url = "{url}"
+[[cache.projections]]
+table = "public.t"
+type = "hash"
+key = "k:{{id}}"
+fields = ["v"]
+"#,
+        pg.url("godwit_cache_fault")
+    ));
+    let log = work.path().join("run.log");
+    let _run = Killed(work.spawn_run_logged(&path, &log));
+    converges(&db, &url, "after the full load").await;
+
+    // Killed in the middle of a burst, back after 10 s with what it had acknowledged.
+    let (_, _) = tokio::join!(burst(&db, 60), async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        redis.kill9();
+        assert!(
+            cache(&url).await.is_none(),
+            "the kill landed: Redis does not answer"
+        );
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        redis.restart().await;
+    });
+    converges(&db, &url, "after a restart with its data").await;
+
+    // Killed again and restarted empty: godwit sees the cache lost what it had acknowledged and
+    // warms it again from a snapshot.
+    redis.kill9();
+    for entry in std::fs::read_dir(redis.dir.path()).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+    redis.restart().await;
+    assert_eq!(
+        cache(&url).await.map(|c| c.len()),
+        Some(0),
+        "restarted empty"
+    );
+    burst(&db, 6).await;
+    converges(&db, &url, "after a restart without its data").await;
+
+    let events = std::fs::read_to_string(work.out().join("_godwit/state/events.jsonl")).unwrap();
+    assert!(
+        events.contains("\"table.reload_requested\""),
+        "the re-warm was announced: {events}"
+    );
+}
