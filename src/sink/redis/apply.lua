@@ -30,6 +30,42 @@ local function expire(key, mode, value)
   end
 end
 
+-- The members of a flat JSON object as godwit wrote it: raw name (with its quotes) -> raw value.
+local function members(doc)
+  local out, i, n = {}, 2, #doc
+  while i <= n do
+    local c = string.sub(doc, i, i)
+    if c == '"' then
+      local j = i + 1
+      while true do
+        local ch = string.sub(doc, j, j)
+        if ch == '\\' then j = j + 2 elseif ch == '"' or ch == '' then break else j = j + 1 end
+      end
+      local name = string.sub(doc, i, j)
+      local colon = string.find(doc, ':', j + 1, true)
+      if not colon then break end
+      local e, depth, instr = colon + 1, 0, false
+      while e <= n do
+        local ch = string.sub(doc, e, e)
+        if instr then
+          if ch == '\\' then e = e + 1 elseif ch == '"' then instr = false end
+        elseif ch == '"' then instr = true
+        elseif ch == '{' or ch == '[' then depth = depth + 1
+        elseif ch == '}' or ch == ']' then
+          if depth == 0 then break end
+          depth = depth - 1
+        elseif ch == ',' and depth == 0 then break end
+        e = e + 1
+      end
+      out[name] = string.sub(doc, colon + 1, e - 1)
+      i = e + 1
+    else
+      i = i + 1
+    end
+  end
+  return out
+end
+
 local ki, ai, refused = 1, 3, 0
 local function key() ki = ki + 1; return KEYS[ki - 1] end
 local function arg() ai = ai + 1; return ARGV[ai - 1] end
@@ -67,6 +103,34 @@ while ai <= #ARGV do
     if newer(ver, cur) and newer(ver, gone) then
       if gone then redis.call('DEL', t) end
       redis.call('SET', k, val)
+      redis.call('SET', v, ver)
+      expire(k, mode, value)
+      expire(v, mode, value)
+    else
+      refused = refused + 1
+    end
+  elseif op == 'J' then
+    -- json document with unsent columns: KEYS key, version key, tombstone;
+    -- ARGV nfields, then per field its name (a JSON string), '1' value or '0' '' (keep the cached
+    -- value), expire mode, value. The cached document is one we wrote: a flat object.
+    local k, v, t = key(), key(), key()
+    local n = tonumber(arg())
+    local fields = {}
+    for i = 1, n do fields[i] = {arg(), arg(), arg()} end
+    local mode, value = arg(), arg()
+    local cur = redis.call('GET', v)
+    local gone = redis.call('GET', t)
+    if newer(ver, cur) and newer(ver, gone) then
+      local old = members(redis.call('GET', k) or '{}')
+      local out = {}
+      for i = 1, n do
+        local f = fields[i]
+        local raw = f[3]
+        if f[2] == '0' then raw = old[f[1]] or 'null' end
+        out[i] = f[1] .. ':' .. raw
+      end
+      if gone then redis.call('DEL', t) end
+      redis.call('SET', k, '{' .. table.concat(out, ',') .. '}')
       redis.call('SET', v, ver)
       expire(k, mode, value)
       expire(v, mode, value)

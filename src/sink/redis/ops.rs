@@ -45,15 +45,6 @@ impl Expire {
     }
 }
 
-/// A `json` row whose unchanged columns keep their cached values.
-pub struct Merge {
-    pub key: Vec<u8>,
-    pub version: [u8; 32],
-    /// The columns that were sent, as a JSON object.
-    pub fields: Vec<u8>,
-    pub expire: Expire,
-}
-
 /// One script call being built.
 #[derive(Default)]
 struct Call {
@@ -69,8 +60,6 @@ pub struct Ops {
     tombstone_ms: i64,
     calls: BTreeMap<u16, Vec<Call>>,
     plain: Vec<Routed>,
-    /// Rows of `json` projections with unchanged columns, to merge with the cached document.
-    pub merges: Vec<Merge>,
     pub operations: u64,
 }
 
@@ -81,13 +70,12 @@ impl Ops {
             tombstone_ms,
             calls: BTreeMap::new(),
             plain: Vec::new(),
-            merges: Vec::new(),
             operations: 0,
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.calls.is_empty() && self.plain.is_empty() && self.merges.is_empty()
+        self.calls.is_empty() && self.plain.is_empty()
     }
 
     /// The script call of `key`'s slot with room for one more operation.
@@ -200,23 +188,43 @@ impl Ops {
         self.operations += 1;
     }
 
-    /// A `json` row with unchanged columns, merged into the cached document.
+    /// A `json` row with unchanged columns: `fields` are (name as a JSON string, value as JSON
+    /// text, or `None` for a column whose cached value stays), in document order.
     pub fn json_merge(
         &mut self,
         key: &[u8],
         ver: &[u8; 32],
-        fields: Vec<u8>,
-        _unchanged: &[String],
+        fields: Vec<(Vec<u8>, Option<Vec<u8>>)>,
         expire: Expire,
-        _c: &Companions,
+        companions: &Companions,
     ) {
         self.operations += 1;
-        self.merges.push(Merge {
-            key: key.to_vec(),
-            version: *ver,
-            fields,
-            expire,
-        });
+        let mut vkey = Vec::new();
+        companions.name(Companion::Version, key, None, &mut vkey);
+        let mut tomb = Vec::new();
+        companions.name(Companion::Tombstone, key, None, &mut tomb);
+        let [mode, exp] = expire.script_args();
+        let c = self.call(key);
+        c.keys.extend([key.to_vec(), vkey, tomb]);
+        c.args.extend([
+            b"J".to_vec(),
+            ver.to_vec(),
+            fields.len().to_string().into_bytes(),
+        ]);
+        for (name, value) in fields {
+            c.args.push(name);
+            match value {
+                Some(v) => {
+                    c.args.push(b"1".to_vec());
+                    c.args.push(v);
+                }
+                None => {
+                    c.args.push(b"0".to_vec());
+                    c.args.push(Vec::new());
+                }
+            }
+        }
+        c.args.extend([mode, exp]);
     }
 
     /// A whole key deleted; `version` names where its version lives (`None`: inside the hash).

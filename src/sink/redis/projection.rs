@@ -216,11 +216,26 @@ impl Projector {
                             continue;
                         }
                     } else {
-                        json_document(b, cols, row, &unchanged, &mut buf);
                         if !unchanged.is_empty() {
-                            ops.json_merge(&key, &ver, buf.clone(), &unchanged, expire, companions);
+                            // Columns whose value was not sent keep the cached document's.
+                            let fields = b
+                                .fields
+                                .iter()
+                                .map(|(name, i, render)| {
+                                    let mut n = Vec::new();
+                                    json_string(name.as_bytes(), &mut n);
+                                    let value = (!unchanged.iter().any(|u| u == name)).then(|| {
+                                        let mut v = Vec::new();
+                                        render.json(cols[*i].as_ref(), row, &mut v);
+                                        v
+                                    });
+                                    (n, value)
+                                })
+                                .collect();
+                            ops.json_merge(&key, &ver, fields, expire, companions);
                             continue;
                         }
+                        json_document(b, cols, row, &unchanged, &mut buf);
                     }
                     ops.value(&key, &ver, buf.clone(), expire, companions);
                 }

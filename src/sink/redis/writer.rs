@@ -235,13 +235,6 @@ impl CacheTarget {
                 tracing::warn!(table, skipped, key = %p.config.key, "rows without a key (a NULL in a key column) were not written to the cache");
             }
         }
-        if !ops.merges.is_empty() {
-            return Err(Error::Runtime(format!(
-                "{table}: a json projection row whose TOASTed columns were not sent (unchanged) \
-                 cannot be merged into the cached document yet; give the table REPLICA IDENTITY \
-                 FULL, or leave those columns out of `fields`"
-            )));
-        }
         let count = ops.operations;
         if ops.is_empty() {
             return Ok(0);
