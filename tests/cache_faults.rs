@@ -161,3 +161,84 @@ fields = ["v"]
         "the re-warm was announced: {events}"
     );
 }
+
+/// A cache-only pipeline (`target.url = "none"`) writes no file anywhere, keeps its state in
+/// the state store, and after a SIGKILL the next run brings Redis back to the source.
+#[tokio::test]
+async fn a_cache_only_pipeline_writes_no_files_and_resumes_after_sigkill() {
+    let pg = pg();
+    let db = pg.fresh_db("godwit_cache_only").await;
+    db.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v int);
+         INSERT INTO t SELECT i, 0 FROM generate_series(1, 300) i;",
+    )
+    .await
+    .unwrap();
+    let redis = private_redis(PrivateOpts { appendonly: false }).await;
+    let url = redis.url();
+    let work = Work::new();
+    let path = work.pipeline(&format!(
+        r#"name = "cache_only"
+mode = "full-load-and-cdc"
+[source]
+url = "{}"
+[tables]
+include = ["public.t"]
+[target]
+url = "none"
+[cache]
+url = "{url}"
+[[cache.projections]]
+table = "public.t"
+type = "hash"
+key = "k:{{id}}"
+fields = ["v"]
+"#,
+        pg.url("godwit_cache_only")
+    ));
+    common::assert_ok(&work.godwit(&["run", path.to_str().unwrap(), "--once"], &[]));
+    converges(&db, &url, "after the full load").await;
+
+    // Followed continuously, killed with SIGKILL in the middle of a burst.
+    let log = work.path().join("run.log");
+    let mut run = Killed(work.spawn_run_logged(&path, &log));
+    let (_, _) = tokio::join!(burst(&db, 40), async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        run.0.kill().unwrap();
+        run.0.wait().unwrap();
+    });
+    assert!(run.0.try_wait().unwrap().is_some(), "the kill landed");
+    burst(&db, 5).await;
+    common::assert_ok(&work.godwit(&["run", path.to_str().unwrap(), "--once"], &[]));
+    converges(&db, &url, "after a SIGKILL and a new run").await;
+
+    let mut files = Vec::new();
+    let mut dirs = vec![work.path().to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    let data: Vec<_> = files
+        .iter()
+        .filter(|f| {
+            let n = f.to_string_lossy();
+            n.ends_with(".parquet") || n.ends_with(".csv") || n.ends_with(".csv.gz")
+        })
+        .collect();
+    assert!(
+        data.is_empty(),
+        "a cache-only pipeline wrote files: {data:?}"
+    );
+    assert!(
+        files
+            .iter()
+            .any(|f| f.ends_with("godwit-out/cache_only/_godwit/state/task.json")),
+        "its state is kept: {files:?}"
+    );
+}

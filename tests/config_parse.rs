@@ -1892,23 +1892,12 @@ fn refused(text: &str) -> ConfigError {
 
 #[test]
 fn unsupported_features_are_refused_with_line_and_key() {
-    let cases: Vec<(String, usize, &str, &str)> = vec![
-        (
-            with(
-                "[target]\nurl = \"none\"\n[cache]\nurl = \"redis://127.0.0.1:6379\"\n\
-                 [[cache.projections]]\ntable = \"public.users\"\ntype = \"hash\"\nkey = \"u:{id}\"\n",
-            ),
-            5,
-            "target.url",
-            "url = \"none\" is not supported yet",
-        ),
-        (
-            with("[notify]\nsns_topic_arn = \"arn:aws:sns:eu-west-1:123456789012:ev\"\n"),
-            5,
-            "notify.sns_topic_arn",
-            "sns_topic_arn = \"arn:aws:sns:eu-west-1:123456789012:ev\" is not supported yet",
-        ),
-    ];
+    let cases: Vec<(String, usize, &str, &str)> = vec![(
+        with("[notify]\nsns_topic_arn = \"arn:aws:sns:eu-west-1:123456789012:ev\"\n"),
+        5,
+        "notify.sns_topic_arn",
+        "sns_topic_arn = \"arn:aws:sns:eu-west-1:123456789012:ev\" is not supported yet",
+    )];
     let mut failures = Vec::new();
     for (text, line, key, needle) in &cases {
         let e = refused(text);

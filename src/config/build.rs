@@ -1078,13 +1078,6 @@ pub(crate) fn unsupported(p: &Pipeline) -> R<()> {
         .with_key(key)
         .with_hint(hint)
     };
-    if p.cache.is_some() && p.target.url == TargetUrl::None {
-        return Err(refuse(
-            "target.url",
-            "\"none\"",
-            "cache-only pipelines come next: write files too for now (e.g. url = \"file://./godwit-out\")",
-        ));
-    }
     if let Some(arn) = &p.notify.sns_topic_arn {
         return Err(refuse(
             "notify.sns_topic_arn",

@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use super::plan::{Segment, TablePlan};
 use super::progress::Progress;
 use super::{Discovered, Started};
-use crate::config::{Compression, DataErrorPolicy, Format, Pipeline, TableErrorPolicy};
+use crate::config::{Compression, DataErrorPolicy, Format, Pipeline, TableErrorPolicy, TargetUrl};
 use crate::error::Error;
 use crate::notify::{EventKind, Notifier};
 use crate::pg::catalog::TableName;
@@ -576,7 +576,13 @@ async fn load_table(
     let (tx, mut rx) = mpsc::channel::<RecordBatch>(1);
     let commit = Arc::new(AtomicBool::new(false));
     let commit_seen = commit.clone();
+    // A cache-only pipeline encodes no file: the batches only warm the cache.
+    let files = ctx.pipeline.target.url != TargetUrl::None;
     let encoder = tokio::task::spawn_blocking(move || -> Result<Vec<WrittenFile>, WriteError> {
+        if !files {
+            while rx.blocking_recv().is_some() {}
+            return Ok(Vec::new());
+        }
         while let Some(batch) = rx.blocking_recv() {
             if let Err(e) = writer.write(&batch) {
                 writer.abort();

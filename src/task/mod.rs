@@ -282,10 +282,7 @@ pub async fn target_store(p: &Pipeline) -> Result<Arc<dyn ObjectStore>, Error> {
             let settings = s3_settings(p, bucket, prefix, "target.url");
             Ok(Arc::new(S3Store::new(settings).await))
         }
-        TargetUrl::None => Err(Error::Config(p.error_at(
-            "target.url",
-            "target \"none\" (cache only) is not supported yet by this godwit version",
-        ))),
+        TargetUrl::None => Ok(Arc::new(crate::sink::files::none::NoStore)),
     }
 }
 

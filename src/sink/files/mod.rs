@@ -6,6 +6,7 @@ pub mod csv;
 pub mod fenced;
 pub mod layout;
 pub mod local;
+pub mod none;
 pub mod parquet;
 pub mod s3;
 pub mod s3_error;

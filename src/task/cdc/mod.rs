@@ -32,6 +32,7 @@ use super::{Discovered, Started, partitions, reload};
 use crate::batch::changes::{Layout, Op, Row, TableBuffer};
 use crate::config::{
     CdcMode, DataErrorPolicy, DatePartitioning, Mode, NumericMode, Pipeline, TableErrorPolicy,
+    TargetUrl,
 };
 use crate::error::Error;
 use crate::notify::{EventKind, Notifier, PartitionChange};
@@ -353,7 +354,10 @@ fn sinks(
     cache: Option<&Arc<CacheTarget>>,
 ) -> Vec<Box<dyn ChangeSink>> {
     let format = full_load::file_format(p, p.target.row_group_bytes as usize);
-    let mut sinks: Vec<Box<dyn ChangeSink>> = vec![Box::new(CdcFiles::new(store.clone(), format))];
+    let mut sinks: Vec<Box<dyn ChangeSink>> = Vec::new();
+    if p.target.url != TargetUrl::None {
+        sinks.push(Box::new(CdcFiles::new(store.clone(), format)));
+    }
     if let Some(c) = cache {
         sinks.push(Box::new(CacheChanges::new(c.clone())));
     }
