@@ -264,6 +264,16 @@ async fn scenario(redis_url: &str, cluster: bool, mut r: TestRedis, db_name: &st
         &expected(&db).await,
         "after the full load",
     );
+    // inspect counts each projection's keys and shows a few.
+    let shown = assert_ok(&work.godwit(&["inspect", path.to_str().unwrap(), "--rows", "2"], &[]));
+    for line in [
+        "hash user:{id} of public.users: 300 keys match",
+        "zset board of public.users: 1 key match",
+        "set city:{city} of public.users: 3 keys match",
+    ] {
+        assert!(shown.contains(line), "{line} not in: {shown}");
+    }
+    assert!(shown.contains(&format!("    {prefix}user:1")), "{shown}");
 
     db.batch_execute(
         "UPDATE users SET name = 'Renamed ' || id, score = score + 1 WHERE id % 4 = 0;
@@ -282,6 +292,8 @@ async fn scenario(redis_url: &str, cluster: bool, mut r: TestRedis, db_name: &st
         &expected(&db).await,
         "after CDC",
     );
+    let status = assert_ok(&work.godwit(&["status", path.to_str().unwrap()], &[]));
+    assert!(status.contains("cache: every change up to"), "{status}");
 
     // One stream entry per change, in commit order, ids from (_lsn, _seq).
     let KeyValue::Stream(entries) = r

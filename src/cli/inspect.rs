@@ -75,7 +75,7 @@ pub async fn execute(
     }
     if let Some(t) = table {
         by_table.retain(|k, _| k == t);
-        if by_table.is_empty() {
+        if by_table.is_empty() && p.cache.is_none() {
             outln!("nothing landed for {t} in {}", store.describe())?;
             return Ok(0);
         }
@@ -102,6 +102,12 @@ pub async fn execute(
         show_part("full load", &load, sample_rows)?;
         if !folder.cdc.is_empty() {
             show_part("CDC", &cdc, sample_rows)?;
+        }
+    }
+    if let Some(cache) = &p.cache {
+        outln!()?;
+        for line in crate::sink::redis::inspect::describe(cache, table, sample_rows).await? {
+            outln!("{line}")?;
         }
     }
     Ok(0)

@@ -123,6 +123,14 @@ pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
             t.data_errors,
             t.last_lsn.as_deref().unwrap_or("-")
         )?;
+        if p.cache.is_some()
+            && let Some(m) = t.cache_mark
+        {
+            outln!(
+                "    cache: every change up to {} applied in Redis",
+                crate::pg::lsn::Lsn(m.lsn)
+            )?;
+        }
         for seg in &t.segments {
             outln!(
                 "    segment {}/{} (blocks {}..{}): {}, {} rows, {} load files",

@@ -8,6 +8,7 @@
 
 pub mod check;
 pub mod conn;
+pub mod inspect;
 pub mod keys;
 pub mod ops;
 pub mod projection;

@@ -305,7 +305,7 @@ fn truncates(batch: &RecordBatch, origin: Origin) -> Vec<(usize, Mark)> {
 
 /// A key template as a SCAN pattern (placeholders as `*`, glob characters escaped), and the
 /// key itself when the template has no placeholder.
-fn key_pattern(prefix: &str, template: &str) -> (Vec<u8>, Option<Vec<u8>>) {
+pub(crate) fn key_pattern(prefix: &str, template: &str) -> (Vec<u8>, Option<Vec<u8>>) {
     use crate::config::TemplatePart;
     let escape = |s: &str, out: &mut Vec<u8>| {
         for b in s.bytes() {
