@@ -396,15 +396,7 @@ value = "v"
         pg.url("godwit_cache_wt"),
         common::redis::standalone_url()
     ));
-    // Killed however the test ends: a run left behind would hold the database's slot.
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let child = Killed(work.spawn_run(&path));
+    let child = common::Killed(work.spawn_run(&path));
     let key = format!("{prefix}t:2");
     let wait_for = async |r: &mut TestRedis, key: &str, want: Option<&str>| {
         let started = std::time::Instant::now();

@@ -8,16 +8,30 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::redis::{KeyValue, PrivateOpts, TestRedis, private_redis};
-use common::{Work, pg};
+use common::{Killed, Work, pg};
 use tokio_postgres::Client;
 
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A pipeline following public.t (id, v) into Redis as hashes `k:{id}`; `target` is the body
+/// of its `[target]` section.
+fn pipeline(name: &str, db_url: &str, redis_url: &str, target: &str) -> String {
+    format!(
+        r#"name = "{name}"
+mode = "full-load-and-cdc"
+[source]
+url = "{db_url}"
+[tables]
+include = ["public.t"]
+[target]
+{target}
+[cache]
+url = "{redis_url}"
+[[cache.projections]]
+table = "public.t"
+type = "hash"
+key = "k:{{id}}"
+fields = ["v"]
+"#
+    )
 }
 
 async fn source(db: &Client) -> BTreeMap<String, String> {
@@ -98,25 +112,11 @@ async fn redis_killed_and_restarted_with_or_without_its_data_ends_equal_to_the_s
     let mut redis = private_redis(PrivateOpts { appendonly: true }).await;
     let url = redis.url();
     let work = Work::new();
-    let path = work.pipeline(&format!(
-        r#"name = "cache_fault"
-mode = "full-load-and-cdc"
-[source]
-url = "{}"
-[tables]
-include = ["public.t"]
-[target]
-url = "file://{{out}}"
-cdc_max_batch_interval = "1s"
-[cache]
-url = "{url}"
-[[cache.projections]]
-table = "public.t"
-type = "hash"
-key = "k:{{id}}"
-fields = ["v"]
-"#,
-        pg.url("godwit_cache_fault")
+    let path = work.pipeline(&pipeline(
+        "cache_fault",
+        &pg.url("godwit_cache_fault"),
+        &url,
+        "url = \"file://{out}\"\ncdc_max_batch_interval = \"1s\"",
     ));
     let log = work.path().join("run.log");
     let _run = Killed(work.spawn_run_logged(&path, &log));
@@ -177,24 +177,11 @@ async fn a_cache_only_pipeline_writes_no_files_and_resumes_after_sigkill() {
     let redis = private_redis(PrivateOpts { appendonly: false }).await;
     let url = redis.url();
     let work = Work::new();
-    let path = work.pipeline(&format!(
-        r#"name = "cache_only"
-mode = "full-load-and-cdc"
-[source]
-url = "{}"
-[tables]
-include = ["public.t"]
-[target]
-url = "none"
-[cache]
-url = "{url}"
-[[cache.projections]]
-table = "public.t"
-type = "hash"
-key = "k:{{id}}"
-fields = ["v"]
-"#,
-        pg.url("godwit_cache_only")
+    let path = work.pipeline(&pipeline(
+        "cache_only",
+        &pg.url("godwit_cache_only"),
+        &url,
+        "url = \"none\"",
     ));
     common::assert_ok(&work.godwit(&["run", path.to_str().unwrap(), "--once"], &[]));
     converges(&db, &url, "after the full load").await;

@@ -177,17 +177,6 @@ impl Ops {
             .extend([b"S".to_vec(), ver.to_vec(), value, mode, exp]);
     }
 
-    /// A `string` whose value was not sent (unchanged TOASTed): the value stays.
-    pub fn touch_version(
-        &mut self,
-        _key: &[u8],
-        _ver: &[u8; 32],
-        _expire: Expire,
-        _c: &Companions,
-    ) {
-        self.operations += 1;
-    }
-
     /// A `json` row with unchanged columns: `fields` are (name as a JSON string, value as JSON
     /// text, or `None` for a column whose cached value stays), in document order.
     pub fn json_merge(

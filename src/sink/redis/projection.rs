@@ -206,8 +206,7 @@ impl Projector {
                         let (i, render) = b.value.as_ref().expect("string has a value column");
                         let name = self.config.value.as_deref().unwrap_or_default();
                         if unchanged.iter().any(|u| u == name) {
-                            // An unchanged TOASTed value: the cached one stays; only the version moves.
-                            ops.touch_version(&key, &ver, expire, companions);
+                            // An unchanged TOASTed value: the cached one stays as it is.
                             continue;
                         }
                         if !render.text(cols[*i].as_ref(), row, &mut buf) {
