@@ -123,9 +123,14 @@ pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
             t.data_errors,
             t.last_lsn.as_deref().unwrap_or("-")
         )?;
-        if p.cache.is_some()
-            && let Some(m) = t.cache_mark
-        {
+        let projected = p.cache.as_ref().is_some_and(|c| {
+            c.projections.iter().any(|pr| {
+                pr.table
+                    .exact_name()
+                    .is_some_and(|(s, n)| format!("{s}.{n}") == *name)
+            })
+        });
+        if projected && let Some(m) = t.cache_mark {
             outln!(
                 "    cache: every change up to {} applied in Redis",
                 crate::pg::lsn::Lsn(m.lsn)
