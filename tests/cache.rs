@@ -401,8 +401,9 @@ value = "v"
     let wait_for = async |r: &mut TestRedis, key: &str, want: Option<&str>| {
         let started = std::time::Instant::now();
         loop {
-            let got = match r.read_key(key.as_bytes()).await.value {
-                KeyValue::String(s) => Some(String::from_utf8(s).unwrap()),
+            // One GET: the key may go between a TYPE and a read.
+            let got = match r.query(redis::cmd("GET").arg(key)).await {
+                redis::Value::BulkString(s) => Some(String::from_utf8(s).unwrap()),
                 _ => None,
             };
             if got.as_deref() == want {
