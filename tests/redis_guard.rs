@@ -134,7 +134,7 @@ impl Sink {
 
     /// Writes `b`; returns how many operations the guard refused.
     async fn write(&mut self, b: &RecordBatch, origin: Origin, guarded: bool) -> i64 {
-        let mut ops = Ops::new(guarded, 60_000);
+        let mut ops = Ops::new(guarded, 60_000, self.redis.grouping());
         for p in &mut self.projectors {
             p.encode(b, origin, &self.companions, &mut ops).unwrap();
         }

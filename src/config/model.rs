@@ -160,6 +160,17 @@ config_enum! {
     }
 }
 
+impl ProjectionKind {
+    /// Whether the full load writes this projection's keys (every kind but the change-only
+    /// `invalidate`, `stream` and `publish`).
+    pub fn warmed(self) -> bool {
+        !matches!(
+            self,
+            ProjectionKind::Invalidate | ProjectionKind::Stream | ProjectionKind::Publish
+        )
+    }
+}
+
 /// Line numbers of the keys as written in the file, by dotted key path (`target.url`,
 /// `tables."public.orders".partitions`, `cache.projections[0].type`, `tables.include[1]`). Section
 /// headers are there too (`target`, `tables."public.orders"`). Lets later checks (e.g. "no table

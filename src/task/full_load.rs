@@ -5,7 +5,7 @@
 use crate::pg::lsn::Lsn;
 use crate::sink::redis::writer::{CacheLoad, CacheTarget};
 use crate::state::Mark;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
@@ -73,7 +73,9 @@ struct Ctx {
     progress: Progress,
     permits: Arc<Semaphore>,
     load_time: i64,
-    cache: Option<(Arc<CacheTarget>, Lsn)>,
+    cache: Option<Warm>,
+    /// Per projected table: whether its warm goes through the version guard (see [`Warm`]).
+    cache_guarded: HashMap<String, bool>,
     /// `batch_bytes` and `row_group_bytes` shared by the files written at once, so that
     /// several parallel loads hold about as much memory as one would.
     batch_bytes: u64,
@@ -132,8 +134,12 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, Error> {
     });
     // The cache's rows carry the WAL position of the snapshot: a later run's load is newer.
     let cache = match cache {
-        Some(c) => match crate::pg::replication::slot::current_wal_lsn(snapshot.client()).await {
-            Ok(at) => Some((c, at)),
+        Some(target) => match crate::pg::replication::slot::current_wal_lsn(snapshot.client()).await {
+            Ok(at) => Some(Warm {
+                target,
+                at,
+                racing: false,
+            }),
             Err(e) => {
                 lease.release().await;
                 return Err(Error::Runtime(format!("reading pg_current_wal_lsn(): {e}")));
@@ -207,9 +213,46 @@ pub(crate) struct Shared {
     pub store: Arc<dyn ObjectStore>,
     pub state: Arc<StateStore>,
     pub notifier: Arc<Notifier>,
-    /// The cache the load also warms, and the version its rows carry there (the snapshot's
-    /// position).
-    pub cache: Option<(Arc<CacheTarget>, Lsn)>,
+    /// The cache the load also warms.
+    pub cache: Option<Warm>,
+}
+
+/// The cache a load warms.
+#[derive(Clone)]
+pub(crate) struct Warm {
+    pub target: Arc<CacheTarget>,
+    /// The version the load's rows carry (the snapshot's position).
+    pub at: Lsn,
+    /// Whether changes may reach the cache while the load runs (a reload during CDC). When not,
+    /// a table whose keys are all absent is warmed without the version guard (nothing newer can
+    /// exist); otherwise every write is guarded, and once the table is loaded its keys older
+    /// than the load are removed (rows deleted while the cache was not following them).
+    pub racing: bool,
+}
+
+/// Per projected table of `plans`, whether its warm must be guarded.
+async fn guarded_tables(cache: Option<&Warm>, plans: &[TablePlan]) -> HashMap<String, bool> {
+    let mut out = HashMap::new();
+    let Some(w) = cache else {
+        return out;
+    };
+    for plan in plans {
+        let key = plan.key();
+        if !w.target.projects(&key) {
+            continue;
+        }
+        let guarded = w.racing
+            || match w.target.untouched(&key).await {
+                Ok(untouched) => !untouched,
+                Err(e) => {
+                    tracing::warn!(table = %key, "{e}; the warm is guarded");
+                    true
+                }
+            };
+        tracing::debug!(table = %key, guarded, "cache warm");
+        out.insert(key, guarded);
+    }
+    out
 }
 
 /// How a load ended.
@@ -237,6 +280,7 @@ pub(crate) async fn load(
     });
     let started = Instant::now();
     let writers = concurrent_writers(p, &plans);
+    let cache_guarded = guarded_tables(shared.cache.as_ref(), &plans).await;
     let ctx = Arc::new(Ctx {
         pipeline: p.clone(),
         source: shared.source,
@@ -246,6 +290,7 @@ pub(crate) async fn load(
         record: Mutex::new(record),
         notifier: shared.notifier,
         cache: shared.cache,
+        cache_guarded,
         progress: Progress::new(opts.progress),
         permits: Arc::new(Semaphore::new(p.load.parallel)),
         batch_bytes: (p.load.batch_bytes / writers as u64).max(4 << 20),
@@ -445,7 +490,14 @@ async fn load_one(ctx: Arc<Ctx>, plan: TablePlan, start: TableRecord) -> Result<
                     .collect()
             };
             match remove_stale_files(ctx.store.as_ref(), &plan.table.name, &files).await {
-                Ok(()) => Ok(files),
+                Ok(()) => match sweep_cache(&ctx, &key).await {
+                    Ok(()) => Ok(files),
+                    Err(e) => Err(TableFailure {
+                        error: format!("removing old cache keys of {key}: {e}"),
+                        remedy: "fix the cause and run the pipeline again".into(),
+                        stop_task: false,
+                    }),
+                },
                 Err(e) => Err(TableFailure {
                     error: format!("removing old load files of {key}: {e}"),
                     remedy: "fix the cause and run the pipeline again".into(),
@@ -630,10 +682,10 @@ async fn load_table(
     spec.batch_bytes = ctx.batch_bytes;
     // With a cache, each batch warms it before it goes on to the file encoder: the same Arrow
     // batches, one COPY.
-    let warm = ctx
-        .cache
-        .as_ref()
-        .and_then(|(c, at)| CacheLoad::new(c, &table, Mark { lsn: at.0, seq: 0 }));
+    let warm = ctx.cache.as_ref().and_then(|w| {
+        let guarded = ctx.cache_guarded.get(&table).copied().unwrap_or(true);
+        CacheLoad::new(&w.target, &table, Mark { lsn: w.at.0, seq: 0 }, guarded)
+    });
     let (copy_tx, warming) = match warm {
         None => (tx.clone(), None),
         Some(mut warm) => {
@@ -646,7 +698,7 @@ async fn load_table(
                         break;
                     }
                 }
-                Ok::<(), Error>(())
+                warm.finish().await
             });
             (warm_tx, Some(task))
         }
@@ -695,6 +747,28 @@ async fn load_table(
         files: loaded.1,
         data_errors: data_errors.load(Ordering::Relaxed),
     })
+}
+
+/// After a guarded warm of `table`: its cache keys older than the load go (see [`Warm`]).
+async fn sweep_cache(ctx: &Ctx, table: &str) -> Result<(), Error> {
+    let Some(w) = &ctx.cache else {
+        return Ok(());
+    };
+    if !ctx.cache_guarded.get(table).copied().unwrap_or(false) {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let removed = w
+        .target
+        .sweep(table, Mark { lsn: w.at.0, seq: 0 })
+        .await?;
+    tracing::info!(
+        table,
+        removed,
+        seconds = started.elapsed().as_secs_f64(),
+        "cache swept: keys of rows no longer in the source removed"
+    );
+    Ok(())
 }
 
 /// A reload replaces the previous load: load files of `table` this load did not write are

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use std::collections::BTreeMap;
 
-use super::full_load::{self, RunOptions, Shared};
+use super::full_load::{self, RunOptions, Shared, Warm};
 use super::partitions;
 use super::plan::TablePlan;
 use crate::config::Pipeline;
@@ -79,7 +79,7 @@ pub(crate) async fn load_from_temporary_slot(
         store: Arc::new(Staging {
             inner: shared.store,
         }),
-        cache: shared.cache.map(|(c, _)| (c, point)),
+        cache: shared.cache.map(|w| Warm { at: point, ..w }),
         ..shared
     };
     let outcome = full_load::load(

@@ -1,4 +1,4 @@
--- godwit's guarded writes: a batch of operations on keys of ONE hash slot. Every write carries
+-- godwit's guarded writes: a batch of operations on keys of one hash slot (any keys on a standalone server). Every write carries
 -- its change's version (32 hex digits: _lsn then _seq, 16 each) and is refused when the key (or
 -- member) already holds that version or a newer one, or a tombstone says it was deleted at or
 -- after it. So a replay after a crash, or a re-warm racing newer changes, can neither regress
@@ -11,15 +11,24 @@
 local tomb_ms = tonumber(ARGV[1])
 local vfield = ARGV[2]
 
--- a > b for two versions (nil/false is older than anything)
+-- a > b for two versions (nil/false is older than anything). Versions are fixed-width lowercase
+-- hex, so their string order is their numeric order (Lua compares strings with strcoll; every
+-- locale orders 0-9 before a-f and keeps each apart).
 local function newer(a, b)
   if not b then return true end
   if not a then return false end
-  for i = 1, 32, 8 do
-    local x, y = tonumber(string.sub(a, i, i + 7), 16), tonumber(string.sub(b, i, i + 7), 16)
-    if x ~= y then return x > y end
-  end
-  return false
+  return a > b
+end
+
+-- Whether a write at version ver may go ahead over the version cur the key (or member) holds:
+-- it must be newer; with no version there, no tombstone t may say it was deleted at or after
+-- ver. A key that holds a version has no newer tombstone (a write removes the tombstone), so
+-- the tombstone is read only when the key is absent. Returns the answer and whether a tombstone
+-- is there (a write removes it).
+local function allowed(ver, cur, t)
+  if cur then return newer(ver, cur), false end
+  local gone = redis.call('GET', t)
+  return newer(ver, gone), gone
 end
 
 local function expire(key, mode, value)
@@ -82,9 +91,8 @@ while ai <= #ARGV do
     local dels = {}
     for i = 1, ndel do dels[i] = arg() end
     local mode, value = arg(), arg()
-    local cur = redis.call('HGET', k, vfield)
-    local gone = redis.call('GET', t)
-    if newer(ver, cur) and newer(ver, gone) then
+    local ok, gone = allowed(ver, redis.call('HGET', k, vfield), t)
+    if ok then
       if gone then redis.call('DEL', t) end
       if ndel > 0 then redis.call('HDEL', k, unpack(dels)) end
       sets[#sets + 1] = vfield
@@ -98,9 +106,8 @@ while ai <= #ARGV do
     -- string or json value: KEYS key, version key, tombstone; ARGV value, expire mode, value
     local k, v, t = key(), key(), key()
     local val, mode, value = arg(), arg(), arg()
-    local cur = redis.call('GET', v)
-    local gone = redis.call('GET', t)
-    if newer(ver, cur) and newer(ver, gone) then
+    local ok, gone = allowed(ver, redis.call('GET', v), t)
+    if ok then
       if gone then redis.call('DEL', t) end
       redis.call('SET', k, val)
       redis.call('SET', v, ver)
@@ -118,9 +125,8 @@ while ai <= #ARGV do
     local fields = {}
     for i = 1, n do fields[i] = {arg(), arg(), arg()} end
     local mode, value = arg(), arg()
-    local cur = redis.call('GET', v)
-    local gone = redis.call('GET', t)
-    if newer(ver, cur) and newer(ver, gone) then
+    local ok, gone = allowed(ver, redis.call('GET', v), t)
+    if ok then
       local old = members(redis.call('GET', k) or '{}')
       local out = {}
       for i = 1, n do
@@ -142,8 +148,7 @@ while ai <= #ARGV do
     local k, v, t = key(), key(), key()
     local cur
     if v == k then cur = redis.call('HGET', k, vfield) else cur = redis.call('GET', v) end
-    local gone = redis.call('GET', t)
-    if newer(ver, cur) and newer(ver, gone) then
+    if allowed(ver, cur, t) then
       redis.call('DEL', k)
       if v ~= k then redis.call('DEL', v) end
       redis.call('SET', t, ver, 'PX', tomb_ms)
@@ -158,9 +163,8 @@ while ai <= #ARGV do
     local values = {}
     if cmd == 'ZADD' then n = 1 elseif cmd == 'GEOADD' then n = 2 end
     for i = 1, n do values[i] = arg() end
-    local cur = redis.call('HGET', m, member)
-    local gone = redis.call('GET', t)
-    if newer(ver, cur) and newer(ver, gone) then
+    local ok, gone = allowed(ver, redis.call('HGET', m, member), t)
+    if ok then
       if gone then redis.call('DEL', t) end
       values[#values + 1] = member
       redis.call(cmd, k, unpack(values))
@@ -172,9 +176,7 @@ while ai <= #ARGV do
     -- remove a member: KEYS key, member versions, member tombstone; ARGV command (ZREM|SREM), member
     local k, m, t = key(), key(), key()
     local cmd, member = arg(), arg()
-    local cur = redis.call('HGET', m, member)
-    local gone = redis.call('GET', t)
-    if newer(ver, cur) and newer(ver, gone) then
+    if allowed(ver, redis.call('HGET', m, member), t) then
       redis.call(cmd, k, member)
       redis.call('HDEL', m, member)
       redis.call('SET', t, ver, 'PX', tomb_ms)

@@ -108,6 +108,24 @@ pub fn slot(key: &[u8]) -> u16 {
     crc16(hash_tag(key).unwrap_or(key)) % SLOTS
 }
 
+/// How commands are grouped: by slot on a cluster (a pipeline or a script call must stay in one
+/// slot there), by a few lanes of slots on a standalone server (any keys may share a call).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grouping {
+    BySlot,
+    ByLane,
+}
+
+impl Grouping {
+    /// The group of `key`: commands on one key always share a group, so they run in order.
+    pub fn group(self, key: &[u8]) -> u16 {
+        match self {
+            Grouping::BySlot => slot(key),
+            Grouping::ByLane => slot(key) % STANDALONE_LANES,
+        }
+    }
+}
+
 // ---------------------------------------------------------------- errors
 
 /// What kind of failure a [`RedisError`] is.
@@ -451,6 +469,14 @@ impl Redis {
         Ok(redis)
     }
 
+    /// How this server's commands are grouped.
+    pub fn grouping(&self) -> Grouping {
+        match self.conn {
+            Conn::Cluster(_) => Grouping::BySlot,
+            Conn::Single(_) => Grouping::ByLane,
+        }
+    }
+
     /// The server as shown in messages (URL without password).
     pub fn shown(&self) -> &str {
         &self.server.shown
@@ -461,19 +487,19 @@ impl Redis {
     /// input order. A group that meets NOSCRIPT gets every known script loaded again and is sent
     /// again whole (the sink's commands are idempotent). Any command error fails the whole call
     /// with the first error in input order.
-    pub async fn exec(&self, cmds: Vec<Routed>) -> Result<Vec<Value>, RedisError> {
+    pub async fn exec(&self, cmds: impl AsRef<[Routed]>) -> Result<Vec<Value>, RedisError> {
+        let cmds = cmds.as_ref();
         let n = cmds.len();
         if n == 0 {
             return Ok(Vec::new());
         }
         let cluster = matches!(self.conn, Conn::Cluster(_));
+        let grouping = self.grouping();
         let mut groups: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
         let mut slots = Vec::with_capacity(n);
         for (i, r) in cmds.iter().enumerate() {
-            let s = slot(&r.key);
-            slots.push(s);
-            let g = if cluster { s } else { s % STANDALONE_LANES };
-            groups.entry(g).or_default().push(i);
+            slots.push(slot(&r.key));
+            groups.entry(grouping.group(&r.key)).or_default().push(i);
         }
         {
             let mut w = self.written.lock().expect("lock");
@@ -483,7 +509,6 @@ impl Redis {
                 w.insert(0);
             }
         }
-        let cmds = &cmds;
         let slots = &slots;
         let results: Vec<(Vec<usize>, Vec<Value>)> = stream::iter(groups.into_values())
             .map(|idx| async move {
@@ -608,7 +633,7 @@ impl Redis {
     ) -> Result<Vec<Value>, RedisError> {
         let mut attempt: u32 = 0;
         loop {
-            match self.exec(cmds.clone()).await {
+            match self.exec(&cmds[..]).await {
                 Ok(v) => return Ok(v),
                 Err(e) => {
                     let exhausted = retries >= 0 && i64::from(attempt) >= retries;
@@ -716,10 +741,19 @@ impl Redis {
     /// Every key matching `pattern` (SCAN, on every primary of a cluster). Keys written while
     /// it runs may or may not be in the answer.
     pub async fn scan(&self, pattern: &[u8]) -> Result<Vec<Vec<u8>>, RedisError> {
+        self.scan_up_to(pattern, usize::MAX).await
+    }
+
+    /// [`Redis::scan`], stopping once `limit` keys are found.
+    pub async fn scan_up_to(
+        &self,
+        pattern: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, RedisError> {
         let mut keys = Vec::new();
         for t in self.primaries().await? {
             let mut cursor = b"0".to_vec();
-            loop {
+            while keys.len() < limit {
                 let mut p = ::redis::pipe();
                 p.cmd("SCAN")
                     .arg(&cursor)

@@ -1,11 +1,12 @@
-//! Redis operations collected for one write: guarded writes grouped by hash slot into calls of
-//! the `apply.lua` script (one call covers many keys of one slot), plain commands where no
+//! Redis operations collected for one write: guarded writes grouped into calls of the
+//! `apply.lua` script (one call covers many keys of one slot on a cluster, of one lane of slots
+//! on a standalone server), plain commands where no
 //! newer version can exist (the first warm of an empty keyspace) or where the structure has
 //! its own guard (stream ids) or none (publish, invalidate).
 
 use std::collections::BTreeMap;
 
-use super::conn::{Routed, slot};
+use super::conn::{Grouping, Routed};
 use super::keys::{Companion, Companions};
 use crate::state::Mark;
 
@@ -58,16 +59,18 @@ pub struct Ops {
     /// Guarded writes through the script; false only for the first warm of an empty keyspace.
     guarded: bool,
     tombstone_ms: i64,
+    grouping: Grouping,
     calls: BTreeMap<u16, Vec<Call>>,
     plain: Vec<Routed>,
     pub operations: u64,
 }
 
 impl Ops {
-    pub fn new(guarded: bool, tombstone_ms: i64) -> Ops {
+    pub fn new(guarded: bool, tombstone_ms: i64, grouping: Grouping) -> Ops {
         Ops {
             guarded,
             tombstone_ms,
+            grouping,
             calls: BTreeMap::new(),
             plain: Vec::new(),
             operations: 0,
@@ -80,7 +83,7 @@ impl Ops {
 
     /// The script call of `key`'s slot with room for one more operation.
     fn call(&mut self, key: &[u8]) -> &mut Call {
-        let calls = self.calls.entry(slot(key)).or_default();
+        let calls = self.calls.entry(self.grouping.group(key)).or_default();
         if calls.last().is_none_or(|c| c.ops >= OPS_PER_CALL) {
             calls.push(Call::default());
         }

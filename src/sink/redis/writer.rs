@@ -11,6 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
 
 use super::APPLY_SCRIPT;
 use super::conn::{LuaScript, Redis, RedisError, Routed};
@@ -106,36 +109,98 @@ impl CacheTarget {
         }
     }
 
-    /// Applies `batch` through `projectors`; returns how many operations ran. A TRUNCATE among
-    /// CDC rows splits it: the rows before, the truncate, the rows after.
+    /// Applies `batch` through `projectors`; returns how many operations ran. `guarded`: through
+    /// the version guard (false only for the first warm of an untouched keyspace). A TRUNCATE
+    /// among CDC rows splits it: the rows before, the truncate, the rows after.
     async fn apply(
         &self,
         projectors: &mut [Projector],
         batch: &RecordBatch,
         origin: Origin,
         table: &str,
+        guarded: bool,
     ) -> Result<u64, Error> {
         let mut ran = 0;
         let mut start = 0;
         for (row, mark) in truncates(batch, origin) {
             let before = batch.slice(start, row - start);
-            ran += self.apply_rows(projectors, &before, origin, table).await?;
+            ran += self
+                .apply_rows(projectors, &before, origin, table, guarded)
+                .await?;
             ran += self.truncate(projectors, mark).await?;
             start = row + 1;
         }
         let rest = batch.slice(start, batch.num_rows() - start);
-        ran += self.apply_rows(projectors, &rest, origin, table).await?;
+        ran += self
+            .apply_rows(projectors, &rest, origin, table, guarded)
+            .await?;
         Ok(ran)
     }
 
     /// A TRUNCATE at `mark`: every key (or member) of each projection that is older goes, with a
     /// tombstone; streams and channels without placeholders get a `T` entry.
     async fn truncate(&self, projectors: &[Projector], mark: Mark) -> Result<u64, Error> {
+        self.remove_older(projectors, mark, true).await
+    }
+
+    /// Whether no key of `table`'s projections exists yet, nor any tombstone: only then may the
+    /// first warm of `table` skip the version guard (no newer version can exist). One SCAN per
+    /// projection, stopping at the first key found.
+    pub async fn untouched(&self, table: &str) -> Result<bool, Error> {
+        let Some((projections, _)) = self.tables.get(table) else {
+            return Ok(true);
+        };
+        // The projections' own patterns first: on a warm keyspace the first SCAN page says so.
+        let mut patterns: Vec<Vec<u8>> = projections
+            .iter()
+            .filter(|c| c.kind.warmed())
+            .map(|c| key_pattern(&self.key_prefix, &c.key).0)
+            .collect();
+        let (mut tombstones, _) = key_pattern(&self.key_prefix, "godwit:t:");
+        tombstones.push(b'*');
+        patterns.push(tombstones);
+        for pattern in patterns {
+            let found = self
+                .redis
+                .scan_up_to(&pattern, 1)
+                .await
+                .map_err(|e| failed("looking for keys the cache already holds", e))?;
+            if !found.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// After a guarded warm of `table` at `at`: every key (or member) of its projections that is
+    /// older than the warm goes — rows deleted while the cache was not following them. Keys the
+    /// warm wrote hold its version and keys changed since hold newer ones: the guard keeps both.
+    pub async fn sweep(&self, table: &str, at: Mark) -> Result<u64, Error> {
+        let projectors = self.projectors(table);
+        self.remove_older(&projectors, at, false).await
+    }
+
+    /// Removes every key (or member) of `projectors` older than `mark`; with `entries`, streams
+    /// and channels without placeholders get a `T` entry and invalidated keys go (a TRUNCATE).
+    /// Returns how many operations took effect.
+    async fn remove_older(
+        &self,
+        projectors: &[Projector],
+        mark: Mark,
+        entries: bool,
+    ) -> Result<u64, Error> {
         let ver = super::projection::version(mark);
-        let mut ops = Ops::new(true, TOMBSTONE_TTL.as_millis() as i64);
+        let mut ops = Ops::new(
+            true,
+            TOMBSTONE_TTL.as_millis() as i64,
+            self.redis.grouping(),
+        );
         let own = format!("{}godwit:", self.key_prefix).into_bytes();
         for p in projectors {
             let c = &p.config;
+            if !entries && !c.kind.warmed() {
+                continue;
+            }
             let (pattern, literal) = key_pattern(&self.key_prefix, &c.key);
             let keys: Vec<Vec<u8>> = match &literal {
                 Some(k) => vec![k.clone()],
@@ -210,12 +275,22 @@ impl CacheTarget {
             }
         }
         let n = ops.operations;
-        if !ops.is_empty() {
-            let (commands, _) = ops.commands(self.script.sha());
-            self.exec(commands, "applying a TRUNCATE to the cache")
-                .await?;
+        if ops.is_empty() {
+            return Ok(0);
         }
-        Ok(n)
+        let (commands, calls) = ops.commands(self.script.sha());
+        let values = self
+            .exec(commands, "removing older keys from the cache")
+            .await?;
+        // Each script call answers how many of its operations the guard refused.
+        let refused: u64 = values[..calls]
+            .iter()
+            .map(|v| match v {
+                redis::Value::Int(r) => *r as u64,
+                _ => 0,
+            })
+            .sum();
+        Ok(n.saturating_sub(refused))
     }
 
     /// Applies the operations of rows (no TRUNCATE among them) through `projectors`.
@@ -225,8 +300,30 @@ impl CacheTarget {
         batch: &RecordBatch,
         origin: Origin,
         table: &str,
+        guarded: bool,
     ) -> Result<u64, Error> {
-        let mut ops = Ops::new(true, TOMBSTONE_TTL.as_millis() as i64);
+        let (commands, count) = self.encode(projectors, batch, origin, table, guarded)?;
+        if !commands.is_empty() {
+            self.exec(commands, "writing to the cache").await?;
+        }
+        Ok(count)
+    }
+
+    /// The commands of rows (no TRUNCATE among them) through `projectors`, and how many
+    /// operations they hold.
+    fn encode(
+        &self,
+        projectors: &mut [Projector],
+        batch: &RecordBatch,
+        origin: Origin,
+        table: &str,
+        guarded: bool,
+    ) -> Result<(Vec<Routed>, u64), Error> {
+        let mut ops = Ops::new(
+            guarded,
+            TOMBSTONE_TTL.as_millis() as i64,
+            self.redis.grouping(),
+        );
         for p in projectors.iter_mut() {
             let skipped = p
                 .encode(batch, origin, &self.companions, &mut ops)
@@ -237,11 +334,9 @@ impl CacheTarget {
         }
         let count = ops.operations;
         if ops.is_empty() {
-            return Ok(0);
+            return Ok((Vec::new(), 0));
         }
-        let (commands, _) = ops.commands(self.script.sha());
-        self.exec(commands, "writing to the cache").await?;
-        Ok(count)
+        Ok((ops.commands(self.script.sha()).0, count))
     }
 
     async fn exec(&self, commands: Vec<Routed>, doing: &str) -> Result<Vec<redis::Value>, Error> {
@@ -420,7 +515,7 @@ impl ChangeSink for CacheChanges {
             for batch in &c.changes.batches {
                 let n = self
                     .target
-                    .apply(projectors, batch, Origin::Changes, &c.key)
+                    .apply(projectors, batch, Origin::Changes, &c.key, true)
                     .await?;
                 self.written.rows += batch.num_rows() as u64;
                 self.written.objects += n;
@@ -487,34 +582,72 @@ impl ChangeSink for CacheChanges {
 }
 
 /// Warms the projections of one table (or segment) from the full load's batches, at the
-/// snapshot's version.
+/// snapshot's version. A batch's commands are sent while the next batches are encoded: up to
+/// [`LOAD_BATCHES_IN_FLIGHT`] at once (a load writes each row's keys once, so their order does
+/// not matter).
 pub struct CacheLoad {
     target: Arc<CacheTarget>,
     table: String,
     projectors: Vec<Projector>,
     at: Mark,
+    guarded: bool,
+    in_flight: FuturesUnordered<BoxFuture<'static, Result<(), Error>>>,
 }
 
+/// Batches of a load being written to the cache at once.
+const LOAD_BATCHES_IN_FLIGHT: usize = 3;
+
 impl CacheLoad {
-    /// `None` when no projection reads `table`.
-    pub fn new(target: &Arc<CacheTarget>, table: &str, at: Mark) -> Option<CacheLoad> {
+    /// `None` when no projection reads `table`. `guarded`: false only when no newer version can
+    /// exist (the first warm of an untouched keyspace, see [`CacheTarget::untouched`]).
+    pub fn new(
+        target: &Arc<CacheTarget>,
+        table: &str,
+        at: Mark,
+        guarded: bool,
+    ) -> Option<CacheLoad> {
         target.projects(table).then(|| CacheLoad {
             target: target.clone(),
             table: table.to_string(),
             projectors: target.projectors(table),
             at,
+            guarded,
+            in_flight: FuturesUnordered::new(),
         })
     }
 
+    /// Encodes `batch` and starts sending it; waits while too many batches are in flight.
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), Error> {
-        self.target
-            .apply(
-                &mut self.projectors,
-                batch,
-                Origin::Load(self.at),
-                &self.table,
-            )
-            .await
-            .map(|_| ())
+        let (commands, _) = self.target.encode(
+            &mut self.projectors,
+            batch,
+            Origin::Load(self.at),
+            &self.table,
+            self.guarded,
+        )?;
+        if commands.is_empty() {
+            return Ok(());
+        }
+        while self.in_flight.len() >= LOAD_BATCHES_IN_FLIGHT {
+            if let Some(r) = self.in_flight.next().await {
+                r?;
+            }
+        }
+        let target = self.target.clone();
+        self.in_flight.push(Box::pin(async move {
+            target
+                .exec(commands, "warming the cache")
+                .await
+                .map(|_| ())
+        }));
+        Ok(())
+    }
+
+    /// Waits for every batch sent.
+    pub async fn finish(&mut self) -> Result<(), Error> {
+        while let Some(r) = self.in_flight.next().await {
+            r?;
+        }
+        Ok(())
     }
 }

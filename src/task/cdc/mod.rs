@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use super::full_load::{self, RunOptions, RunSummary, Shared, now};
+use super::full_load::{self, RunOptions, RunSummary, Shared, Warm, now};
 use super::plan::TablePlan;
 use super::progress::{CdcStats, LiveLine};
 use super::{Discovered, Started, partitions, reload};

@@ -92,7 +92,11 @@ impl Apply<'_, '_> {
             state: self.task.state.clone(),
             notifier: self.task.notifier.clone(),
             // The version is the temporary slot's point, known once it exists.
-            cache: self.reloader.cache.clone().map(|c| (c, Lsn(0))),
+            cache: self.reloader.cache.clone().map(|target| Warm {
+                target,
+                at: Lsn(0),
+                racing: true,
+            }),
         };
         let attempt = reload::load_from_temporary_slot(
             self.p,

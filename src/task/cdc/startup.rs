@@ -361,7 +361,11 @@ pub(super) async fn run_started(
             store: store.clone(),
             state: task.state.clone(),
             notifier: task.notifier.clone(),
-            cache: cache.clone().map(|c| (c, new.consistent_point)),
+            cache: cache.clone().map(|target| Warm {
+                target,
+                at: new.consistent_point,
+                racing: false,
+            }),
         };
         let outcome = full_load::load(
             p,
