@@ -176,10 +176,15 @@ async fn actual(r: &mut TestRedis, prefix: &str) -> Expected {
     };
     for k in r.scan(&format!("{prefix}user:*")).await {
         if let KeyValue::Hash(mut h) = r.read_key(&k).await.value {
-            assert!(
-                h.remove("_v").is_some_and(|v| v.len() == 32),
-                "version field"
-            );
+            // The first warm of an untouched keyspace writes no version; later writes do.
+            if let Some(v) = h.remove("_v") {
+                assert_eq!(
+                    v.len(),
+                    32,
+                    "version field of {}",
+                    String::from_utf8_lossy(&k)
+                );
+            }
             e.hashes.insert(strip(&k), h);
         }
     }
@@ -326,9 +331,41 @@ async fn scenario(redis_url: &str, cluster: bool, mut r: TestRedis, db_name: &st
     );
 
     // Redis loses its applied position (as after a restart without persistence): the next run
-    // sees it behind the checkpoint and warms the table again from a snapshot of its own.
+    // sees it behind the checkpoint and warms the table again from a snapshot of its own. It
+    // also lost the delete of a row it still shows in every projection (a key or member older
+    // than the re-warm, versioned or not): the re-warm's sweep must remove them.
     r.delete_matching(&format!("{prefix}godwit:applied:*"))
         .await;
+    let old_version = "00000000000000010000000000000000";
+    for c in [
+        redis::cmd("HSET")
+            .arg(format!("{prefix}user:999999"))
+            .arg("name")
+            .arg("ghost")
+            .arg("_v")
+            .arg(old_version)
+            .clone(),
+        redis::cmd("SET")
+            .arg(format!("{prefix}email:999999"))
+            .arg("ghost@example.com")
+            .clone(),
+        redis::cmd("ZADD")
+            .arg(format!("{prefix}board"))
+            .arg(1)
+            .arg("999999")
+            .clone(),
+        redis::cmd("SADD")
+            .arg(format!("{prefix}city:Ghosttown"))
+            .arg("999999")
+            .clone(),
+    ] {
+        r.query(&c).await;
+    }
+    assert_ne!(
+        actual(&mut r, &prefix).await,
+        expected(&db).await,
+        "the planted keys show before the re-warm"
+    );
     run(&work);
     assert_same(
         &actual(&mut r, &prefix).await,

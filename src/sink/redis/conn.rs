@@ -34,22 +34,29 @@ const STANDALONE_LANES: u16 = 8;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The commands godwit's Redis sink sends, for an ACL rule (see README, *Redis ACL*).
+/// The commands godwit's Redis sink sends (writes, the script's own calls, `check` and
+/// `inspect`), for an ACL rule (see README, *Redis ACL*; a test keeps the two the same).
 pub const ACL_COMMANDS: &[&str] = &[
     "HSET",
     "HGET",
+    "HGETALL",
     "HDEL",
     "DEL",
     "SET",
     "GET",
-    "EXPIREAT",
+    "PEXPIRE",
     "PEXPIREAT",
+    "PERSIST",
     "ZADD",
     "ZREM",
+    "ZRANGE",
     "SADD",
     "SREM",
+    "SMEMBERS",
+    "SRANDMEMBER",
     "GEOADD",
     "XADD",
+    "XREVRANGE",
     "PUBLISH",
     "EVALSHA",
     "EVAL",
@@ -117,11 +124,12 @@ pub enum Grouping {
 }
 
 impl Grouping {
-    /// The group of `key`: commands on one key always share a group, so they run in order.
-    pub fn group(self, key: &[u8]) -> u16 {
+    /// The group of a key in `slot`: commands on one key always share a group, so they run in
+    /// order.
+    pub fn group(self, slot: u16) -> u16 {
         match self {
-            Grouping::BySlot => slot(key),
-            Grouping::ByLane => slot(key) % STANDALONE_LANES,
+            Grouping::BySlot => slot,
+            Grouping::ByLane => slot % STANDALONE_LANES,
         }
     }
 }
@@ -296,17 +304,18 @@ impl Server {
 
 // ---------------------------------------------------------------- connection
 
-/// One command and the key whose slot routes it (a command without a key: any key, e.g. `b""`).
+/// One command and the slot of the key that routes it.
 #[derive(Debug, Clone)]
 pub struct Routed {
-    pub key: Vec<u8>,
+    pub slot: u16,
     pub cmd: Cmd,
 }
 
 impl Routed {
-    pub fn new(key: impl Into<Vec<u8>>, cmd: Cmd) -> Self {
+    /// `cmd` routed by `key` (a command without a key: any key, e.g. `b""`).
+    pub fn new(key: impl AsRef<[u8]>, cmd: Cmd) -> Self {
         Routed {
-            key: key.into(),
+            slot: slot(key.as_ref()),
             cmd,
         }
     }
@@ -487,41 +496,69 @@ impl Redis {
     /// input order. A group that meets NOSCRIPT gets every known script loaded again and is sent
     /// again whole (the sink's commands are idempotent). Any command error fails the whole call
     /// with the first error in input order.
-    pub async fn exec(&self, cmds: impl AsRef<[Routed]>) -> Result<Vec<Value>, RedisError> {
-        let cmds = cmds.as_ref();
+    pub async fn exec(&self, cmds: Vec<Routed>) -> Result<Vec<Value>, RedisError> {
+        self.send(&self.prepare(cmds)).await
+    }
+
+    /// The commands grouped and packed into pipelines, once for every attempt to send them.
+    fn prepare(&self, cmds: Vec<Routed>) -> Prepared {
         let n = cmds.len();
+        let grouping = self.grouping();
+        // Per group: input positions, the first command's slot (routes the group), commands.
+        let mut groups: BTreeMap<u16, (Vec<usize>, u16, Vec<Cmd>)> = BTreeMap::new();
+        let mut slots = BTreeSet::new();
+        for (i, r) in cmds.into_iter().enumerate() {
+            slots.insert(r.slot);
+            let g = groups
+                .entry(grouping.group(r.slot))
+                .or_insert_with(|| (Vec::new(), r.slot, Vec::new()));
+            g.0.push(i);
+            g.2.push(r.cmd);
+        }
+        let groups = groups
+            .into_values()
+            .map(|(idx, slot, cmds)| {
+                let mut pipes: Vec<Pipeline> = Vec::new();
+                for (k, cmd) in cmds.into_iter().enumerate() {
+                    if k % PIPELINE_COMMANDS == 0 {
+                        let mut p = ::redis::pipe();
+                        p.ignore_errors();
+                        pipes.push(p);
+                    }
+                    pipes.last_mut().expect("a pipeline").add_command(cmd);
+                }
+                PreparedGroup { idx, slot, pipes }
+            })
+            .collect();
+        Prepared { n, slots, groups }
+    }
+
+    /// Sends prepared commands; see [`Redis::exec`].
+    async fn send(&self, prepared: &Prepared) -> Result<Vec<Value>, RedisError> {
+        let n = prepared.n;
         if n == 0 {
             return Ok(Vec::new());
         }
-        let cluster = matches!(self.conn, Conn::Cluster(_));
-        let grouping = self.grouping();
-        let mut groups: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
-        let mut slots = Vec::with_capacity(n);
-        for (i, r) in cmds.iter().enumerate() {
-            slots.push(slot(&r.key));
-            groups.entry(grouping.group(&r.key)).or_default().push(i);
-        }
         {
             let mut w = self.written.lock().expect("lock");
-            if cluster {
-                w.extend(slots.iter().copied());
-            } else {
-                w.insert(0);
+            match self.conn {
+                Conn::Cluster(_) => w.extend(prepared.slots.iter().copied()),
+                Conn::Single(_) => {
+                    w.insert(0);
+                }
             }
         }
-        let slots = &slots;
-        let results: Vec<(Vec<usize>, Vec<Value>)> = stream::iter(groups.into_values())
-            .map(|idx| async move {
-                let s = slots[idx[0]];
-                let values = self.run_group(cmds, &idx, s).await?;
-                Ok::<_, RedisError>((idx, values))
+        let results: Vec<(usize, Vec<Value>)> = stream::iter(0..prepared.groups.len())
+            .map(|k| async move {
+                let values = self.run_group(&prepared.groups[k]).await?;
+                Ok::<_, RedisError>((k, values))
             })
             .buffer_unordered(GROUPS_IN_FLIGHT)
             .try_collect()
             .await?;
         let mut out: Vec<Option<Value>> = vec![None; n];
-        for (idx, values) in results {
-            for (i, v) in idx.into_iter().zip(values) {
+        for (k, values) in results {
+            for (&i, v) in prepared.groups[k].idx.iter().zip(values) {
                 out[i] = Some(v);
             }
         }
@@ -530,7 +567,7 @@ impl Redis {
         for (i, v) in out.into_iter().enumerate() {
             match v {
                 Some(Value::ServerError(e)) => {
-                    let what = format!("command {} ({})", i + 1, cmd_name(&cmds[i].cmd));
+                    let what = format!("command {} ({})", i + 1, prepared.name_of(i));
                     return Err(RedisError::from_server(&self.server, &what, &e));
                 }
                 Some(v) => values.push(v),
@@ -550,23 +587,14 @@ impl Redis {
         Ok(values)
     }
 
-    /// One group, in order, as pipelines of at most [`PIPELINE_COMMANDS`]; NOSCRIPT: load the
-    /// scripts again and resend the group (once per call).
-    async fn run_group(
-        &self,
-        cmds: &[Routed],
-        idx: &[usize],
-        slot: u16,
-    ) -> Result<Vec<Value>, RedisError> {
+    /// One group, its pipelines in order; NOSCRIPT: load the scripts again and resend the group
+    /// (once per call).
+    async fn run_group(&self, g: &PreparedGroup) -> Result<Vec<Value>, RedisError> {
         let mut reloaded = false;
         'again: loop {
-            let mut values = Vec::with_capacity(idx.len());
-            for chunk in idx.chunks(PIPELINE_COMMANDS) {
-                let mut p = ::redis::pipe();
-                for &i in chunk {
-                    p.add_command(cmds[i].cmd.clone());
-                }
-                let got = self.send_pipeline(p, chunk.len(), slot).await?;
+            let mut values = Vec::with_capacity(g.idx.len());
+            for p in &g.pipes {
+                let got = self.send_pipeline(p, g.slot).await?;
                 let noscript = got
                     .iter()
                     .any(|v| matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT"));
@@ -581,22 +609,17 @@ impl Redis {
         }
     }
 
-    async fn send_pipeline(
-        &self,
-        mut p: Pipeline,
-        count: usize,
-        slot: u16,
-    ) -> Result<Vec<Value>, RedisError> {
-        p.ignore_errors();
+    async fn send_pipeline(&self, p: &Pipeline, slot: u16) -> Result<Vec<Value>, RedisError> {
+        let count = p.len();
         let result = match &self.conn {
             Conn::Single(c) => {
                 let mut c = c.clone();
-                c.send_packed_commands(&p, 0, count).await
+                c.send_packed_commands(p, 0, count).await
             }
             Conn::Cluster(c) => {
                 let mut c = c.clone();
                 c.route_pipeline(
-                    p,
+                    p.clone(),
                     0,
                     count,
                     SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master)),
@@ -631,9 +654,10 @@ impl Redis {
         retries: i64,
         stop: impl Fn() -> bool,
     ) -> Result<Vec<Value>, RedisError> {
+        let prepared = self.prepare(cmds);
         let mut attempt: u32 = 0;
         loop {
-            match self.exec(&cmds[..]).await {
+            match self.send(&prepared).await {
                 Ok(v) => return Ok(v),
                 Err(e) => {
                     let exhausted = retries >= 0 && i64::from(attempt) >= retries;
@@ -751,38 +775,24 @@ impl Redis {
         limit: usize,
     ) -> Result<Vec<Vec<u8>>, RedisError> {
         let mut keys = Vec::new();
-        for t in self.primaries().await? {
-            let mut cursor = b"0".to_vec();
-            while keys.len() < limit {
-                let mut p = ::redis::pipe();
-                p.cmd("SCAN")
-                    .arg(&cursor)
-                    .arg("MATCH")
-                    .arg(pattern)
-                    .arg("COUNT")
-                    .arg(1000);
-                let v = self.on_node(&t, p, 1, "SCAN").await?;
-                let Some(Value::Array(reply)) = v.into_iter().next() else {
-                    break;
-                };
-                let mut reply = reply.into_iter();
-                cursor = match reply.next() {
-                    Some(Value::BulkString(c)) => c,
-                    Some(Value::SimpleString(c)) => c.into_bytes(),
-                    _ => b"0".to_vec(),
-                };
-                if let Some(Value::Array(found)) = reply.next() {
-                    keys.extend(found.into_iter().filter_map(|k| match k {
-                        Value::BulkString(b) => Some(b),
-                        _ => None,
-                    }));
-                }
-                if cursor == b"0" {
-                    break;
-                }
-            }
+        let mut scanner = self.scanner(pattern).await?;
+        while keys.len() < limit
+            && let Some(page) = scanner.next_page().await?
+        {
+            keys.extend(page);
         }
         Ok(keys)
+    }
+
+    /// The keys matching `pattern` page by page (SCAN on each primary in turn), so that a caller
+    /// can act on a large keyspace without holding it.
+    pub async fn scanner(&self, pattern: &[u8]) -> Result<Scanner<'_>, RedisError> {
+        Ok(Scanner {
+            redis: self,
+            pattern: pattern.to_vec(),
+            targets: self.primaries().await?,
+            cursor: None,
+        })
     }
 
     /// `WAIT n timeout` on every primary written to since the last call; fails when a primary
@@ -936,6 +946,89 @@ enum Target {
     Address(String),
 }
 
+/// Commands grouped and packed into pipelines: see [`Redis::exec`].
+struct Prepared {
+    n: usize,
+    /// The slots written to (for `WAIT`).
+    slots: BTreeSet<u16>,
+    groups: Vec<PreparedGroup>,
+}
+
+/// One group: the input positions of its commands, the slot that routes it, its pipelines.
+struct PreparedGroup {
+    idx: Vec<usize>,
+    slot: u16,
+    pipes: Vec<Pipeline>,
+}
+
+impl Prepared {
+    /// The name of input command `i` (for messages).
+    fn name_of(&self, i: usize) -> String {
+        for g in &self.groups {
+            if let Some(pos) = g.idx.iter().position(|&j| j == i) {
+                return g
+                    .pipes
+                    .iter()
+                    .flat_map(|p| p.cmd_iter())
+                    .nth(pos)
+                    .map(cmd_name)
+                    .unwrap_or_default();
+            }
+        }
+        String::new()
+    }
+}
+
+/// Pages of keys matching a pattern: see [`Redis::scanner`].
+pub struct Scanner<'a> {
+    redis: &'a Redis,
+    pattern: Vec<u8>,
+    /// The primaries not finished yet, the current one last.
+    targets: Vec<Target>,
+    /// The cursor on the current primary (`None`: not started).
+    cursor: Option<Vec<u8>>,
+}
+
+impl Scanner<'_> {
+    /// The next page of keys (possibly empty), `None` once every primary is done.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<Vec<u8>>>, RedisError> {
+        let Some(t) = self.targets.last() else {
+            return Ok(None);
+        };
+        let mut p = ::redis::pipe();
+        p.cmd("SCAN")
+            .arg(self.cursor.as_deref().unwrap_or(b"0"))
+            .arg("MATCH")
+            .arg(&self.pattern)
+            .arg("COUNT")
+            .arg(1000);
+        let v = self.redis.on_node(t, p, 1, "SCAN").await?;
+        let mut keys = Vec::new();
+        let mut next = b"0".to_vec();
+        if let Some(Value::Array(reply)) = v.into_iter().next() {
+            let mut reply = reply.into_iter();
+            next = match reply.next() {
+                Some(Value::BulkString(c)) => c,
+                Some(Value::SimpleString(c)) => c.into_bytes(),
+                _ => b"0".to_vec(),
+            };
+            if let Some(Value::Array(found)) = reply.next() {
+                keys.extend(found.into_iter().filter_map(|k| match k {
+                    Value::BulkString(b) => Some(b),
+                    _ => None,
+                }));
+            }
+        }
+        if next == b"0" {
+            self.targets.pop();
+            self.cursor = None;
+        } else {
+            self.cursor = Some(next);
+        }
+        Ok(Some(keys))
+    }
+}
+
 fn config_value(v: &Value) -> Option<String> {
     let s = |v: &Value| match v {
         Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
@@ -989,6 +1082,21 @@ pub fn retry_delay(attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readme_acl_rule_allows_exactly_these_commands() {
+        let readme = include_str!("../../../README.md");
+        let line = readme
+            .lines()
+            .find(|l| l.starts_with("ACL SETUSER godwit "))
+            .expect("README has an `ACL SETUSER godwit …` line");
+        let allowed: Vec<String> = line
+            .split_whitespace()
+            .filter_map(|w| w.strip_prefix('+'))
+            .map(str::to_ascii_uppercase)
+            .collect();
+        assert_eq!(allowed, ACL_COMMANDS);
+    }
 
     #[test]
     fn slots_match_redis() {

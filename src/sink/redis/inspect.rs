@@ -64,7 +64,7 @@ pub async fn describe(
 
 /// A key's value in a line (long values cut).
 async fn sample(redis: &Redis, key: &[u8]) -> Result<String, Error> {
-    let run = |cmd: redis::Cmd| Routed::new(key.to_vec(), cmd);
+    let run = |cmd: redis::Cmd| Routed::new(key, cmd);
     let kind = redis
         .exec(vec![run(redis::cmd("TYPE").arg(key).clone())])
         .await

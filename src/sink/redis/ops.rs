@@ -1,12 +1,15 @@
 //! Redis operations collected for one write: guarded writes grouped into calls of the
 //! `apply.lua` script (one call covers many keys of one slot on a cluster, of one lane of slots
-//! on a standalone server), plain commands where no
-//! newer version can exist (the first warm of an empty keyspace) or where the structure has
-//! its own guard (stream ids) or none (publish, invalidate).
+//! on a standalone server), plain commands where the structure has its own guard (stream ids)
+//! or none (publish, invalidate).
+//!
+//! Unguarded writes (the first warm of an untouched keyspace, where no newer version can exist)
+//! are plain commands that write no version at all: a key without a version counts as older
+//! than any change, and every change that can still come is newer than the warm's snapshot.
 
 use std::collections::BTreeMap;
 
-use super::conn::{Grouping, Routed};
+use super::conn::{Grouping, Routed, slot};
 use super::keys::{Companion, Companions};
 use crate::state::Mark;
 
@@ -26,6 +29,8 @@ pub enum Expire {
     At(i64),
     /// `ttl_column` in the past: the row is deleted.
     Past,
+    /// `ttl_column` is NULL: no expiry (an earlier one is removed).
+    Persist,
 }
 
 impl Expire {
@@ -33,6 +38,7 @@ impl Expire {
         match self {
             Expire::After(ms) => [b"px".to_vec(), ms.to_string().into_bytes()],
             Expire::At(ms) => [b"at".to_vec(), ms.to_string().into_bytes()],
+            Expire::Persist => [b"persist".to_vec(), Vec::new()],
             Expire::Never | Expire::Past => [Vec::new(), Vec::new()],
         }
     }
@@ -41,16 +47,52 @@ impl Expire {
         match self {
             Expire::After(ms) => Some(redis::cmd("PEXPIRE").arg(key).arg(ms).clone()),
             Expire::At(ms) => Some(redis::cmd("PEXPIREAT").arg(key).arg(ms).clone()),
+            Expire::Persist => Some(redis::cmd("PERSIST").arg(key).clone()),
             Expire::Never | Expire::Past => None,
         }
+    }
+}
+
+/// Byte strings stored end to end (one allocation for many arguments).
+#[derive(Default)]
+struct Strings {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Strings {
+    fn push(&mut self, s: impl AsRef<[u8]>) {
+        self.bytes.extend_from_slice(s.as_ref());
+        self.ends.push(self.bytes.len());
+    }
+
+    fn extend<S: AsRef<[u8]>>(&mut self, all: impl IntoIterator<Item = S>) {
+        for s in all {
+            self.push(s);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let s = &self.bytes[start..end];
+            start = end;
+            s
+        })
     }
 }
 
 /// One script call being built.
 #[derive(Default)]
 struct Call {
-    keys: Vec<Vec<u8>>,
-    args: Vec<Vec<u8>>,
+    /// The slot of its first key (routes the call).
+    slot: u16,
+    keys: Strings,
+    args: Strings,
     ops: usize,
 }
 
@@ -81,11 +123,15 @@ impl Ops {
         self.calls.is_empty() && self.plain.is_empty()
     }
 
-    /// The script call of `key`'s slot with room for one more operation.
+    /// The script call of `key`'s group with room for one more operation.
     fn call(&mut self, key: &[u8]) -> &mut Call {
-        let calls = self.calls.entry(self.grouping.group(key)).or_default();
+        let s = slot(key);
+        let calls = self.calls.entry(self.grouping.group(s)).or_default();
         if calls.last().is_none_or(|c| c.ops >= OPS_PER_CALL) {
-            calls.push(Call::default());
+            calls.push(Call {
+                slot: s,
+                ..Call::default()
+            });
         }
         let c = calls.last_mut().expect("a call was just ensured");
         c.ops += 1;
@@ -93,53 +139,57 @@ impl Ops {
     }
 
     fn plain(&mut self, key: &[u8], cmd: redis::Cmd) {
-        self.plain.push(Routed {
-            key: key.to_vec(),
-            cmd,
-        });
+        self.plain.push(Routed::new(key, cmd));
     }
 
     /// A hash row: fields set, fields whose value is NULL removed, the version field set.
+    #[allow(clippy::too_many_arguments)]
     pub fn hash(
         &mut self,
         key: &[u8],
         ver: &[u8; 32],
-        sets: Vec<(Vec<u8>, Vec<u8>)>,
-        dels: Vec<Vec<u8>>,
+        sets: &[(&[u8], &[u8])],
+        dels: &[&[u8]],
         expire: Expire,
         companions: &Companions,
+        scratch: &mut Vec<u8>,
     ) {
         self.operations += 1;
         if !self.guarded {
             let mut hset = redis::cmd("HSET");
             hset.arg(key);
-            for (f, v) in &sets {
-                hset.arg(f).arg(v);
+            for (f, v) in sets {
+                hset.arg(*f).arg(*v);
             }
-            hset.arg(VERSION_FIELD).arg(&ver[..]);
+            if sets.is_empty() {
+                // Every field NULL: the version alone keeps the key, as a guarded write does.
+                hset.arg(VERSION_FIELD).arg(&ver[..]);
+            }
             self.plain(key, hset);
             if let Some(c) = expire.command(key) {
                 self.plain(key, c);
             }
             return;
         }
-        let mut tomb = Vec::new();
-        companions.name(Companion::Tombstone, key, None, &mut tomb);
+        scratch.clear();
+        companions.name(Companion::Tombstone, key, None, scratch);
         let [mode, value] = expire.script_args();
         let c = self.call(key);
-        c.keys.push(key.to_vec());
-        c.keys.push(tomb);
-        c.args.push(b"H".to_vec());
-        c.args.push(ver.to_vec());
-        c.args.push(sets.len().to_string().into_bytes());
+        c.keys.push(key);
+        c.keys.push(scratch);
+        c.args.push(b"H");
+        c.args.push(ver);
+        c.args.push(sets.len().to_string().as_bytes());
         for (f, v) in sets {
             c.args.push(f);
             c.args.push(v);
         }
-        c.args.push(dels.len().to_string().into_bytes());
-        c.args.extend(dels);
-        c.args.push(mode);
-        c.args.push(value);
+        c.args.push(dels.len().to_string().as_bytes());
+        for d in dels {
+            c.args.push(d);
+        }
+        c.args.push(&mode);
+        c.args.push(&value);
     }
 
     /// A `string` or `json` value.
@@ -152,25 +202,24 @@ impl Ops {
         companions: &Companions,
     ) {
         self.operations += 1;
-        let mut vkey = Vec::new();
-        companions.name(Companion::Version, key, None, &mut vkey);
         if !self.guarded {
-            for (k, v) in [(key, &value[..]), (&vkey[..], &ver[..])] {
-                let mut set = redis::cmd("SET");
-                set.arg(k).arg(v);
-                match expire {
-                    Expire::After(ms) => {
-                        set.arg("PX").arg(ms);
-                    }
-                    Expire::At(ms) => {
-                        set.arg("PXAT").arg(ms);
-                    }
-                    Expire::Never | Expire::Past => {}
+            let mut set = redis::cmd("SET");
+            set.arg(key).arg(&value[..]);
+            match expire {
+                Expire::After(ms) => {
+                    set.arg("PX").arg(ms);
                 }
-                self.plain(key, set);
+                Expire::At(ms) => {
+                    set.arg("PXAT").arg(ms);
+                }
+                // SET without an expiry removes an earlier one.
+                Expire::Never | Expire::Past | Expire::Persist => {}
             }
+            self.plain(key, set);
             return;
         }
+        let mut vkey = Vec::new();
+        companions.name(Companion::Version, key, None, &mut vkey);
         let mut tomb = Vec::new();
         companions.name(Companion::Tombstone, key, None, &mut tomb);
         let [mode, exp] = expire.script_args();
@@ -207,11 +256,11 @@ impl Ops {
             c.args.push(name);
             match value {
                 Some(v) => {
-                    c.args.push(b"1".to_vec());
+                    c.args.push(b"1");
                     c.args.push(v);
                 }
                 None => {
-                    c.args.push(b"0".to_vec());
+                    c.args.push(b"0");
                     c.args.push(Vec::new());
                 }
             }
@@ -251,8 +300,6 @@ impl Ops {
         companions: &Companions,
     ) {
         self.operations += 1;
-        let mut versions = Vec::new();
-        companions.name(Companion::Members, key, None, &mut versions);
         if !self.guarded {
             let mut add = redis::cmd(command);
             add.arg(key);
@@ -261,11 +308,10 @@ impl Ops {
             }
             add.arg(member);
             self.plain(key, add);
-            let mut hset = redis::cmd("HSET");
-            hset.arg(&versions).arg(member).arg(&ver[..]);
-            self.plain(key, hset);
             return;
         }
+        let mut versions = Vec::new();
+        companions.name(Companion::Members, key, None, &mut versions);
         let mut tomb = Vec::new();
         companions.name(Companion::Tombstone, key, Some(member), &mut tomb);
         let c = self.call(key);
@@ -321,8 +367,8 @@ impl Ops {
     ) {
         self.operations += 1;
         let c = self.call(key);
-        c.keys.push(key.to_vec());
-        c.args.push(b"X".to_vec());
+        c.keys.push(key);
+        c.args.push(b"X");
         c.args
             .push(format!("{}-{}", mark.lsn, mark.seq).into_bytes());
         c.args.push(
@@ -353,19 +399,19 @@ impl Ops {
         let mut out = Vec::new();
         for (_, calls) in self.calls {
             for c in calls {
-                let Some(first) = c.keys.first().cloned() else {
+                if c.keys.len() == 0 {
                     continue;
-                };
+                }
                 let mut cmd = redis::cmd("EVALSHA");
                 cmd.arg(sha).arg(c.keys.len());
-                for k in &c.keys {
+                for k in c.keys.iter() {
                     cmd.arg(k);
                 }
                 cmd.arg(self.tombstone_ms).arg(VERSION_FIELD);
-                for a in &c.args {
+                for a in c.args.iter() {
                     cmd.arg(a);
                 }
-                out.push(Routed { key: first, cmd });
+                out.push(Routed { slot: c.slot, cmd });
             }
         }
         let calls = out.len();

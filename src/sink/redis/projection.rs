@@ -17,9 +17,13 @@ use crate::state::Mark;
 
 /// The version a write carries: (`_lsn`, `_seq`) as 32 hex digits, which sort as the pair.
 pub fn version(mark: Mark) -> [u8; 32] {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = [0u8; 32];
-    let text = format!("{:016X}{:016X}", mark.lsn, mark.seq);
-    out.copy_from_slice(text.as_bytes());
+    for (half, n) in [mark.lsn, mark.seq].into_iter().enumerate() {
+        for d in 0..16 {
+            out[half * 16 + d] = HEX[((n >> (60 - 4 * d)) & 0xF) as usize];
+        }
+    }
     out
 }
 
@@ -156,6 +160,8 @@ impl Projector {
         let mut key = Vec::new();
         let mut member = Vec::new();
         let mut buf = Vec::new();
+        let mut spans: Vec<(usize, Option<(usize, usize)>)> = Vec::new();
+        let mut scratch = Vec::new();
         let mut skipped = 0;
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -181,20 +187,32 @@ impl Projector {
                         ops.delete(&key, None, &ver, companions);
                         continue;
                     }
-                    let mut sets: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-                    let mut dels: Vec<Vec<u8>> = Vec::new();
-                    for (name, i, render) in &b.fields {
+                    // Values rendered end to end in `buf`: (field, start, end) or NULL.
+                    buf.clear();
+                    spans.clear();
+                    for (f, (name, i, render)) in b.fields.iter().enumerate() {
                         if unchanged.iter().any(|u| u == name) {
                             continue;
                         }
-                        buf.clear();
+                        let start = buf.len();
                         if render.text(cols[*i].as_ref(), row, &mut buf) {
-                            sets.push((name.clone().into_bytes(), buf.clone()));
+                            spans.push((f, Some((start, buf.len()))));
                         } else {
-                            dels.push(name.clone().into_bytes());
+                            buf.truncate(start);
+                            spans.push((f, None));
                         }
                     }
-                    ops.hash(&key, &ver, sets, dels, expire, companions);
+                    let name = |f: usize| b.fields[f].0.as_bytes();
+                    let sets: Vec<(&[u8], &[u8])> = spans
+                        .iter()
+                        .filter_map(|&(f, v)| v.map(|(a, z)| (name(f), &buf[a..z])))
+                        .collect();
+                    let dels: Vec<&[u8]> = spans
+                        .iter()
+                        .filter(|(_, v)| v.is_none())
+                        .map(|&(f, _)| name(f))
+                        .collect();
+                    ops.hash(&key, &ver, &sets, &dels, expire, companions, &mut scratch);
                 }
                 ProjectionKind::String | ProjectionKind::Json => {
                     if deleting {
@@ -387,7 +405,7 @@ fn expire_of(p: &Projection, b: &Bound1, cols: &[ArrayRef], row: usize, now_ms: 
     };
     let a = &cols[i];
     if a.is_null(row) {
-        return Expire::Never;
+        return Expire::Persist;
     }
     let ms = match a.data_type() {
         DataType::Timestamp(unit, _) => {
@@ -442,4 +460,21 @@ fn json_document(
 fn json_string(s: &[u8], out: &mut Vec<u8>) {
     let text = String::from_utf8_lossy(s);
     out.extend_from_slice(serde_json::to_string(&text).unwrap_or_default().as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_the_mark_in_fixed_width_hex() {
+        for (lsn, seq) in [(0, 0), (1, 2), (0x16B3748, 7), (u64::MAX, u64::MAX - 1)] {
+            let v = version(Mark { lsn, seq });
+            assert_eq!(&v[..], format!("{lsn:016X}{seq:016X}").as_bytes());
+        }
+        // Byte order is numeric order, which the script's string comparison relies on.
+        let a = version(Mark { lsn: 0x9F, seq: 0 });
+        let b = version(Mark { lsn: 0xA0, seq: 0 });
+        assert!(a < b);
+    }
 }

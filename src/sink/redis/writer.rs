@@ -190,77 +190,23 @@ impl CacheTarget {
         entries: bool,
     ) -> Result<u64, Error> {
         let ver = super::projection::version(mark);
-        let mut ops = Ops::new(
-            true,
-            TOMBSTONE_TTL.as_millis() as i64,
-            self.redis.grouping(),
-        );
         let own = format!("{}godwit:", self.key_prefix).into_bytes();
+        let mut ops = self.guarded_ops();
+        let mut done = 0;
         for p in projectors {
             let c = &p.config;
             if !entries && !c.kind.warmed() {
                 continue;
             }
             let (pattern, literal) = key_pattern(&self.key_prefix, &c.key);
-            let keys: Vec<Vec<u8>> = match &literal {
-                Some(k) => vec![k.clone()],
-                None => self
-                    .redis
-                    .scan(&pattern)
-                    .await
-                    .map_err(|e| failed("listing the keys of a truncated table", e))?
-                    .into_iter()
-                    .filter(|k| !k.starts_with(&own))
-                    .collect(),
-            };
             match c.kind {
-                ProjectionKind::Hash => {
-                    for k in &keys {
-                        ops.delete(k, None, &ver, &self.companions);
-                    }
-                }
-                ProjectionKind::String | ProjectionKind::Json => {
-                    for k in &keys {
-                        ops.delete(k, Some(Companion::Version), &ver, &self.companions);
-                    }
-                }
-                ProjectionKind::Invalidate => {
-                    for k in &keys {
-                        ops.invalidate(k);
-                    }
-                }
-                ProjectionKind::Zset | ProjectionKind::Set | ProjectionKind::Geo => {
-                    let (read, remove) = match c.kind {
-                        ProjectionKind::Set => ("SMEMBERS", "SREM"),
-                        _ => ("ZRANGE", "ZREM"),
-                    };
-                    for k in &keys {
-                        let mut cmd = redis::cmd(read);
-                        cmd.arg(k);
-                        if read == "ZRANGE" {
-                            cmd.arg(0).arg(-1);
-                        }
-                        let members = self
-                            .exec(
-                                vec![Routed::new(k.clone(), cmd)],
-                                "reading the members of a truncated table",
-                            )
-                            .await?;
-                        if let Some(redis::Value::Array(ms)) = members.into_iter().next() {
-                            for m in ms {
-                                if let redis::Value::BulkString(m) = m {
-                                    ops.remove_member(k, &m, remove, &ver, &self.companions);
-                                }
-                            }
-                        }
-                    }
-                }
                 ProjectionKind::Stream => {
                     if let Some(k) = &literal {
                         let lsn = crate::pg::lsn::Lsn(mark.lsn).to_string().into_bytes();
                         let entry = vec![(b"op".to_vec(), b"T".to_vec()), (b"lsn".to_vec(), lsn)];
                         ops.stream(k, mark, c.maxlen, entry);
                     }
+                    continue;
                 }
                 ProjectionKind::Publish => {
                     let channel = c.channel.as_deref().unwrap_or_default();
@@ -271,9 +217,100 @@ impl CacheTarget {
                             format!("{{\"op\":\"T\",\"lsn\":\"{lsn}\"}}").into_bytes(),
                         );
                     }
+                    continue;
+                }
+                _ => {}
+            }
+            // The keys page by page, so that a large keyspace is never held at once.
+            let mut scanner = match &literal {
+                Some(_) => None,
+                None => Some(
+                    self.redis
+                        .scanner(&pattern)
+                        .await
+                        .map_err(|e| failed("listing the keys of a table", e))?,
+                ),
+            };
+            let mut single = literal.clone().map(|k| vec![k]);
+            loop {
+                let keys = match scanner.as_mut() {
+                    Some(s) => match s
+                        .next_page()
+                        .await
+                        .map_err(|e| failed("listing the keys of a table", e))?
+                    {
+                        Some(page) => page,
+                        None => break,
+                    },
+                    None => match single.take() {
+                        Some(k) => k,
+                        None => break,
+                    },
+                };
+                for k in keys.iter().filter(|k| !k.starts_with(&own)) {
+                    self.remove_key(c.kind, k, &ver, &mut ops).await?;
+                }
+                if ops.operations >= REMOVALS_PER_ROUND {
+                    let full = std::mem::replace(&mut ops, self.guarded_ops());
+                    done += self.run_removals(full).await?;
                 }
             }
         }
+        done += self.run_removals(ops).await?;
+        Ok(done)
+    }
+
+    fn guarded_ops(&self) -> Ops {
+        Ops::new(
+            true,
+            TOMBSTONE_TTL.as_millis() as i64,
+            self.redis.grouping(),
+        )
+    }
+
+    /// The guarded removal of key `k` of a projection of `kind` at version `ver` (a collection:
+    /// each of its members).
+    async fn remove_key(
+        &self,
+        kind: ProjectionKind,
+        k: &[u8],
+        ver: &[u8; 32],
+        ops: &mut Ops,
+    ) -> Result<(), Error> {
+        match kind {
+            ProjectionKind::Hash => ops.delete(k, None, ver, &self.companions),
+            ProjectionKind::String | ProjectionKind::Json => {
+                ops.delete(k, Some(Companion::Version), ver, &self.companions)
+            }
+            ProjectionKind::Invalidate => ops.invalidate(k),
+            ProjectionKind::Zset | ProjectionKind::Set | ProjectionKind::Geo => {
+                let (read, remove) = match kind {
+                    ProjectionKind::Set => ("SMEMBERS", "SREM"),
+                    _ => ("ZRANGE", "ZREM"),
+                };
+                let mut cmd = redis::cmd(read);
+                cmd.arg(k);
+                if read == "ZRANGE" {
+                    cmd.arg(0).arg(-1);
+                }
+                let members = self
+                    .exec(vec![Routed::new(k, cmd)], "reading the members of a key")
+                    .await?;
+                if let Some(redis::Value::Array(ms)) = members.into_iter().next() {
+                    for m in ms {
+                        if let redis::Value::BulkString(m) = m {
+                            ops.remove_member(k, &m, remove, ver, &self.companions);
+                        }
+                    }
+                }
+            }
+            ProjectionKind::Stream | ProjectionKind::Publish => {}
+        }
+        Ok(())
+    }
+
+    /// Runs guarded removals; returns how many took effect.
+    async fn run_removals(&self, ops: Ops) -> Result<u64, Error> {
         let n = ops.operations;
         if ops.is_empty() {
             return Ok(0);
@@ -430,6 +467,9 @@ pub(crate) fn key_pattern(prefix: &str, template: &str) -> (Vec<u8>, Option<Vec<
     (pattern, (!has_columns).then_some(literal))
 }
 
+/// Guarded removals sent to Redis at once while sweeping.
+const REMOVALS_PER_ROUND: u64 = 20_000;
+
 /// A version (32 hex digits) back to a mark.
 fn parse_version(b: &[u8]) -> Option<Mark> {
     let s = std::str::from_utf8(b).ok()?;
@@ -582,8 +622,8 @@ impl ChangeSink for CacheChanges {
 }
 
 /// Warms the projections of one table (or segment) from the full load's batches, at the
-/// snapshot's version. A batch's commands are sent while the next batches are encoded: up to
-/// [`LOAD_BATCHES_IN_FLIGHT`] at once (a load writes each row's keys once, so their order does
+/// snapshot's version. A chunk's commands are sent while the next chunks are encoded: up to
+/// [`LOAD_CHUNKS_IN_FLIGHT`] at once (a load writes each row's keys once, so their order does
 /// not matter).
 pub struct CacheLoad {
     target: Arc<CacheTarget>,
@@ -594,8 +634,10 @@ pub struct CacheLoad {
     in_flight: FuturesUnordered<BoxFuture<'static, Result<(), Error>>>,
 }
 
-/// Batches of a load being written to the cache at once.
-const LOAD_BATCHES_IN_FLIGHT: usize = 3;
+/// Rows of a load encoded into one set of commands.
+const LOAD_CHUNK_ROWS: usize = 8192;
+/// Chunks of a load being written to the cache at once.
+const LOAD_CHUNKS_IN_FLIGHT: usize = 4;
 
 impl CacheLoad {
     /// `None` when no projection reads `table`. `guarded`: false only when no newer version can
@@ -616,34 +658,38 @@ impl CacheLoad {
         })
     }
 
-    /// Encodes `batch` and starts sending it; waits while too many batches are in flight.
+    /// Encodes `batch` in chunks of [`LOAD_CHUNK_ROWS`] and starts sending each; waits while
+    /// too many chunks are in flight (memory stays bounded whatever the batch size).
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), Error> {
-        let (commands, _) = self.target.encode(
-            &mut self.projectors,
-            batch,
-            Origin::Load(self.at),
-            &self.table,
-            self.guarded,
-        )?;
-        if commands.is_empty() {
-            return Ok(());
-        }
-        while self.in_flight.len() >= LOAD_BATCHES_IN_FLIGHT {
-            if let Some(r) = self.in_flight.next().await {
-                r?;
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let len = LOAD_CHUNK_ROWS.min(batch.num_rows() - offset);
+            let chunk = batch.slice(offset, len);
+            offset += len;
+            let (commands, _) = self.target.encode(
+                &mut self.projectors,
+                &chunk,
+                Origin::Load(self.at),
+                &self.table,
+                self.guarded,
+            )?;
+            if commands.is_empty() {
+                continue;
             }
+            while self.in_flight.len() >= LOAD_CHUNKS_IN_FLIGHT {
+                if let Some(r) = self.in_flight.next().await {
+                    r?;
+                }
+            }
+            let target = self.target.clone();
+            self.in_flight.push(Box::pin(async move {
+                target.exec(commands, "warming the cache").await.map(|_| ())
+            }));
         }
-        let target = self.target.clone();
-        self.in_flight.push(Box::pin(async move {
-            target
-                .exec(commands, "warming the cache")
-                .await
-                .map(|_| ())
-        }));
         Ok(())
     }
 
-    /// Waits for every batch sent.
+    /// Waits for every chunk sent.
     pub async fn finish(&mut self) -> Result<(), Error> {
         while let Some(r) = self.in_flight.next().await {
             r?;
