@@ -313,6 +313,22 @@ async fn scenario(redis_url: &str, cluster: bool, mut r: TestRedis, db_name: &st
     let changes = 75 + 33 + 30 + 40 + 2 * 2;
     assert_eq!(entries.len() as i64, changes, "stream entries");
 
+    // Updates that move rows to another set (city is not part of the key): the before image
+    // (REPLICA IDENTITY FULL) tells which set each id leaves.
+    db.batch_execute(
+        "UPDATE users SET city = 'Bergen' WHERE id % 7 = 0;
+         UPDATE users SET city = NULL WHERE id % 11 = 0;
+         BEGIN; UPDATE users SET city = 'Lima' WHERE id = 14; UPDATE users SET city = 'Oslo' WHERE id = 14; COMMIT;",
+    )
+    .await
+    .unwrap();
+    run(&work);
+    assert_same(
+        &actual(&mut r, &prefix).await,
+        &expected(&db).await,
+        "after rows moved between sets",
+    );
+
     // A TRUNCATE empties every projection as of its position; rows inserted after it stay.
     db.batch_execute(
         "BEGIN; TRUNCATE users;

@@ -22,6 +22,8 @@ pub enum Op {
     Update,
     Delete,
     Truncate,
+    /// The before image of an update (never written to files; see [`Changes::before`]).
+    Before,
 }
 
 impl Op {
@@ -31,6 +33,7 @@ impl Op {
             Op::Update => "U",
             Op::Delete => "D",
             Op::Truncate => "T",
+            Op::Before => "B",
         }
     }
 }
@@ -50,6 +53,8 @@ pub struct Layout {
     pub schema: SchemaRef,
     with_op: bool,
     with_ts: bool,
+    /// Whether batches carry a parallel batch of before images (see [`Changes::before`]).
+    before_images: bool,
 }
 
 impl Layout {
@@ -90,7 +95,16 @@ impl Layout {
             schema: Arc::new(Schema::new(fields)),
             with_op,
             with_ts: timestamp_column.is_some(),
+            before_images: false,
         }
+    }
+
+    /// Keeps the before image of every update that has one (REPLICA IDENTITY FULL) beside the
+    /// rows, for an output that must find where a row was (a cache key made of non-key
+    /// columns). Needs `Op` (not under `cdc_inserts_only`).
+    pub fn with_before_images(mut self, on: bool) -> Layout {
+        self.before_images = on && self.with_op;
+        self
     }
 
     /// Names the table's key columns (written ones only), so a bad row is named by its key.
@@ -163,6 +177,8 @@ pub struct Builder {
     lsn: Int64Builder,
     seq: Int64Builder,
     unchanged: ListBuilder<StringBuilder>,
+    /// The before images, row for row (see [`Changes::before`]).
+    before: Option<Box<Builder>>,
     pub rows: usize,
     /// Rough Arrow bytes appended (value bytes plus fixed per-row overhead).
     pub bytes: usize,
@@ -175,7 +191,11 @@ impl Builder {
             .iter()
             .map(|(_, t)| ColumnBuilder::new(t, capacity))
             .collect();
+        let before = layout
+            .before_images
+            .then(|| Box::new(Builder::without_before(layout.clone(), capacity)));
         Builder {
+            before,
             op: StringBuilder::new(),
             ts: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
             cols,
@@ -188,9 +208,67 @@ impl Builder {
         }
     }
 
-    /// Appends one row. A value that does not decode leaves no trace of the row in any
-    /// builder and is returned, for the `[errors].data` policy.
+    fn without_before(layout: Arc<Layout>, capacity: usize) -> Builder {
+        let mut b = Builder::new(
+            Arc::new(Layout {
+                before_images: false,
+                generation: layout.generation,
+                columns: layout.columns.clone(),
+                rel_to_out: layout.rel_to_out.clone(),
+                key: layout.key.clone(),
+                schema: layout.schema.clone(),
+                with_op: layout.with_op,
+                with_ts: layout.with_ts,
+            }),
+            capacity,
+        );
+        b.before = None;
+        b
+    }
+
+    /// Appends one row (and its before image, or an empty one). A value that does not decode
+    /// leaves no trace of the row in any builder and is returned, for the `[errors].data`
+    /// policy.
     pub fn append(&mut self, row: &Row) -> Result<(), BadValue> {
+        self.append_row(row)?;
+        if let Some(b) = self.before.as_mut() {
+            let image = match (row.op, row.old) {
+                (Op::Update, Some(old)) => b
+                    .append_row(&Row {
+                        op: Op::Before,
+                        commit_time: row.commit_time,
+                        mark: row.mark,
+                        values: old,
+                        old: None,
+                    })
+                    .is_ok(),
+                _ => false,
+            };
+            if !image {
+                b.append_empty();
+            }
+        }
+        Ok(())
+    }
+
+    /// A row of NULLs with an empty `Op` (no before image).
+    fn append_empty(&mut self) {
+        for c in &mut self.cols {
+            c.append_null();
+        }
+        if self.layout.with_op {
+            self.op.append_value("");
+        }
+        if self.layout.with_ts {
+            self.ts.append_value(0);
+        }
+        self.lsn.append_value(0);
+        self.seq.append_value(0);
+        self.unchanged.append(true);
+        self.rows += 1;
+    }
+
+    fn append_row(&mut self, row: &Row) -> Result<(), BadValue> {
         let layout = self.layout.clone();
         let mut written = vec![false; self.cols.len()];
         let mut unchanged: Vec<&str> = Vec::new();
@@ -255,8 +333,18 @@ impl Builder {
         Ok(())
     }
 
+    /// The rows appended so far as one batch, and their before images when kept; the builder
+    /// is empty again afterwards.
+    pub fn finish_with_before(&mut self) -> Result<(RecordBatch, Option<RecordBatch>), ArrowError> {
+        let before = match self.before.as_mut() {
+            Some(b) => Some(b.finish()?),
+            None => None,
+        };
+        Ok((self.finish()?, before))
+    }
+
     /// The rows appended so far as one batch; the builder is empty again afterwards.
-    pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+    fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.layout.schema.fields().len());
         if self.layout.with_op {
             columns.push(Arc::new(self.op.finish()));
@@ -294,6 +382,7 @@ pub struct Group {
     pub first: Mark,
     pub last: Mark,
     pub batches: Vec<RecordBatch>,
+    pub before: Vec<RecordBatch>,
     pub builder: Builder,
 }
 
@@ -306,6 +395,10 @@ pub struct Changes {
     pub last: Mark,
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
+    /// Empty, or one batch per batch of `batches` with the same schema and rows: row `i` holds
+    /// the before image of row `i` (`Op` `B`, the update's `_lsn`/`_seq`) or, where there is
+    /// none, NULLs and an empty `Op`. Kept only for tables whose layout asks for it.
+    pub before: Vec<RecordBatch>,
 }
 
 impl TableBuffer {
@@ -327,6 +420,7 @@ impl TableBuffer {
                 first: row.mark,
                 last: row.mark,
                 batches: Vec::new(),
+                before: Vec::new(),
                 builder: Builder::new(layout.clone(), batch_rows.min(8192)),
             });
         }
@@ -342,8 +436,9 @@ impl TableBuffer {
         self.bytes += g.builder.bytes - before;
         self.rows += 1;
         if g.builder.rows >= batch_rows {
-            let b = g.builder.finish()?;
+            let (b, before) = g.builder.finish_with_before()?;
             g.batches.push(b);
+            g.before.extend(before);
         }
         Ok(Ok(()))
     }
@@ -357,8 +452,9 @@ impl TableBuffer {
             .into_iter()
             .map(|mut g| {
                 if g.builder.rows > 0 {
-                    let b = g.builder.finish()?;
+                    let (b, before) = g.builder.finish_with_before()?;
                     g.batches.push(b);
+                    g.before.extend(before);
                 }
                 Ok(Changes {
                     folder: g.folder,
@@ -366,6 +462,7 @@ impl TableBuffer {
                     last: g.last,
                     schema: g.builder.layout.schema.clone(),
                     batches: g.batches,
+                    before: g.before,
                 })
             })
             .collect()

@@ -161,6 +161,14 @@ config_enum! {
 }
 
 impl ProjectionKind {
+    /// Whether keys hold members (`zset`, `set`, `geo`) rather than one row each.
+    pub fn has_members(self) -> bool {
+        matches!(
+            self,
+            ProjectionKind::Zset | ProjectionKind::Set | ProjectionKind::Geo
+        )
+    }
+
     /// Whether the full load writes this projection's keys (every kind but the change-only
     /// `invalidate`, `stream` and `publish`).
     pub fn warmed(self) -> bool {

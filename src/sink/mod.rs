@@ -40,10 +40,15 @@ impl TableChanges {
             return Some(self.clone());
         }
         let mut batches = Vec::new();
-        for b in &c.batches {
-            let kept = keep_after(b, m)?;
+        let mut before = Vec::new();
+        for (i, b) in c.batches.iter().enumerate() {
+            let keep = rows_after(b, m)?;
+            let kept = arrow::compute::filter_record_batch(b, &keep).ok()?;
             if kept.num_rows() > 0 {
                 batches.push(kept);
+                if let Some(images) = c.before.get(i) {
+                    before.push(arrow::compute::filter_record_batch(images, &keep).ok()?);
+                }
             }
         }
         Some(Arc::new(TableChanges {
@@ -55,25 +60,27 @@ impl TableChanges {
                 last: c.last,
                 schema: c.schema.clone(),
                 batches,
+                before,
             },
         }))
     }
 }
 
-/// The rows of a CDC-layout batch whose (`_lsn`, `_seq`) is above `m`.
-fn keep_after(b: &RecordBatch, m: Mark) -> Option<RecordBatch> {
+/// Which rows of a CDC-layout batch have a (`_lsn`, `_seq`) above `m`.
+fn rows_after(b: &RecordBatch, m: Mark) -> Option<BooleanArray> {
     let (lsn, seq) = mark_columns(b)?;
-    let keep: BooleanArray = (0..b.num_rows())
-        .map(|i| {
-            Some(
-                Mark {
-                    lsn: lsn.value(i) as u64,
-                    seq: seq.value(i) as u64,
-                } > m,
-            )
-        })
-        .collect();
-    arrow::compute::filter_record_batch(b, &keep).ok()
+    Some(
+        (0..b.num_rows())
+            .map(|i| {
+                Some(
+                    Mark {
+                        lsn: lsn.value(i) as u64,
+                        seq: seq.value(i) as u64,
+                    } > m,
+                )
+            })
+            .collect(),
+    )
 }
 
 /// The first (`_lsn`, `_seq`) of the first non-empty batch.
@@ -190,6 +197,7 @@ mod tests {
                 last: mark(marks.last().unwrap()),
                 schema,
                 batches: vec![batch.slice(0, 2), batch.slice(2, marks.len() - 2)],
+                before: Vec::new(),
             },
         })
     }

@@ -149,6 +149,22 @@ impl Projector {
         companions: &Companions,
         ops: &mut Ops,
     ) -> Result<u64, MissingColumn> {
+        self.encode_with_before(batch, None, origin, companions, ops)
+    }
+
+    /// [`Projector::encode`] with the before images of the batch's updates (same schema, row
+    /// for row; see `Changes::before`): an update whose key or member differs from its before
+    /// image's removes the old one first.
+    pub fn encode_with_before(
+        &mut self,
+        batch: &RecordBatch,
+        before: Option<&RecordBatch>,
+        origin: Origin,
+        companions: &Companions,
+        ops: &mut Ops,
+    ) -> Result<u64, MissingColumn> {
+        let before =
+            before.filter(|bb| bb.schema() == batch.schema() && bb.num_rows() == batch.num_rows());
         let schema = batch.schema();
         if self.bound.as_ref().is_none_or(|(s, _)| s != &schema) {
             let b = self.bind(&schema)?;
@@ -157,6 +173,14 @@ impl Projector {
         let (_, b) = self.bound.as_ref().expect("bound just now");
         let kind = self.config.kind;
         let cols = batch.columns();
+        // The before image of row `row`, when it has one.
+        let image = |row: usize| {
+            let bb = before?;
+            let op = bb.column(b.op?).as_string::<i32>();
+            (op.value(row) == "B").then(|| bb.columns())
+        };
+        let mut old_key = Vec::new();
+        let mut old_member = Vec::new();
         let mut key = Vec::new();
         let mut member = Vec::new();
         let mut buf = Vec::new();
@@ -173,7 +197,33 @@ impl Projector {
                 // The writer splits batches at TRUNCATEs and applies them itself.
                 continue;
             }
-            if !b.key.render(cols, row, &mut key) {
+            let has_key = b.key.render(cols, row, &mut key);
+            // An update that moved the row to another key or member (or to none: a NULL in a
+            // templated column): the old one goes first.
+            if let Some(oc) = image(row)
+                && b.key.render(oc, row, &mut old_key)
+            {
+                let ver = version(mark);
+                if let Some(m) = b.member.as_ref().filter(|_| kind.has_members()) {
+                    let new_member = has_key && m.render(cols, row, &mut member);
+                    if m.render(oc, row, &mut old_member)
+                        && (!new_member || old_key != key || old_member != member)
+                    {
+                        let remove = member_removal(kind);
+                        ops.remove_member(&old_key, &old_member, remove, &ver, companions);
+                    }
+                } else if !has_key || old_key != key {
+                    match kind {
+                        ProjectionKind::Hash => ops.delete(&old_key, None, &ver, companions),
+                        ProjectionKind::String | ProjectionKind::Json => {
+                            ops.delete(&old_key, Some(Companion::Version), &ver, companions)
+                        }
+                        ProjectionKind::Invalidate => ops.invalidate(&old_key),
+                        _ => {}
+                    }
+                }
+            }
+            if !has_key {
                 skipped += 1;
                 continue;
             }
@@ -262,11 +312,7 @@ impl Projector {
                         skipped += 1;
                         continue;
                     }
-                    let remove = if kind == ProjectionKind::Set {
-                        "SREM"
-                    } else {
-                        "ZREM"
-                    };
+                    let remove = member_removal(kind);
                     if deleting {
                         ops.remove_member(&key, &member, remove, &ver, companions);
                         continue;
@@ -353,6 +399,15 @@ impl Projector {
             }
         }
         Ok(skipped)
+    }
+}
+
+/// The command that removes a member of a `set` (`SREM`) or a `zset`/`geo` (`ZREM`).
+fn member_removal(kind: ProjectionKind) -> &'static str {
+    if kind == ProjectionKind::Set {
+        "SREM"
+    } else {
+        "ZREM"
     }
 }
 

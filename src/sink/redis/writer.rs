@@ -116,23 +116,42 @@ impl CacheTarget {
         &self,
         projectors: &mut [Projector],
         batch: &RecordBatch,
+        images: Option<&RecordBatch>,
         origin: Origin,
         table: &str,
         guarded: bool,
     ) -> Result<u64, Error> {
         let mut ran = 0;
         let mut start = 0;
+        let rows = |from: usize, to: usize| {
+            let part = batch.slice(from, to - from);
+            (part, images.map(|i| i.slice(from, to - from)))
+        };
         for (row, mark) in truncates(batch, origin) {
-            let before = batch.slice(start, row - start);
+            let (part, part_images) = rows(start, row);
             ran += self
-                .apply_rows(projectors, &before, origin, table, guarded)
+                .apply_rows(
+                    projectors,
+                    &part,
+                    part_images.as_ref(),
+                    origin,
+                    table,
+                    guarded,
+                )
                 .await?;
             ran += self.truncate(projectors, mark).await?;
             start = row + 1;
         }
-        let rest = batch.slice(start, batch.num_rows() - start);
+        let (part, part_images) = rows(start, batch.num_rows());
         ran += self
-            .apply_rows(projectors, &rest, origin, table, guarded)
+            .apply_rows(
+                projectors,
+                &part,
+                part_images.as_ref(),
+                origin,
+                table,
+                guarded,
+            )
             .await?;
         Ok(ran)
     }
@@ -335,11 +354,12 @@ impl CacheTarget {
         &self,
         projectors: &mut [Projector],
         batch: &RecordBatch,
+        images: Option<&RecordBatch>,
         origin: Origin,
         table: &str,
         guarded: bool,
     ) -> Result<u64, Error> {
-        let (commands, count) = self.encode(projectors, batch, origin, table, guarded)?;
+        let (commands, count) = self.encode(projectors, batch, images, origin, table, guarded)?;
         if !commands.is_empty() {
             self.exec(commands, "writing to the cache").await?;
         }
@@ -352,6 +372,7 @@ impl CacheTarget {
         &self,
         projectors: &mut [Projector],
         batch: &RecordBatch,
+        images: Option<&RecordBatch>,
         origin: Origin,
         table: &str,
         guarded: bool,
@@ -363,7 +384,7 @@ impl CacheTarget {
         );
         for p in projectors.iter_mut() {
             let skipped = p
-                .encode(batch, origin, &self.companions, &mut ops)
+                .encode_with_before(batch, images, origin, &self.companions, &mut ops)
                 .map_err(|e| Error::Runtime(format!("{table}: cache projection: {e}")))?;
             if skipped > 0 {
                 tracing::warn!(table, skipped, key = %p.config.key, "rows without a key (a NULL in a key column) were not written to the cache");
@@ -552,10 +573,11 @@ impl ChangeSink for CacheChanges {
                 .projectors
                 .entry(c.key.clone())
                 .or_insert_with(|| self.target.projectors(&c.key));
-            for batch in &c.changes.batches {
+            for (i, batch) in c.changes.batches.iter().enumerate() {
+                let images = c.changes.before.get(i);
                 let n = self
                     .target
-                    .apply(projectors, batch, Origin::Changes, &c.key, true)
+                    .apply(projectors, batch, images, Origin::Changes, &c.key, true)
                     .await?;
                 self.written.rows += batch.num_rows() as u64;
                 self.written.objects += n;
@@ -669,6 +691,7 @@ impl CacheLoad {
             let (commands, _) = self.target.encode(
                 &mut self.projectors,
                 &chunk,
+                None,
                 Origin::Load(self.at),
                 &self.table,
                 self.guarded,

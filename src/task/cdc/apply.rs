@@ -416,7 +416,12 @@ impl<'a, 'b> Apply<'a, 'b> {
                     !self.p.target.cdc_inserts_only,
                     self.p.target.timestamp_column.as_deref(),
                 )
-                .with_key(&t.primary_key),
+                .with_key(&t.primary_key)
+                .with_before_images(cache_templates_other_columns(
+                    self.p,
+                    &t.key,
+                    &t.primary_key,
+                )),
             ));
         }
         self.rels.insert(
@@ -499,7 +504,7 @@ impl<'a, 'b> Apply<'a, 'b> {
                 Op::Insert => t.counts.inserts += 1,
                 Op::Update => t.counts.updates += 1,
                 Op::Delete => t.counts.deletes += 1,
-                Op::Truncate => {}
+                Op::Truncate | Op::Before => {}
             }
             self.buffered_rows += 1;
             self.buffered_bytes += t.buffer.bytes - before;
@@ -546,4 +551,27 @@ impl<'a, 'b> Apply<'a, 'b> {
         }
         Ok(())
     }
+}
+
+/// Whether a cache projection of `table` builds a key, member or channel from columns outside
+/// its primary key: an update of such a column moves the row to another key or member, found
+/// from the update's before image (REPLICA IDENTITY FULL, which start-up requires then).
+fn cache_templates_other_columns(p: &Pipeline, table: &str, primary_key: &[String]) -> bool {
+    let Some(cache) = &p.cache else {
+        return false;
+    };
+    cache
+        .projections
+        .iter()
+        .filter(|c| {
+            c.table
+                .exact_name()
+                .is_some_and(|(schema, name)| format!("{schema}.{name}") == table)
+        })
+        .flat_map(|c| [Some(&c.key), c.member.as_ref(), c.channel.as_ref()])
+        .flatten()
+        .any(|t| {
+            let parts = crate::config::parse_template(t).unwrap_or_default();
+            crate::config::template_columns(&parts).any(|c| !primary_key.iter().any(|k| k == c))
+        })
 }
