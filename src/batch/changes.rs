@@ -344,7 +344,7 @@ impl Builder {
     }
 
     /// The rows appended so far as one batch; the builder is empty again afterwards.
-    fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+    pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.layout.schema.fields().len());
         if self.layout.with_op {
             columns.push(Arc::new(self.op.finish()));
