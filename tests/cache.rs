@@ -299,6 +299,12 @@ async fn scenario(redis_url: &str, cluster: bool, mut r: TestRedis, db_name: &st
     );
     let status = assert_ok(&work.godwit(&["status", path.to_str().unwrap()], &[]));
     assert!(status.contains("cache: every change up to"), "{status}");
+    // Per projection, what was sent: 300 rows warmed; 75 + 33 updates, 40 inserts and the I of
+    // two key changes written; 30 deletes and the D of the key changes removed.
+    assert!(
+        status.contains("cache hash user:{id}: 450 written, 32 removed"),
+        "{status}"
+    );
 
     // One stream entry per change, in commit order, ids from (_lsn, _seq).
     let KeyValue::Stream(entries) = r

@@ -136,6 +136,16 @@ pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
                 crate::pg::lsn::Lsn(m.lsn)
             )?;
         }
+        if projected {
+            for c in &t.cache_projections {
+                outln!(
+                    "    cache {}: {} written, {} removed",
+                    c.projection,
+                    c.written,
+                    c.removed
+                )?;
+            }
+        }
         for seg in &t.segments {
             outln!(
                 "    segment {}/{} (blocks {}..{}): {}, {} rows, {} load files",

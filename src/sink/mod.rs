@@ -121,7 +121,7 @@ pub trait ChangeSink: Send {
     fn recorded(&self, record: &TableRecord) -> Option<Mark>;
 
     /// Puts this sink's position of a table into the checkpoint `record`.
-    fn record(&self, record: &mut TableRecord, mark: Option<Mark>);
+    fn record(&mut self, table: &str, record: &mut TableRecord, mark: Option<Mark>);
 
     /// True when this sink wants committed changes as soon as each transaction commits (a
     /// cache serving readers), not only at the next flush.

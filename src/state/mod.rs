@@ -78,12 +78,43 @@ pub struct TableRecord {
     /// The cache's (Redis) high-water mark, when the pipeline has a `[cache]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_mark: Option<Mark>,
+    /// Per cache projection of the table (in the pipeline file's order): operations sent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache_projections: Vec<ProjectionCounts>,
     /// The CDC objects the flush in progress is about to write (its intent, saved before the
     /// first of them): at start, only these are read back to move the mark past what a crash
     /// left unrecorded. `None` in a record of an older godwit, whose start-up lists the table's
     /// folder instead.
     #[serde(default)]
     pub intents: Option<Vec<String>>,
+}
+
+/// What one cache projection of a table was sent, over every run (full loads, reloads, CDC;
+/// a replay counts again).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectionCounts {
+    /// `type key` as in the pipeline file (`hash user:{id}`).
+    pub projection: String,
+    /// Keys or members written (set, added, appended, published).
+    pub written: u64,
+    /// Keys or members removed (deleted, invalidated).
+    pub removed: u64,
+}
+
+impl ProjectionCounts {
+    /// Adds `more` (the same projections, in order) to `all`.
+    pub fn add(all: &mut Vec<ProjectionCounts>, more: &[ProjectionCounts]) {
+        for (i, m) in more.iter().enumerate() {
+            match all.get_mut(i) {
+                Some(a) if a.projection == m.projection => {
+                    a.written += m.written;
+                    a.removed += m.removed;
+                }
+                Some(a) => *a = m.clone(),
+                None => all.push(m.clone()),
+            }
+        }
+    }
 }
 
 /// A position in the change stream: a transaction's commit LSN and the change's order in
@@ -147,6 +178,7 @@ impl TableRecord {
             switch_pending: false,
             mark: None,
             cache_mark: None,
+            cache_projections: Vec::new(),
             intents: Some(Vec::new()),
         }
     }

@@ -4,7 +4,7 @@
 
 use crate::pg::lsn::Lsn;
 use crate::sink::redis::writer::{CacheLoad, CacheTarget};
-use crate::state::Mark;
+use crate::state::{Mark, ProjectionCounts};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -716,7 +716,14 @@ async fn load_table(
     let copied = run_copy(&client, spec, copy_tx, &rows, &mut on_error).await;
     let warmed = match warming {
         Some(task) => match task.await {
-            Ok(r) => r,
+            Ok(Ok(counts)) => {
+                ctx.update(&table, |r| {
+                    ProjectionCounts::add(&mut r.cache_projections, &counts)
+                })
+                .await;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
             Err(e) => Err(Error::Runtime(format!("the cache writer crashed: {e}"))),
         },
         None => Ok(()),

@@ -78,7 +78,7 @@ impl ChangeSink for CdcFiles {
         record.mark
     }
 
-    fn record(&self, record: &mut TableRecord, mark: Option<Mark>) {
+    fn record(&mut self, _table: &str, record: &mut TableRecord, mark: Option<Mark>) {
         record.mark = mark;
     }
 

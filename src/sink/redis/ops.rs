@@ -105,6 +105,8 @@ pub struct Ops {
     calls: BTreeMap<u16, Vec<Call>>,
     plain: Vec<Routed>,
     pub operations: u64,
+    /// Of `operations`, the removals (deletes, removed members, invalidations).
+    pub removals: u64,
 }
 
 impl Ops {
@@ -116,6 +118,7 @@ impl Ops {
             calls: BTreeMap::new(),
             plain: Vec::new(),
             operations: 0,
+            removals: 0,
         }
     }
 
@@ -277,6 +280,7 @@ impl Ops {
         companions: &Companions,
     ) {
         self.operations += 1;
+        self.removals += 1;
         let mut vkey = key.to_vec();
         if let Some(what) = version {
             companions.name(what, key, None, &mut vkey);
@@ -335,6 +339,7 @@ impl Ops {
         companions: &Companions,
     ) {
         self.operations += 1;
+        self.removals += 1;
         let mut versions = Vec::new();
         companions.name(Companion::Members, key, None, &mut versions);
         let mut tomb = Vec::new();
@@ -352,6 +357,7 @@ impl Ops {
     /// `invalidate`: the key goes on any change.
     pub fn invalidate(&mut self, key: &[u8]) {
         self.operations += 1;
+        self.removals += 1;
         self.plain(key, redis::cmd("DEL").arg(key).clone());
     }
 

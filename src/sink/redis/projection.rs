@@ -60,6 +60,8 @@ pub struct Projector {
     /// The table's written columns and their types, in order.
     columns: Vec<(String, PgType)>,
     bound: Option<(SchemaRef, Bound1)>,
+    /// Operations this projector sent: (written, removed).
+    pub counts: (u64, u64),
 }
 
 impl Projector {
@@ -69,6 +71,7 @@ impl Projector {
             key_prefix: key_prefix.to_string(),
             columns,
             bound: None,
+            counts: (0, 0),
         }
     }
 
@@ -156,6 +159,31 @@ impl Projector {
     /// for row; see `Changes::before`): an update whose key or member differs from its before
     /// image's removes the old one first.
     pub fn encode_with_before(
+        &mut self,
+        batch: &RecordBatch,
+        before: Option<&RecordBatch>,
+        origin: Origin,
+        companions: &Companions,
+        ops: &mut Ops,
+    ) -> Result<u64, MissingColumn> {
+        let (ops_before, removals_before) = (ops.operations, ops.removals);
+        let skipped = self.encode_rows(batch, before, origin, companions, ops)?;
+        let removed = ops.removals - removals_before;
+        self.counts.0 += ops.operations - ops_before - removed;
+        self.counts.1 += removed;
+        Ok(skipped)
+    }
+
+    /// [`Projector::counts`] as the state records them.
+    pub fn recorded_counts(&self) -> crate::state::ProjectionCounts {
+        crate::state::ProjectionCounts {
+            projection: format!("{} {}", self.config.kind.as_str(), self.config.key),
+            written: self.counts.0,
+            removed: self.counts.1,
+        }
+    }
+
+    fn encode_rows(
         &mut self,
         batch: &RecordBatch,
         before: Option<&RecordBatch>,

@@ -25,7 +25,7 @@ use crate::error::Error;
 use crate::pg::catalog::TableName;
 use crate::pg::types::PgType;
 use crate::sink::{ChangeSink, TableChanges, Written};
-use crate::state::{Mark, TableRecord};
+use crate::state::{Mark, ProjectionCounts, TableRecord};
 
 /// How long a delete's tombstone stays: longer than any replay or re-warm is expected to take.
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -542,6 +542,8 @@ impl ChangeSink for CacheChanges {
     ) -> Result<Option<Mark>, Error> {
         let table = name.to_string();
         let recorded = record.and_then(|r| self.recorded(r));
+        // What was sent since the checkpoint comes again (and counts again).
+        self.projectors.remove(&table);
         if !self.target.projects(&table) {
             // Nothing of it goes to the cache: it holds whatever the files hold.
             return Ok(record.and_then(|r| r.mark).max(recorded));
@@ -559,10 +561,21 @@ impl ChangeSink for CacheChanges {
         record.cache_mark
     }
 
-    fn record(&self, record: &mut TableRecord, mark: Option<Mark>) {
+    fn record(&mut self, table: &str, record: &mut TableRecord, mark: Option<Mark>) {
         record.cache_mark = mark;
+        // What the projectors sent since the last checkpoint joins the recorded counts.
+        if let Some(projectors) = self.projectors.get_mut(table) {
+            let sent: Vec<ProjectionCounts> = projectors
+                .iter_mut()
+                .map(|p| {
+                    let c = p.recorded_counts();
+                    p.counts = (0, 0);
+                    c
+                })
+                .collect();
+            ProjectionCounts::add(&mut record.cache_projections, &sent);
+        }
     }
-
     async fn write(&mut self, changes: &[Arc<TableChanges>]) -> Result<(), Error> {
         for c in changes {
             if !self.target.projects(&c.key) {
@@ -712,11 +725,15 @@ impl CacheLoad {
         Ok(())
     }
 
-    /// Waits for every chunk sent.
-    pub async fn finish(&mut self) -> Result<(), Error> {
+    /// Waits for every chunk sent; returns what each projection was sent.
+    pub async fn finish(&mut self) -> Result<Vec<ProjectionCounts>, Error> {
         while let Some(r) = self.in_flight.next().await {
             r?;
         }
-        Ok(())
+        Ok(self
+            .projectors
+            .iter()
+            .map(|p| p.recorded_counts())
+            .collect())
     }
 }

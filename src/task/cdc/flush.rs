@@ -124,8 +124,8 @@ impl Apply<'_, '_> {
                 r.updates += counts.updates;
                 r.deletes += counts.deletes;
                 r.data_errors += counts.data_errors;
-                for (sink, held) in self.sinks.iter().zip(&t.held) {
-                    sink.record(r, *held);
+                for (sink, held) in self.sinks.iter_mut().zip(&t.held) {
+                    sink.record(&t.key, r, *held);
                 }
                 r.intents = Some(Vec::new());
                 r.last_lsn = t.mark.map(|m| Lsn(m.lsn).to_string());

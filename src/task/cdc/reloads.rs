@@ -143,8 +143,8 @@ impl Apply<'_, '_> {
                 self.reload_failed(&key, &why, false).await?;
                 continue;
             }
-            for sink in &self.sinks {
-                sink.record(r, Some(mark));
+            for sink in &mut self.sinks {
+                sink.record(&key, r, Some(mark));
             }
             r.last_lsn = None;
             r.fingerprint = fingerprints.get(&key).cloned().unwrap_or_default();
