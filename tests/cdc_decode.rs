@@ -62,6 +62,11 @@ async fn full_load_and_pgoutput_give_identical_values() {
         );
     }
 
+    // The private cluster commits asynchronously, and the slot shows only flushed WAL: one
+    // synchronous commit flushes everything before it.
+    db.batch_execute("SET synchronous_commit = on; SELECT txid_current();")
+        .await
+        .unwrap();
     // Every insert the slot holds, appended by the CDC row builder of its table.
     let rows = db
         .query(

@@ -347,7 +347,7 @@ async fn acl_user_without_a_command_gets_noperm_with_the_hint() {
         assert_eq!(e.class(), ErrorClass::Permission, "{m}");
         assert_eq!(e.code(), Some("NOPERM"));
         assert!(m.contains("NOPERM"), "{m}");
-        assert!(m.contains("hset hget hgetall hdel"), "{m}");
+        assert!(m.contains("hset hget hmget hgetall hdel"), "{m}");
         assert!(!m.contains("acl-pw-1"), "{m}");
         assert!(!e.retryable());
     }

@@ -84,22 +84,21 @@ local function arg() ai = ai + 1; return ARGV[ai - 1] end
 while ai <= #ARGV do
   local op, ver = arg(), arg()
   if op == 'H' then
-    -- hash: KEYS key, tombstone; ARGV nset, field, value…, ndel, field…, expire mode, value
+    -- hash: KEYS key, tombstone; ARGV nset, field, value… (the last pair is the version field
+    -- and the version), ndel, field…, expire mode, value. Read in place: no tables built.
     local k, t = key(), key()
-    local nset = tonumber(arg())
-    local sets = {}
-    for i = 1, nset * 2 do sets[i] = arg() end
-    local ndel = tonumber(arg())
-    local dels = {}
-    for i = 1, ndel do dels[i] = arg() end
+    local nset = tonumber(ARGV[ai])
+    local s = ai + 1
+    ai = s + nset * 2
+    local ndel = tonumber(ARGV[ai])
+    local d = ai + 1
+    ai = d + ndel
     local mode, value = arg(), arg()
     local ok, gone = allowed(ver, redis.call('HGET', k, vfield), t)
     if ok then
       if gone then redis.call('DEL', t) end
-      if ndel > 0 then redis.call('HDEL', k, unpack(dels)) end
-      sets[#sets + 1] = vfield
-      sets[#sets + 1] = ver
-      redis.call('HSET', k, unpack(sets))
+      if ndel > 0 then redis.call('HDEL', k, unpack(ARGV, d, d + ndel - 1)) end
+      redis.call('HSET', k, unpack(ARGV, s, s + nset * 2 - 1))
       expire(k, mode, value)
     else
       refused = refused + 1

@@ -39,6 +39,7 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const ACL_COMMANDS: &[&str] = &[
     "HSET",
     "HGET",
+    "HMGET",
     "HGETALL",
     "HDEL",
     "DEL",
@@ -856,6 +857,19 @@ impl Redis {
                 Ok(set.into_iter().map(Target::Address).collect())
             }
         }
+    }
+
+    /// The slot ranges of each primary (one entry per primary; standalone: one with every slot).
+    pub async fn primary_slot_ranges(&self) -> Result<Vec<Vec<(u16, u16)>>, RedisError> {
+        if let Conn::Single(_) = self.conn {
+            return Ok(vec![vec![(0, SLOTS - 1)]]);
+        }
+        let (ranges, _) = self.cluster_nodes().await?;
+        let mut by_node: BTreeMap<String, Vec<(u16, u16)>> = BTreeMap::new();
+        for (lo, hi, addr) in ranges {
+            by_node.entry(addr).or_default().push((lo, hi));
+        }
+        Ok(by_node.into_values().collect())
     }
 
     /// CLUSTER SLOTS: (first slot, last slot, primary address) and every node's address.

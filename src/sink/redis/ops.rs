@@ -182,11 +182,13 @@ impl Ops {
         c.keys.push(scratch);
         c.args.push(b"H");
         c.args.push(ver);
-        c.args.push(sets.len().to_string().as_bytes());
+        c.args.push((sets.len() + 1).to_string().as_bytes());
         for (f, v) in sets {
             c.args.push(f);
             c.args.push(v);
         }
+        c.args.push(VERSION_FIELD);
+        c.args.push(ver);
         c.args.push(dels.len().to_string().as_bytes());
         for d in dels {
             c.args.push(d);

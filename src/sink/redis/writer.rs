@@ -43,8 +43,10 @@ pub struct CacheTarget {
     key_prefix: String,
     wait_replicas: u32,
     retries: i64,
-    /// The hash that holds, per table, the last version applied: `<prefix>godwit:applied:{<pipeline>}`.
-    marker: Vec<u8>,
+    pipeline: String,
+    /// The name of the hashes that hold, per table, the last version applied: one per primary
+    /// (see [`CacheTarget::markers`]).
+    marker: String,
 }
 
 /// A Redis failure as the pipeline reports it: retryable ones are recoverable.
@@ -89,7 +91,8 @@ impl CacheTarget {
             key_prefix: cache.key_prefix.clone(),
             wait_replicas: cache.wait_replicas,
             retries: p.errors.recoverable_retries,
-            marker: format!("{}godwit:applied:{{{}}}", cache.key_prefix, p.name).into_bytes(),
+            pipeline: p.name.clone(),
+            marker: format!("{}godwit:applied:", cache.key_prefix),
         }))
     }
 
@@ -404,19 +407,89 @@ impl CacheTarget {
             .map_err(|e| failed(doing, e))
     }
 
-    /// The version of `table` the marker holds.
-    async fn applied(&self, table: &str) -> Result<Option<Mark>, Error> {
-        let cmd = redis::cmd("HGET").arg(&self.marker).arg(table).clone();
-        let v = self
-            .exec(
-                vec![Routed::new(self.marker.clone(), cmd)],
-                "reading the cache's applied position",
-            )
+    /// The applied-position markers, one per primary so that a shard that lost writes (a
+    /// failover to a replica that lagged) shows by itself: `<prefix>godwit:applied:{<pipeline>}`
+    /// on a standalone server; on a cluster `…:{<pipeline>/<n>}`, `n` chosen so that the key's
+    /// slot is on that primary.
+    async fn markers(&self) -> Result<Vec<Vec<u8>>, Error> {
+        let pipeline = self.pipeline.as_str();
+        let ranges = self
+            .redis
+            .primary_slot_ranges()
+            .await
+            .map_err(|e| failed("reading the cluster's slots", e))?;
+        if self.redis.grouping() == super::conn::Grouping::ByLane {
+            return Ok(vec![format!("{}{{{pipeline}}}", self.marker).into_bytes()]);
+        }
+        Ok(ranges
+            .iter()
+            .filter_map(|owned| {
+                (0..100_000u32).find_map(|n| {
+                    let key = format!("{}{{{pipeline}/{n}}}", self.marker).into_bytes();
+                    let s = super::conn::slot(&key);
+                    owned
+                        .iter()
+                        .any(|&(lo, hi)| lo <= s && s <= hi)
+                        .then_some(key)
+                })
+            })
+            .collect())
+    }
+
+    /// The version of each of `tables` every marker holds (the lowest; `None` when one lacks
+    /// it): one `HMGET` per marker.
+    async fn applied(&self, tables: &[&str]) -> Result<Vec<Option<Mark>>, Error> {
+        if tables.is_empty() {
+            return Ok(Vec::new());
+        }
+        let markers = self.markers().await?;
+        let cmds = markers
+            .iter()
+            .map(|m| {
+                let mut hmget = redis::cmd("HMGET");
+                hmget.arg(m);
+                for t in tables {
+                    hmget.arg(*t);
+                }
+                Routed::new(m, hmget)
+            })
+            .collect();
+        let values = self
+            .exec(cmds, "reading the cache's applied position")
             .await?;
-        Ok(match v.first() {
-            Some(redis::Value::BulkString(b)) => parse_version(b),
-            _ => None,
-        })
+        let mut lowest: Vec<Option<Option<Mark>>> = vec![None; tables.len()];
+        for v in &values {
+            let redis::Value::Array(items) = v else {
+                continue;
+            };
+            for (low, item) in lowest.iter_mut().zip(items) {
+                let at = match item {
+                    redis::Value::BulkString(b) => parse_version(b),
+                    _ => None,
+                };
+                *low = Some(low.map_or(at, |l| l.min(at)));
+            }
+        }
+        Ok(lowest.into_iter().map(Option::flatten).collect())
+    }
+
+    /// Records `applied` (table, version) in every marker.
+    async fn mark_applied(&self, applied: &HashMap<String, Mark>) -> Result<(), Error> {
+        let markers = self.markers().await?;
+        let cmds = markers
+            .iter()
+            .map(|m| {
+                let mut hset = redis::cmd("HSET");
+                hset.arg(m);
+                for (table, mark) in applied {
+                    hset.arg(table).arg(&super::projection::version(*mark)[..]);
+                }
+                Routed::new(m, hset)
+            })
+            .collect();
+        self.exec(cmds, "recording the cache's applied position")
+            .await
+            .map(|_| ())
     }
 }
 
@@ -548,7 +621,7 @@ impl ChangeSink for CacheChanges {
             // Nothing of it goes to the cache: it holds whatever the files hold.
             return Ok(record.and_then(|r| r.mark).max(recorded));
         }
-        let applied = self.target.applied(&table).await?;
+        let applied = self.target.applied(&[&table]).await?.pop().flatten();
         if recorded.is_some() && applied < recorded {
             tracing::warn!(table = %table, "the cache lost writes it had acknowledged (its applied position is behind the checkpoint): the table is warmed again");
             self.lost.push(table);
@@ -621,23 +694,21 @@ impl ChangeSink for CacheChanges {
         }
         // A marker behind what this run set means Redis lost acknowledged writes since the last
         // flush (a restart without persistence, a failover to a lagging replica).
-        for (table, mark) in &self.marked {
-            if self.applied.contains_key(table) && self.target.applied(table).await? < Some(*mark) {
+        let checked: Vec<(&str, Mark)> = self
+            .marked
+            .iter()
+            .filter(|(table, _)| self.applied.contains_key(*table))
+            .map(|(table, mark)| (table.as_str(), *mark))
+            .collect();
+        let names: Vec<&str> = checked.iter().map(|(t, _)| *t).collect();
+        let now = self.target.applied(&names).await?;
+        for ((table, mark), at) in checked.iter().zip(now) {
+            if at < Some(*mark) {
                 tracing::warn!(table = %table, "the cache lost writes it had acknowledged (its applied position went back): the table is warmed again");
-                self.lost.push(table.clone());
+                self.lost.push(table.to_string());
             }
         }
-        let mut hset = redis::cmd("HSET");
-        hset.arg(&self.target.marker);
-        for (table, mark) in &self.applied {
-            hset.arg(table).arg(&super::projection::version(*mark)[..]);
-        }
-        self.target
-            .exec(
-                vec![Routed::new(self.target.marker.clone(), hset)],
-                "recording the cache's applied position",
-            )
-            .await?;
+        self.target.mark_applied(&self.applied).await?;
         self.marked
             .extend(self.applied.iter().map(|(t, m)| (t.clone(), *m)));
         Ok(self.applied.drain().collect())
