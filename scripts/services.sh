@@ -306,13 +306,13 @@ start_pg() {
 
     # Rewritten on every start: paths follow the folder, the port may change.
     cat >"$PGDATA_DIR/godwit.conf" <<EOF
-# written by scripts/services.sh on every start
+# written by scripts/services.sh on every start (every test database keeps its slot: room for all)
 listen_addresses = '127.0.0.1'
 port = $port
 unix_socket_directories = '$sock'
 wal_level = logical
-max_replication_slots = 20
-max_wal_senders = 20
+max_replication_slots = 64
+max_wal_senders = 64
 # A stopped or cut-off CDC client's session leaves its slot after this (default 60s); the
 # lease takeover tests wait for it. godwit sends a status update every second.
 wal_sender_timeout = 10s

@@ -34,6 +34,41 @@ fields = ["v"]
     )
 }
 
+/// What each test starts from: database `godwit_<name>` with public.t (id, v = 0) of `rows`
+/// rows, a private redis-server, and pipeline `<name>` (`target` is its `[target]` body).
+struct Setup {
+    pg: common::Pg,
+    db: Client,
+    redis: common::redis::PrivateRedis,
+    url: String,
+    work: Work,
+    path: std::path::PathBuf,
+}
+
+async fn setup(name: &str, rows: i32, appendonly: bool, target: &str) -> Setup {
+    let pg = pg();
+    let db_name = format!("godwit_{name}");
+    let db = pg.fresh_db(&db_name).await;
+    db.batch_execute(&format!(
+        "CREATE TABLE t (id int PRIMARY KEY, v int);
+         INSERT INTO t SELECT i, 0 FROM generate_series(1, {rows}) i;"
+    ))
+    .await
+    .unwrap();
+    let redis = private_redis(PrivateOpts { appendonly }).await;
+    let url = redis.url();
+    let work = Work::new();
+    let path = work.pipeline(&pipeline(name, &pg.url(&db_name), &url, target));
+    Setup {
+        pg,
+        db,
+        redis,
+        url,
+        work,
+        path,
+    }
+}
+
 async fn source(db: &Client) -> BTreeMap<String, String> {
     db.query("SELECT id::text, v::text FROM t", &[])
         .await
@@ -101,23 +136,20 @@ async fn burst(db: &Client, rounds: i32) {
 
 #[tokio::test]
 async fn redis_killed_and_restarted_with_or_without_its_data_ends_equal_to_the_source() {
-    let pg = pg();
-    let db = pg.fresh_db("godwit_cache_fault").await;
-    db.batch_execute(
-        "CREATE TABLE t (id int PRIMARY KEY, v int);
-         INSERT INTO t SELECT i, 0 FROM generate_series(1, 300) i;",
-    )
-    .await
-    .unwrap();
-    let mut redis = private_redis(PrivateOpts { appendonly: true }).await;
-    let url = redis.url();
-    let work = Work::new();
-    let path = work.pipeline(&pipeline(
+    let Setup {
+        db,
+        mut redis,
+        url,
+        work,
+        path,
+        ..
+    } = setup(
         "cache_fault",
-        &pg.url("godwit_cache_fault"),
-        &url,
+        300,
+        true,
         "url = \"file://{out}\"\ncdc_max_batch_interval = \"1s\"",
-    ));
+    )
+    .await;
     let log = work.path().join("run.log");
     let _run = Killed(work.spawn_run_logged(&path, &log));
     converges(&db, &url, "after the full load").await;
@@ -168,23 +200,14 @@ async fn redis_killed_and_restarted_with_or_without_its_data_ends_equal_to_the_s
 /// the state store, and after a SIGKILL the next run brings Redis back to the source.
 #[tokio::test]
 async fn a_cache_only_pipeline_writes_no_files_and_resumes_after_sigkill() {
-    let pg = pg();
-    let db = pg.fresh_db("godwit_cache_only").await;
-    db.batch_execute(
-        "CREATE TABLE t (id int PRIMARY KEY, v int);
-         INSERT INTO t SELECT i, 0 FROM generate_series(1, 300) i;",
-    )
-    .await
-    .unwrap();
-    let redis = private_redis(PrivateOpts { appendonly: false }).await;
-    let url = redis.url();
-    let work = Work::new();
-    let path = work.pipeline(&pipeline(
-        "cache_only",
-        &pg.url("godwit_cache_only"),
-        &url,
-        "url = \"none\"",
-    ));
+    let Setup {
+        db,
+        redis: _redis,
+        url,
+        work,
+        path,
+        ..
+    } = setup("cache_only", 300, false, "url = \"none\"").await;
     common::assert_ok(&work.godwit(&["run", path.to_str().unwrap(), "--once"], &[]));
     converges(&db, &url, "after the full load").await;
 
@@ -241,23 +264,20 @@ async fn a_cache_only_pipeline_writes_no_files_and_resumes_after_sigkill() {
 async fn a_reload_racing_updates_never_leaves_an_older_value() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    let pg = pg();
-    let db = pg.fresh_db("godwit_cache_race").await;
-    db.batch_execute(
-        "CREATE TABLE t (id int PRIMARY KEY, v int);
-         INSERT INTO t SELECT i, 0 FROM generate_series(1, 20000) i;",
-    )
-    .await
-    .unwrap();
-    let redis = private_redis(PrivateOpts { appendonly: false }).await;
-    let url = redis.url();
-    let work = Work::new();
-    let path = work.pipeline(&pipeline(
+    let Setup {
+        pg,
+        db,
+        redis: _redis,
+        url,
+        work,
+        path,
+    } = setup(
         "cache_race",
-        &pg.url("godwit_cache_race"),
-        &url,
+        20000,
+        false,
         "url = \"file://{out}\"\ncdc_max_batch_interval = \"1s\"",
-    ));
+    )
+    .await;
     let log = work.path().join("run.log");
     let _run = Killed(work.spawn_run_logged(&path, &log));
     converges(&db, &url, "after the full load").await;

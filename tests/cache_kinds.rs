@@ -40,6 +40,35 @@ url = "file://{{out}}"
     )
 }
 
+/// The key prefix of test database `name`, and the shared standalone Redis with none of its keys.
+async fn standalone_for(name: &str) -> (String, common::redis::TestRedis) {
+    let prefix = format!("{name}:");
+    let mut r = common::redis::standalone().await;
+    r.delete_matching(&format!("{prefix}*")).await;
+    (prefix, r)
+}
+
+/// A pipeline over `tables` of test database `name` into the shared standalone Redis, its keys
+/// under `<name>:`.
+fn standalone_pipeline(
+    work: &Work,
+    db_url: &str,
+    name: &str,
+    tables: &[&str],
+    projections: &str,
+) -> std::path::PathBuf {
+    work.pipeline(&pipeline(
+        name.trim_start_matches("godwit_"),
+        db_url,
+        tables,
+        &format!(
+            "url = \"{}\"\nkey_prefix = \"{name}:\"",
+            common::redis::standalone_url()
+        ),
+        projections,
+    ))
+}
+
 fn run_once(work: &Work, path: &Path) -> String {
     assert_ok(&work.godwit(&["run", path.to_str().unwrap(), "--once"], &[]))
 }
@@ -287,18 +316,13 @@ async fn ttl_and_ttl_column_set_the_expiry_of_keys_and_their_versions() {
     )
     .await
     .unwrap();
-    let prefix = format!("{name}:");
-    let mut r = common::redis::standalone().await;
-    r.delete_matching(&format!("{prefix}*")).await;
+    let (prefix, mut r) = standalone_for(name).await;
     let work = Work::new();
-    let path = work.pipeline(&pipeline(
-        "kinds_ttl",
+    let path = standalone_pipeline(
+        &work,
         &pg.url(name),
+        name,
         &["public.s"],
-        &format!(
-            "url = \"{}\"\nkey_prefix = \"{prefix}\"",
-            common::redis::standalone_url()
-        ),
         r#"[[cache.projections]]
 table = "public.s"
 type = "hash"
@@ -318,7 +342,7 @@ key = "j:{id}"
 fields = ["id", "v"]
 ttl_column = "exp"
 "#,
-    ));
+    );
 
     run_once(&work, &path);
     let all = ids(&db, "s").await;
@@ -378,9 +402,7 @@ async fn invalidate_leaves_keys_to_the_load_and_deletes_them_on_each_change() {
     )
     .await
     .unwrap();
-    let prefix = format!("{name}:");
-    let mut r = common::redis::standalone().await;
-    r.delete_matching(&format!("{prefix}*")).await;
+    let (prefix, mut r) = standalone_for(name).await;
     // The application's own cache entries, also for rows that do not exist yet.
     let all: Vec<i32> = (1..=40).collect();
     for id in &all {
@@ -392,14 +414,11 @@ async fn invalidate_leaves_keys_to_the_load_and_deletes_them_on_each_change() {
         .await;
     }
     let work = Work::new();
-    let path = work.pipeline(&pipeline(
-        "kinds_inv",
+    let path = standalone_pipeline(
+        &work,
         &pg.url(name),
+        name,
         &["public.t"],
-        &format!(
-            "url = \"{}\"\nkey_prefix = \"{prefix}\"",
-            common::redis::standalone_url()
-        ),
         r#"[[cache.projections]]
 table = "public.t"
 type = "invalidate"
@@ -410,7 +429,7 @@ type = "hash"
 key = "h:{id}"
 fields = ["v"]
 "#,
-    ));
+    );
 
     let inv = async |r: &mut TestRedis| -> BTreeMap<i32, String> {
         let mut out = BTreeMap::new();
@@ -571,14 +590,11 @@ async fn publish_sends_one_message_per_change_with_the_row() {
     };
 
     let work = Work::new();
-    let path = work.pipeline(&pipeline(
-        "kinds_pub",
+    let path = standalone_pipeline(
+        &work,
         &pg.url(name),
+        name,
         &["public.p"],
-        &format!(
-            "url = \"{}\"\nkey_prefix = \"{prefix}\"",
-            common::redis::standalone_url()
-        ),
         r#"[[cache.projections]]
 table = "public.p"
 type = "publish"
@@ -586,7 +602,7 @@ key = "p:{id}"
 channel = "chan:p"
 fields = ["id", "name", "amount", "at", "tags"]
 "#,
-    ));
+    );
     run_once(&work, &path);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
@@ -1054,18 +1070,13 @@ async fn a_hash_with_ttl_column_follows_the_column_to_null() {
     )
     .await
     .unwrap();
-    let prefix = format!("{name}:");
-    let mut r = common::redis::standalone().await;
-    r.delete_matching(&format!("{prefix}*")).await;
+    let (prefix, mut r) = standalone_for(name).await;
     let work = Work::new();
-    let path = work.pipeline(&pipeline(
-        "kinds_hnull",
+    let path = standalone_pipeline(
+        &work,
         &pg.url(name),
+        name,
         &["public.s"],
-        &format!(
-            "url = \"{}\"\nkey_prefix = \"{prefix}\"",
-            common::redis::standalone_url()
-        ),
         r#"[[cache.projections]]
 table = "public.s"
 type = "hash"
@@ -1073,7 +1084,7 @@ key = "h:{id}"
 fields = ["v"]
 ttl_column = "exp"
 "#,
-    ));
+    );
     run_once(&work, &path);
     db.batch_execute(
         "UPDATE s SET exp = NULL WHERE id % 2 = 0;

@@ -126,12 +126,15 @@ impl CacheTarget {
     ) -> Result<u64, Error> {
         let mut ran = 0;
         let mut start = 0;
-        let rows = |from: usize, to: usize| {
-            let part = batch.slice(from, to - from);
-            (part, images.map(|i| i.slice(from, to - from)))
-        };
-        for (row, mark) in truncates(batch, origin) {
-            let (part, part_images) = rows(start, row);
+        // The rows up to each TRUNCATE, the TRUNCATE, and the rows after the last.
+        let mut cuts: Vec<(usize, Option<Mark>)> = truncates(batch, origin)
+            .into_iter()
+            .map(|(row, mark)| (row, Some(mark)))
+            .collect();
+        cuts.push((batch.num_rows(), None));
+        for (end, truncate) in cuts {
+            let part = batch.slice(start, end - start);
+            let part_images = images.map(|i| i.slice(start, end - start));
             ran += self
                 .apply_rows(
                     projectors,
@@ -142,20 +145,11 @@ impl CacheTarget {
                     guarded,
                 )
                 .await?;
-            ran += self.truncate(projectors, mark).await?;
-            start = row + 1;
+            if let Some(mark) = truncate {
+                ran += self.truncate(projectors, mark).await?;
+            }
+            start = end + 1;
         }
-        let (part, part_images) = rows(start, batch.num_rows());
-        ran += self
-            .apply_rows(
-                projectors,
-                &part,
-                part_images.as_ref(),
-                origin,
-                table,
-                guarded,
-            )
-            .await?;
         Ok(ran)
     }
 
