@@ -210,6 +210,14 @@ async fn a_cache_only_pipeline_writes_no_files_and_resumes_after_sigkill() {
     } = setup("cache_only", 300, false, "url = \"none\"").await;
     common::assert_ok(&work.godwit(&["run", path.to_str().unwrap(), "--once"], &[]));
     converges(&db, &url, "after the full load").await;
+    // No file counts the rows: the load counts what it copied.
+    let status =
+        common::assert_ok(&work.godwit(&["status", path.to_str().unwrap(), "--json"], &[]));
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(
+        status["tables"]["public.t"]["full_load_rows"], 300,
+        "{status}"
+    );
 
     // Followed continuously, killed with SIGKILL in the middle of a burst.
     let log = work.path().join("run.log");

@@ -482,18 +482,25 @@ async fn load_one(ctx: Arc<Ctx>, plan: TablePlan, start: TableRecord) -> Result<
         None => {
             // Every file of the load, in segment order.
             let record = record_of(&ctx, &key).await;
-            let files: Vec<WrittenFile> = if record.segments.is_empty() {
-                loaded.iter().flat_map(|l| l.files.clone()).collect()
+            // Rows counted as copied: a cache-only pipeline writes no file to count them in.
+            let (files, copied): (Vec<WrittenFile>, u64) = if record.segments.is_empty() {
+                (
+                    loaded.iter().flat_map(|l| l.files.clone()).collect(),
+                    loaded.iter().map(|l| l.rows).sum(),
+                )
             } else {
-                record
-                    .segments
-                    .iter()
-                    .flat_map(|s| s.files.clone())
-                    .collect()
+                (
+                    record
+                        .segments
+                        .iter()
+                        .flat_map(|s| s.files.clone())
+                        .collect(),
+                    record.segments.iter().map(|s| s.rows).sum(),
+                )
             };
             match remove_stale_files(ctx.store.as_ref(), &plan.table.name, &files).await {
                 Ok(()) => match sweep_cache(&ctx, &key).await {
-                    Ok(()) => Ok(files),
+                    Ok(()) => Ok((files, copied)),
                     Err(e) => Err(TableFailure {
                         error: format!("removing old cache keys of {key}: {e}"),
                         remedy: "fix the cause and run the pipeline again".into(),
@@ -509,9 +516,13 @@ async fn load_one(ctx: Arc<Ctx>, plan: TablePlan, start: TableRecord) -> Result<
         }
     };
     match outcome {
-        Ok(files) => {
+        Ok((files, copied)) => {
             let bytes = files.iter().map(|f| f.bytes).sum();
-            let total_rows: u64 = files.iter().map(|f| f.rows).sum();
+            let total_rows: u64 = if ctx.pipeline.target.url == TargetUrl::None {
+                copied
+            } else {
+                files.iter().map(|f| f.rows).sum()
+            };
             let data_errors: u64 = loaded.iter().map(|l| l.data_errors).sum();
             let seconds = started.elapsed().as_secs_f64();
             ctx.update(&key, |r| {
