@@ -81,25 +81,36 @@ local ki, ai, refused = 1, 3, 0
 local function key() ki = ki + 1; return KEYS[ki - 1] end
 local function arg() ai = ai + 1; return ARGV[ai - 1] end
 
-while ai <= #ARGV do
-  local op, ver = arg(), arg()
+local nargs = #ARGV
+while ai <= nargs do
+  local op, ver = ARGV[ai], ARGV[ai + 1]
+  ai = ai + 2
   if op == 'H' then
     -- hash: KEYS key, tombstone; ARGV nset, field, value… (the last pair is the version field
-    -- and the version), ndel, field…, expire mode, value. Read in place: no tables built.
-    local k, t = key(), key()
+    -- and the version), ndel, field…, expire mode, value. The most frequent operation: read in
+    -- place, no tables built, the guard inlined.
+    local k, t = KEYS[ki], KEYS[ki + 1]
+    ki = ki + 2
     local nset = tonumber(ARGV[ai])
     local s = ai + 1
     ai = s + nset * 2
     local ndel = tonumber(ARGV[ai])
     local d = ai + 1
     ai = d + ndel
-    local mode, value = arg(), arg()
-    local ok, gone = allowed(ver, redis.call('HGET', k, vfield), t)
+    local mode, value = ARGV[ai], ARGV[ai + 1]
+    ai = ai + 2
+    local cur, gone, ok = redis.call('HGET', k, vfield), false, false
+    if cur then
+      ok = ver > cur
+    else
+      gone = redis.call('GET', t)
+      ok = (not gone) or ver > gone
+    end
     if ok then
       if gone then redis.call('DEL', t) end
       if ndel > 0 then redis.call('HDEL', k, unpack(ARGV, d, d + ndel - 1)) end
       redis.call('HSET', k, unpack(ARGV, s, s + nset * 2 - 1))
-      expire(k, mode, value)
+      if mode ~= '' then expire(k, mode, value) end
     else
       refused = refused + 1
     end
