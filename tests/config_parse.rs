@@ -8,7 +8,7 @@ use std::time::Duration;
 use godwit::config::{
     CdcMode, Compression, ConfigError, DataErrorPolicy, DatePartitioning, Format, Mode,
     NumericMode, Pipeline, ProjectionKind, Sse, StateUrl, TableErrorPolicy, TargetUrl, load,
-    parse_with_env, unsupported,
+    parse_with_env,
 };
 
 const FILE: &str = "pipelines/shop.toml";
@@ -164,8 +164,6 @@ fn minimal_file_gets_the_documented_defaults() {
     assert_eq!(s.partitions, 1);
     assert_eq!(s.cdc, CdcMode::All);
     assert_eq!(s.numeric, NumericMode::Decimal);
-
-    assert!(unsupported(&p).is_ok());
 }
 
 #[test]
@@ -1880,51 +1878,6 @@ fn error_display_format() {
     assert_eq!(e.to_string(), "f.toml: m");
     let as_dyn: &dyn std::error::Error = &e;
     assert_eq!(as_dyn.to_string(), "f.toml: m");
-}
-
-// ---------------------------------------------------------------------------------------------
-// unsupported()
-
-fn refused(text: &str) -> ConfigError {
-    let p = ok(text);
-    unsupported(&p).expect_err("expected the feature to be refused")
-}
-
-#[test]
-fn unsupported_features_are_refused_with_line_and_key() {
-    let cases: Vec<(String, usize, &str, &str)> = vec![(
-        with("[notify]\nsns_topic_arn = \"arn:aws:sns:eu-west-1:123456789012:ev\"\n"),
-        5,
-        "notify.sns_topic_arn",
-        "sns_topic_arn = \"arn:aws:sns:eu-west-1:123456789012:ev\" is not supported yet",
-    )];
-    let mut failures = Vec::new();
-    for (text, line, key, needle) in &cases {
-        let e = refused(text);
-        if e.line != Some(*line) || e.key.as_deref() != Some(*key) || !e.message.contains(needle) {
-            failures.push(format!("expected {line} {key} {needle:?}, got: {e}"));
-        }
-        if e.file != FILE || e.hint.is_none() {
-            failures.push(format!("file or hint missing: {e:?}"));
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
-
-#[test]
-fn supported_settings_pass_unsupported() {
-    for text in [
-        with("[tables.\"public.orders\"]\npartitions = 1\nwhere = \"id > 5\"\n"),
-        with(
-            "[target]\nurl = \"file:///srv/lake\"\nformat = \"parquet\"\ncompression = \"gzip\"\n",
-        ),
-        with("[notify]\nsns_topic_arn = \"\"\n[state]\nurl = \"file://./state\"\n"),
-        with("[target]\nurl = \"s3://shop-lake/x\"\n[state]\nurl = \"s3://shop-lake/state\"\n"),
-        format!("name = \"shop\"\nmode = \"full-load\"\n{}", &HEAD[14..]),
-    ] {
-        let p = ok(&text);
-        assert!(unsupported(&p).is_ok(), "refused:\n{text}");
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use tokio_postgres::Client;
 
-use crate::config::{self, CdcMode, Pipeline};
+use crate::config::{CdcMode, Pipeline};
 use crate::error::Error;
 use crate::pg::replication::{identity, row_filter, slot};
 use crate::task::plan::TablePlan;
@@ -73,9 +73,6 @@ pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
         tables: Vec::new(),
     };
     report.add("config", "ok", format!("{} is valid", p.file));
-    if let Err(e) = config::unsupported(&p) {
-        report.add("config", "error", e.to_string());
-    }
     if let Some(w) = crate::pg::connect::Source::from_url(p.source.url.expose())
         .ok()
         .and_then(|s| s.unverified_warning())
@@ -200,6 +197,10 @@ pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
             let _ = d.snapshot.release().await;
         }
         Err(e) => report.add("source", "error", e.to_string()),
+    }
+    if let Some(arn) = &p.notify.sns_topic_arn {
+        let (status, message) = crate::notify::sns::check_topic(arn).await;
+        report.add("sns", status, message);
     }
     match target_store(&p).await {
         Ok(store) => match store.probe().await {

@@ -34,9 +34,14 @@ pub async fn execute(path: &str, table: &str) -> Result<i32, Error> {
         .await
         .map_err(|e| Error::Runtime(e.to_string()))?;
     if let Ok(n) = Notifier::open(&p.name, &p.notify.events_file) {
+        if let Some(arn) = &p.notify.sns_topic_arn {
+            let client = crate::notify::sns::client(arn).await;
+            n.publish_to(crate::notify::sns::SnsPublisher::start(client, arn.clone()));
+        }
         n.emit(EventKind::TableReloadRequested {
             table: table.to_string(),
         });
+        n.close(crate::task::SNS_GRACE).await;
     }
     outln!(
         "{table}: reload queued; a running CDC run starts it within seconds, otherwise the next run does"

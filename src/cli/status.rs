@@ -81,6 +81,17 @@ pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
     if let Some(e) = &record.last_error {
         outln!("last error: {e}")?;
     }
+    if let Some(u) = &record.events_undelivered {
+        outln!(
+            "events not delivered to SNS by the end of the run: {} ({}){}; they are in the events file",
+            u.count,
+            u.events.join(", "),
+            u.last_error
+                .as_deref()
+                .map(|e| format!(", last error: {e}"))
+                .unwrap_or_default()
+        )?;
+    }
     if let Some(cdc) = &record.cdc {
         outln!(
             "slot {} (publications {}): confirmed {}{}",

@@ -1059,31 +1059,3 @@ fn state(
     };
     Ok(StateConfig { url })
 }
-
-/// Refuses settings whose feature this godwit version does not have yet (see [`super::unsupported`]).
-pub(crate) fn unsupported(p: &Pipeline) -> R<()> {
-    let refuse = |key: &str, value: &str, hint: &str| -> ConfigError {
-        let line = p
-            .spans
-            .line(key)
-            .or_else(|| key.rsplit_once('.').and_then(|(sec, _)| p.spans.line(sec)));
-        ConfigError::new(
-            p.file.clone(),
-            format!(
-                "{} = {value} is not supported yet by this godwit version",
-                key.rsplit_once('.').map_or(key, |(_, k)| k)
-            ),
-        )
-        .at_line(line)
-        .with_key(key)
-        .with_hint(hint)
-    };
-    if let Some(arn) = &p.notify.sns_topic_arn {
-        return Err(refuse(
-            "notify.sns_topic_arn",
-            &format!("\"{arn}\""),
-            "leave it empty for now: events still go to the events file and the log",
-        ));
-    }
-    Ok(())
-}

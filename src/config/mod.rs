@@ -7,8 +7,8 @@
 //! converts and checks each value, and maps spans to 1-based lines. Errors carry the dotted key path
 //! (`target.compression`, `tables."public.orders".partitions`, `cache.projections[1].score`). TOML
 //! syntax errors only have an offset: their key is recovered from the nearest `[header]` and the text
-//! before `=` on that line. The line of every key is kept in [`Pipeline::spans`] so later checks (and
-//! [`unsupported`]) can point at the file too.
+//! before `=` on that line. The line of every key is kept in [`Pipeline::spans`] so later checks can point
+//! at the file too.
 //!
 //! Interpolation: `${NAME}` (unset → error naming the variable), `${NAME:-default}` (unset or empty →
 //! default), and `$${` for a literal `${`. See [`interpolate`].
@@ -86,11 +86,4 @@ fn syntax_error(text: &str, file: &str, e: &toml::de::Error) -> ConfigError {
         .with_hint_opt(hint);
     err.key = key;
     err
-}
-
-/// Refuses settings whose feature this godwit version does not have yet: a mode other than
-/// `full-load`, an `s3://` target or state, `format = "csv"`, a `[cache]` section, an SNS topic, and
-/// per-table `partitions` > 1. The error names the line and key.
-pub fn unsupported(p: &Pipeline) -> Result<(), ConfigError> {
-    build::unsupported(p)
 }

@@ -1,5 +1,8 @@
-//! Events (SPEC §6): one typed model whose every emission is written to the events file and
-//! logged with structured fields, so logs and notifications never disagree.
+//! Events (SPEC §6): one typed model whose every emission is written to the events file,
+//! logged with structured fields and, with `[notify] sns_topic_arn`, published to SNS in the
+//! background (`sns.rs`), so logs and notifications never disagree.
+
+pub mod sns;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -15,6 +18,16 @@ pub enum Severity {
     Info,
     Warning,
     Error,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        }
+    }
 }
 
 /// Everything godwit tells the outside world about.
@@ -256,6 +269,16 @@ impl EventKind {
     }
 }
 
+/// What SNS did not take, as the task record keeps it (`None`: nothing is missing).
+pub fn undelivered(left: Option<sns::Undelivered>) -> Option<crate::state::UndeliveredEvents> {
+    let left = left.filter(|l| l.count > 0)?;
+    Some(crate::state::UndeliveredEvents {
+        count: left.count,
+        events: left.events,
+        last_error: left.last_error,
+    })
+}
+
 /// An event's details as one plain log value, `rows=5, files=1` (strings unquoted, nulls
 /// left out); `None` when there are none. The events file keeps them as JSON.
 fn plain_details(details: &serde_json::Value) -> Option<String> {
@@ -273,11 +296,13 @@ fn plain_details(details: &serde_json::Value) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(", "))
 }
 
-/// Emits events: one JSON line in the events file, one structured log line.
+/// Emits events: one JSON line in the events file, one structured log line, and an SNS message
+/// when a topic is set.
 pub struct Notifier {
     pipeline: String,
     file: Mutex<Option<File>>,
     path: PathBuf,
+    sns: Mutex<Option<sns::SnsPublisher>>,
 }
 
 impl Notifier {
@@ -291,7 +316,32 @@ impl Notifier {
             pipeline: pipeline.to_string(),
             file: Mutex::new(Some(file)),
             path: path.to_path_buf(),
+            sns: Mutex::new(None),
         })
+    }
+
+    /// Publishes every later event to SNS too.
+    pub fn publish_to(&self, publisher: sns::SnsPublisher) {
+        if let Ok(mut guard) = self.sns.lock() {
+            *guard = Some(publisher);
+        }
+    }
+
+    /// At the end of a run: gives SNS up to `within` to take what is queued, and says (log)
+    /// what it could not deliver. `None` without a topic.
+    pub async fn close(&self, within: std::time::Duration) -> Option<sns::Undelivered> {
+        let publisher = self.sns.lock().ok()?.take()?;
+        let left = publisher.finish(within).await;
+        if left.count > 0 {
+            tracing::error!(
+                undelivered = left.count,
+                events = %left.events.join(", "),
+                error = left.last_error.as_deref().unwrap_or(""),
+                "{} events could not be delivered to SNS before the run ended (they are in the events file)",
+                left.count
+            );
+        }
+        Some(left)
     }
 
     /// Emits one event. Never fails: a write problem is logged, the data path goes on.
@@ -321,6 +371,11 @@ impl Notifier {
                 "{}",
                 event.message
             ),
+        }
+        if let Ok(guard) = self.sns.lock()
+            && let Some(publisher) = guard.as_ref()
+        {
+            publisher.publish(&event);
         }
         if let Ok(mut guard) = self.file.lock()
             && let Some(f) = guard.as_mut()

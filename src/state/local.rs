@@ -230,6 +230,7 @@ mod tests {
             last_error: None,
             tables: Default::default(),
             cdc: None,
+            events_undelivered: None,
         }
     }
 

@@ -200,6 +200,18 @@ pub struct TaskRecord {
     /// CDC modes only.
     #[serde(default)]
     pub cdc: Option<CdcRecord>,
+    /// Events SNS had not taken when the run ended (with `[notify] sns_topic_arn`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_undelivered: Option<UndeliveredEvents>,
+}
+
+/// Events a run could not deliver to SNS (they are in the events file and the log).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UndeliveredEvents {
+    pub count: u64,
+    /// `event_type@time` of the first ones.
+    pub events: Vec<String>,
+    pub last_error: Option<String>,
 }
 
 /// Errors of the state store.

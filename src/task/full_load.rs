@@ -169,21 +169,24 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, Error> {
     .into();
     record.stopped_at = Some(now());
     record.last_error = outcome.fatal.clone();
+    notifier.emit(match &outcome.fatal {
+        Some(error) => EventKind::TaskFailed {
+            error: error.clone(),
+        },
+        None => EventKind::TaskStopped {
+            seconds: outcome.seconds,
+            tables_in_error: outcome.summary.tables_in_error,
+        },
+    });
+    record.events_undelivered = crate::notify::undelivered(notifier.close(super::SNS_GRACE).await);
     if let Err(e) = state.save(&record).await {
         tracing::error!("cannot save the task state: {e}");
     }
     lease.release().await;
-    if let Some(error) = outcome.fatal {
-        notifier.emit(EventKind::TaskFailed {
-            error: error.clone(),
-        });
-        return Err(Error::Runtime(error));
+    match outcome.fatal {
+        Some(error) => Err(Error::Runtime(error)),
+        None => Ok(outcome.summary),
     }
-    notifier.emit(EventKind::TaskStopped {
-        seconds: outcome.seconds,
-        tables_in_error: outcome.summary.tables_in_error,
-    });
-    Ok(outcome.summary)
 }
 
 /// A fresh task record for a load of `plans`, keeping what `resumable` completed.
@@ -206,6 +209,7 @@ pub(crate) fn new_record(
             .map(|pl| (pl.key(), initial_record(pl, resumable.get(&pl.key()))))
             .collect(),
         cdc: None,
+        events_undelivered: None,
     }
 }
 

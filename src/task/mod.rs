@@ -134,11 +134,13 @@ pub struct Started {
     pub cache: Option<Arc<CacheTarget>>,
 }
 
+/// How long the end of a run waits for SNS to take the events still queued.
+pub const SNS_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Start-up shared by every mode: stores, discovery, the lease, clean-up of what an
-/// interrupted run left, the previous record and the events file. Failures before the lease
-/// are start-up failures (exit 2).
+/// interrupted run left, the previous record, the events file and the SNS publisher. Failures
+/// before the lease are start-up failures (exit 2).
 pub async fn start(p: &Pipeline) -> Result<Started, Error> {
-    crate::config::unsupported(p)?;
     if let Some(w) = Source::from_url(p.source.url.expose())
         .ok()
         .and_then(|s| s.unverified_warning())
@@ -195,6 +197,10 @@ pub async fn start(p: &Pipeline) -> Result<Started, Error> {
             )));
         }
     };
+    if let Some(arn) = &p.notify.sns_topic_arn {
+        let client = crate::notify::sns::client(arn).await;
+        notifier.publish_to(crate::notify::sns::SnsPublisher::start(client, arn.clone()));
+    }
     Ok(Started {
         store,
         state: Arc::new(state),

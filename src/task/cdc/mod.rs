@@ -110,18 +110,22 @@ pub async fn run(p: &Pipeline, opts: CdcOptions) -> Result<RunSummary, Error> {
     .await;
     let outcome = match result {
         Ok(summary) => {
-            task.finish("stopped", None).await;
             notifier.emit(EventKind::TaskStopped {
                 seconds: summary.1,
                 tables_in_error: summary.0.tables_in_error,
             });
+            task.record.events_undelivered =
+                crate::notify::undelivered(notifier.close(crate::task::SNS_GRACE).await);
+            task.finish("stopped", None).await;
             Ok(summary.0)
         }
         Err(e) => {
-            task.finish("failed", Some(e.to_string())).await;
             notifier.emit(EventKind::TaskFailed {
                 error: e.to_string(),
             });
+            task.record.events_undelivered =
+                crate::notify::undelivered(notifier.close(crate::task::SNS_GRACE).await);
+            task.finish("failed", Some(e.to_string())).await;
             Err(e)
         }
     };
@@ -205,6 +209,7 @@ fn empty_record(p: &Pipeline) -> TaskRecord {
         last_error: None,
         tables: BTreeMap::new(),
         cdc: None,
+        events_undelivered: None,
     }
 }
 
