@@ -142,31 +142,6 @@ fn missing_variable_is_named_and_nothing_is_written() {
     );
 }
 
-#[test]
-fn not_yet_supported_settings_are_refused_not_ignored() {
-    let cases = [(
-        "[notify]\nsns_topic_arn = \"arn:aws:sns:us-east-1:123456789012:t\"\n",
-        "sns_topic_arn",
-    )];
-    for (extra, key) in cases {
-        let work = Work::new();
-        let text_ =
-            base("postgres://u:pw@127.0.0.1:1/db", "").replace("mode = \"full-load\"\n", "");
-        let text_ = if extra.starts_with("mode") {
-            text_.replacen("[source]", &format!("{extra}[source]"), 1)
-        } else {
-            format!("{text_}{extra}")
-        };
-        let path = work.pipeline(&text_);
-        assert_config_error(
-            &work,
-            &["run", path.to_str().unwrap()],
-            &["not supported yet", key],
-            Some(":pw@"),
-        );
-    }
-}
-
 #[tokio::test]
 async fn unreachable_wrong_password_and_no_match_exit_2_without_secrets() {
     let pg = pg();
