@@ -53,6 +53,15 @@ impl Expire {
     }
 }
 
+/// The keys a guarded `string`/`json` write names: the key, its version key, its tombstone.
+fn value_keys(key: &[u8], companions: &Companions) -> [Vec<u8>; 3] {
+    let mut vkey = Vec::new();
+    companions.name(Companion::Version, key, None, &mut vkey);
+    let mut tomb = Vec::new();
+    companions.name(Companion::Tombstone, key, None, &mut tomb);
+    [key.to_vec(), vkey, tomb]
+}
+
 /// Byte strings stored end to end (one allocation for many arguments).
 #[derive(Default)]
 struct Strings {
@@ -223,13 +232,10 @@ impl Ops {
             self.plain(key, set);
             return;
         }
-        let mut vkey = Vec::new();
-        companions.name(Companion::Version, key, None, &mut vkey);
-        let mut tomb = Vec::new();
-        companions.name(Companion::Tombstone, key, None, &mut tomb);
         let [mode, exp] = expire.script_args();
+        let keys = value_keys(key, companions);
         let c = self.call(key);
-        c.keys.extend([key.to_vec(), vkey, tomb]);
+        c.keys.extend(keys);
         c.args
             .extend([b"S".to_vec(), ver.to_vec(), value, mode, exp]);
     }
@@ -245,13 +251,10 @@ impl Ops {
         companions: &Companions,
     ) {
         self.operations += 1;
-        let mut vkey = Vec::new();
-        companions.name(Companion::Version, key, None, &mut vkey);
-        let mut tomb = Vec::new();
-        companions.name(Companion::Tombstone, key, None, &mut tomb);
         let [mode, exp] = expire.script_args();
+        let keys = value_keys(key, companions);
         let c = self.call(key);
-        c.keys.extend([key.to_vec(), vkey, tomb]);
+        c.keys.extend(keys);
         c.args.extend([
             b"J".to_vec(),
             ver.to_vec(),

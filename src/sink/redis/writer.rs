@@ -407,14 +407,14 @@ impl CacheTarget {
     /// slot is on that primary.
     async fn markers(&self) -> Result<Vec<Vec<u8>>, Error> {
         let pipeline = self.pipeline.as_str();
+        if self.redis.grouping() == super::conn::Grouping::ByLane {
+            return Ok(vec![format!("{}{{{pipeline}}}", self.marker).into_bytes()]);
+        }
         let ranges = self
             .redis
             .primary_slot_ranges()
             .await
             .map_err(|e| failed("reading the cluster's slots", e))?;
-        if self.redis.grouping() == super::conn::Grouping::ByLane {
-            return Ok(vec![format!("{}{{{pipeline}}}", self.marker).into_bytes()]);
-        }
         Ok(ranges
             .iter()
             .filter_map(|owned| {
@@ -432,11 +432,14 @@ impl CacheTarget {
 
     /// The version of each of `tables` every marker holds (the lowest; `None` when one lacks
     /// it): one `HMGET` per marker.
-    async fn applied(&self, tables: &[&str]) -> Result<Vec<Option<Mark>>, Error> {
+    async fn applied(
+        &self,
+        markers: &[Vec<u8>],
+        tables: &[&str],
+    ) -> Result<Vec<Option<Mark>>, Error> {
         if tables.is_empty() {
             return Ok(Vec::new());
         }
-        let markers = self.markers().await?;
         let cmds = markers
             .iter()
             .map(|m| {
@@ -468,8 +471,11 @@ impl CacheTarget {
     }
 
     /// Records `applied` (table, version) in every marker.
-    async fn mark_applied(&self, applied: &HashMap<String, Mark>) -> Result<(), Error> {
-        let markers = self.markers().await?;
+    async fn mark_applied(
+        &self,
+        markers: &[Vec<u8>],
+        applied: &HashMap<String, Mark>,
+    ) -> Result<(), Error> {
         let cmds = markers
             .iter()
             .map(|m| {
@@ -615,7 +621,13 @@ impl ChangeSink for CacheChanges {
             // Nothing of it goes to the cache: it holds whatever the files hold.
             return Ok(record.and_then(|r| r.mark).max(recorded));
         }
-        let applied = self.target.applied(&[&table]).await?.pop().flatten();
+        let markers = self.target.markers().await?;
+        let applied = self
+            .target
+            .applied(&markers, &[&table])
+            .await?
+            .pop()
+            .flatten();
         if recorded.is_some() && applied < recorded {
             tracing::warn!(table = %table, "the cache lost writes it had acknowledged (its applied position is behind the checkpoint): the table is warmed again");
             self.lost.push(table);
@@ -695,14 +707,16 @@ impl ChangeSink for CacheChanges {
             .map(|(table, mark)| (table.as_str(), *mark))
             .collect();
         let names: Vec<&str> = checked.iter().map(|(t, _)| *t).collect();
-        let now = self.target.applied(&names).await?;
+        // The markers' keys once per flush (on a cluster they come from its slot map).
+        let markers = self.target.markers().await?;
+        let now = self.target.applied(&markers, &names).await?;
         for ((table, mark), at) in checked.iter().zip(now) {
             if at < Some(*mark) {
                 tracing::warn!(table = %table, "the cache lost writes it had acknowledged (its applied position went back): the table is warmed again");
                 self.lost.push(table.to_string());
             }
         }
-        self.target.mark_applied(&self.applied).await?;
+        self.target.mark_applied(&markers, &self.applied).await?;
         self.marked
             .extend(self.applied.iter().map(|(t, m)| (t.clone(), *m)));
         Ok(self.applied.drain().collect())
