@@ -168,6 +168,31 @@ pub async fn lsn_now(db: &Client) -> i64 {
     .get(0)
 }
 
+/// Waits until the WAL is flushed to disk past every commit made so far, so a logical slot
+/// (which shows only flushed WAL) holds them all; the private cluster commits asynchronously.
+pub async fn wait_wal_flushed(db: &Client) {
+    let target = lsn_now(db).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let flushed: i64 = db
+            .query_one(
+                "SELECT (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::int8",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if flushed >= target {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WAL was not flushed past {target} within 30 s (flushed {flushed})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// The slot's `confirmed_flush_lsn` (0 while it has none or does not exist).
 pub async fn slot_lsn(db: &Client, slot: &str) -> i64 {
     db.query_opt(
