@@ -1550,10 +1550,10 @@ fn notify_limits_errors_state_invalid() {
             "unknown key `topic` in [notify]",
         ),
         (
-            with("[limits]\nmemory = \"32MiB\"\n"),
+            with("[limits]\nmemory = \"8MiB\"\n"),
             5,
             "limits.memory",
-            "at least 64MiB",
+            "at least 16MiB",
         ),
         (
             with("[limits]\nmemory = \"a lot\"\n"),

@@ -232,6 +232,7 @@ impl Builder {
     pub fn append(&mut self, row: &Row) -> Result<(), BadValue> {
         self.append_row(row)?;
         if let Some(b) = self.before.as_mut() {
+            let held = b.bytes;
             let image = match (row.op, row.old) {
                 (Op::Update, Some(old)) => b
                     .append_row(&Row {
@@ -247,6 +248,8 @@ impl Builder {
             if !image {
                 b.append_empty();
             }
+            // Before images are buffered memory too.
+            self.bytes += b.bytes - held;
         }
         Ok(())
     }
@@ -402,14 +405,15 @@ pub struct Changes {
 }
 
 impl TableBuffer {
-    /// Appends a row under `folder`, cutting batches at `batch_rows`. A bad row is not
-    /// counted and leaves no trace: no rows, no bytes, no group of its own, no file LSN.
+    /// Appends a row under `folder`, cutting batches at `batch_rows` rows or `batch_bytes`
+    /// bytes. A bad row is not counted and leaves no trace: no rows, no bytes, no group of its
+    /// own, no file LSN.
     pub fn push(
         &mut self,
         layout: &Arc<Layout>,
         folder: &str,
         row: &Row,
-        batch_rows: usize,
+        (batch_rows, batch_bytes): (usize, usize),
     ) -> Result<Result<(), BadValue>, ArrowError> {
         let fits = self.groups.last().is_some_and(|g| {
             g.folder == folder && g.builder.layout.generation == layout.generation
@@ -435,7 +439,7 @@ impl TableBuffer {
         g.last = row.mark;
         self.bytes += g.builder.bytes - before;
         self.rows += 1;
-        if g.builder.rows >= batch_rows {
+        if g.builder.rows >= batch_rows || g.builder.bytes >= batch_bytes {
             let (b, before) = g.builder.finish_with_before()?;
             g.batches.push(b);
             g.before.extend(before);

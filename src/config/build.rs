@@ -990,7 +990,7 @@ fn limits(ctx: &mut Ctx<'_>, sec: Option<&Section<'_, '_>>) -> R<Limits> {
     };
     sec.check_keys(ctx, LIMITS_KEYS)?;
     if let Some(it) = sec.get("memory") {
-        l.memory = it.size(ctx, 64 * MIB, "64MiB")?;
+        l.memory = it.size(ctx, 16 * MIB, "16MiB")?;
     }
     if let Some(it) = sec.get("spill_dir")
         && let Some(p) = it.opt_string(ctx)?

@@ -465,7 +465,7 @@ pub struct Notify {
 /// `[limits]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Default 1 GiB, at least 64 MiB.
+    /// Default 1 GiB, at least 16 MiB.
     pub memory: u64,
     /// Default `${TMPDIR:-/tmp}/godwit`.
     pub spill_dir: PathBuf,

@@ -86,6 +86,20 @@ pub enum EventKind {
         reason: String,
         remedy: String,
     },
+    /// The memory budget was exceeded; `action` says what godwit did about it.
+    MemoryPressure {
+        limit_bytes: u64,
+        buffered_bytes: u64,
+        spilled_bytes: u64,
+        action: String,
+    },
+    /// Back under three quarters of the budget after `seconds` of pressure.
+    MemoryRecovered {
+        limit_bytes: u64,
+        buffered_bytes: u64,
+        spilled_bytes: u64,
+        seconds: f64,
+    },
 }
 
 /// A partition whose rows changed without a change record in the stream: PostgreSQL does not
@@ -229,6 +243,40 @@ impl EventKind {
                 format!("a fresh full load of {table} was requested"),
                 Some("DMS-EVENT-0081"),
                 json!({}),
+            ),
+            EventKind::MemoryPressure {
+                limit_bytes,
+                buffered_bytes,
+                spilled_bytes,
+                action,
+            } => (
+                "memory.pressure",
+                Severity::Warning,
+                None,
+                format!(
+                    "memory budget of {limit_bytes} bytes exceeded ({buffered_bytes} buffered, \
+                     {spilled_bytes} spilled): {action}"
+                ),
+                Some("DMS-EVENT-0091"),
+                json!({"limit_bytes": limit_bytes, "buffered_bytes": buffered_bytes,
+                       "spilled_bytes": spilled_bytes, "action": action}),
+            ),
+            EventKind::MemoryRecovered {
+                limit_bytes,
+                buffered_bytes,
+                spilled_bytes,
+                seconds,
+            } => (
+                "memory.recovered",
+                Severity::Info,
+                None,
+                format!(
+                    "back under the memory budget of {limit_bytes} bytes after {seconds:.1}s \
+                     ({buffered_bytes} buffered, {spilled_bytes} spilled)"
+                ),
+                Some("DMS-EVENT-0093"),
+                json!({"limit_bytes": limit_bytes, "buffered_bytes": buffered_bytes,
+                       "spilled_bytes": spilled_bytes, "seconds": seconds}),
             ),
             EventKind::CdcLag {
                 seconds,

@@ -1,6 +1,7 @@
 //! Full load: `COPY (SELECT …) TO STDOUT (FORMAT binary)` decoded straight into Arrow
 //! builders, cut into `RecordBatch`es by rows and bytes. No row objects in between.
 
+use crate::batch::budget::{self, Reservation};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -329,12 +330,17 @@ fn be_i32(b: &[u8]) -> i32 {
     i32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
+/// A batch on its way to the encoder, with the bytes it holds against the memory budget
+/// (given back when the batch is dropped after encoding).
+pub type HeldBatch = (RecordBatch, Reservation);
+
 /// Runs the COPY on `client` and sends every batch to `tx`. `on_error` decides what a bad
 /// row does: `Ok` skips it, `Err` aborts the table. `rows` counts rows as they are read.
+/// While the memory budget is full, reading waits (back-pressure into the COPY stream).
 pub async fn run_copy(
     client: &tokio_postgres::Client,
     spec: CopySpec,
-    tx: mpsc::Sender<RecordBatch>,
+    tx: mpsc::Sender<HeldBatch>,
     rows: &AtomicU64,
     on_error: &mut (dyn FnMut(RowError) -> Result<(), String> + Send),
 ) -> Result<u64, CopyError> {
@@ -361,14 +367,22 @@ pub async fn run_copy(
 
 async fn drain(
     out: &mut Decoded,
-    tx: &mpsc::Sender<RecordBatch>,
+    tx: &mpsc::Sender<HeldBatch>,
     on_error: &mut (dyn FnMut(RowError) -> Result<(), String> + Send),
 ) -> Result<(), CopyError> {
     for e in out.errors.drain(..) {
         on_error(e).map_err(CopyError::Aborted)?;
     }
     for batch in out.batches.drain(..) {
-        tx.send(batch).await.map_err(|_| CopyError::Closed)?;
+        let held = budget::global()
+            .reserve(
+                batch.get_array_memory_size() as u64,
+                "reading paused: COPY waits until batches are encoded",
+            )
+            .await;
+        tx.send((batch, held))
+            .await
+            .map_err(|_| CopyError::Closed)?;
     }
     Ok(())
 }

@@ -143,6 +143,11 @@ pub trait ChangeSink: Send {
 
     /// Forgets what was taken and is not durable (the stream sends it again).
     fn reset(&mut self);
+    /// Moves every batch it holds in memory to spill files (the memory budget is exceeded);
+    /// returns the bytes moved. A sink that holds nothing between hand-offs moves nothing.
+    fn spill(&mut self) -> Result<u64, Error> {
+        Ok(0)
+    }
 
     /// What this sink wrote so far in this run.
     fn written(&self) -> Written;

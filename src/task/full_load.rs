@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use arrow::record_batch::RecordBatch;
 use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
@@ -22,7 +21,7 @@ use crate::error::Error;
 use crate::notify::{EventKind, Notifier};
 use crate::pg::catalog::TableName;
 use crate::pg::connect::{Source, describe_error};
-use crate::pg::copy::{CopyError, RowError, run_copy};
+use crate::pg::copy::{CopyError, HeldBatch, RowError, run_copy};
 use crate::pg::import_snapshot;
 use crate::sink::files::csv::CsvOptions;
 use crate::sink::files::writer::{
@@ -299,8 +298,12 @@ pub(crate) async fn load(
         cache_guarded,
         progress: Progress::new(opts.progress),
         permits: Arc::new(Semaphore::new(p.load.parallel)),
-        batch_bytes: (p.load.batch_bytes / writers as u64).max(4 << 20),
-        row_group_bytes: (p.target.row_group_bytes as usize / writers).max(16 << 20),
+        batch_bytes: (p.load.batch_bytes / writers as u64)
+            .max(4 << 20)
+            .min(p.limits.memory / 16),
+        row_group_bytes: (p.target.row_group_bytes as usize / writers)
+            .max(16 << 20)
+            .min(p.limits.memory as usize / 4 / writers),
         load_time: chrono::Utc::now().timestamp_micros(),
     });
     let tables = plans.len();
@@ -642,7 +645,7 @@ async fn load_table(
         settings,
         ctx.load_time,
     );
-    let (tx, mut rx) = mpsc::channel::<RecordBatch>(1);
+    let (tx, mut rx) = mpsc::channel::<HeldBatch>(1);
     let commit = Arc::new(AtomicBool::new(false));
     let commit_seen = commit.clone();
     // A cache-only pipeline encodes no file: the batches only warm the cache.
@@ -652,7 +655,8 @@ async fn load_table(
             while rx.blocking_recv().is_some() {}
             return Ok(Vec::new());
         }
-        while let Some(batch) = rx.blocking_recv() {
+        // A batch's bytes go back to the budget once it is encoded.
+        while let Some((batch, _held)) = rx.blocking_recv() {
             if let Err(e) = writer.write(&batch) {
                 writer.abort();
                 return Err(e);
@@ -714,12 +718,12 @@ async fn load_table(
     let (copy_tx, warming) = match warm {
         None => (tx.clone(), None),
         Some(mut warm) => {
-            let (warm_tx, mut warm_rx) = mpsc::channel::<RecordBatch>(1);
+            let (warm_tx, mut warm_rx) = mpsc::channel::<HeldBatch>(1);
             let files = tx.clone();
             let task = tokio::spawn(async move {
-                while let Some(batch) = warm_rx.recv().await {
+                while let Some((batch, held)) = warm_rx.recv().await {
                     warm.write(&batch).await?;
-                    if files.send(batch).await.is_err() {
+                    if files.send((batch, held)).await.is_err() {
                         break;
                     }
                 }

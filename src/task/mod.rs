@@ -147,6 +147,7 @@ pub async fn start(p: &Pipeline) -> Result<Started, Error> {
     {
         tracing::warn!("{w}");
     }
+    let budget = crate::batch::budget::install(p.limits.memory);
     let store = target_store(p).await?;
     let state = state_store(p).await?;
     let discovered = discover(p).await?;
@@ -201,11 +202,21 @@ pub async fn start(p: &Pipeline) -> Result<Started, Error> {
         let client = crate::notify::sns::client(arn).await;
         notifier.publish_to(crate::notify::sns::SnsPublisher::start(client, arn.clone()));
     }
+    let notifier = Arc::new(notifier);
+    budget.notify_to(notifier.clone());
+    // Spill files a crashed run left: their changes come again from the slot.
+    let spill = crate::batch::spill::folder(&p.limits.spill_dir, &p.name);
+    match crate::batch::spill::remove_leftovers(&spill) {
+        0 => {}
+        n => {
+            tracing::info!(spill_dir = %spill.display(), "removed {n} spill files an interrupted run left")
+        }
+    }
     Ok(Started {
         store,
         state: Arc::new(state),
         lease,
-        notifier: Arc::new(notifier),
+        notifier,
         previous,
         discovered,
         cache,

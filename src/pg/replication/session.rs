@@ -116,7 +116,14 @@ fn config(endpoint: &Endpoint, slot: &str, publications: &[String]) -> Replicati
     // which closing the session waits for) reaches the server at once, at ten small
     // messages a second at most.
     .with_status_interval(Duration::from_millis(100))
-    .with_buffer_size(4096)
+    .with_buffer_size(read_ahead(crate::batch::budget::global().limit()))
+}
+
+/// How many stream messages the session reads ahead of the apply loop: they are held outside
+/// the budget, so a small budget reads less ahead (a message is assumed to be up to 256 KiB;
+/// from 16 to 4096 messages).
+fn read_ahead(budget: u64) -> usize {
+    (budget / (256 << 10)).clamp(16, 4096) as usize
 }
 
 fn err(endpoint: &Endpoint, message: impl std::fmt::Display) -> SessionError {

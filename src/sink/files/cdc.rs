@@ -4,16 +4,19 @@
 //! checkpoint.
 
 use std::io::Read;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Int64Type, SchemaRef};
+use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::writer::{FileFormat, WriteError, WrittenFile, complete, open_encoder};
 use super::{ObjectStore, layout};
+use crate::batch::spill::SpillFile;
 use crate::error::Error;
 use crate::pg::catalog::TableName;
 use crate::pg::lsn::Lsn;
@@ -28,6 +31,9 @@ struct Pending {
     schema: SchemaRef,
     first: Mark,
     last: Mark,
+    /// The earlier batches, when the memory budget moved them to disk.
+    spilled: Option<SpillFile>,
+    /// The later batches, in memory.
     batches: Vec<RecordBatch>,
     /// The object key, once the flush named it (its intent).
     key: Option<String>,
@@ -37,6 +43,8 @@ struct Pending {
 pub struct CdcFiles {
     store: Arc<dyn ObjectStore>,
     format: FileFormat,
+    /// This pipeline's spill folder.
+    spill_dir: PathBuf,
     /// Taken changes, one entry per coming file.
     pending: Vec<Pending>,
     /// The time in the last file name: names are unique and in order even within a millisecond.
@@ -45,10 +53,11 @@ pub struct CdcFiles {
 }
 
 impl CdcFiles {
-    pub fn new(store: Arc<dyn ObjectStore>, format: FileFormat) -> CdcFiles {
+    pub fn new(store: Arc<dyn ObjectStore>, format: FileFormat, spill_dir: PathBuf) -> CdcFiles {
         CdcFiles {
             store,
             format,
+            spill_dir,
             pending: Vec::new(),
             last_file_ms: 0,
             written: Written::default(),
@@ -100,6 +109,7 @@ impl ChangeSink for CdcFiles {
                     schema: ch.schema.clone(),
                     first: ch.first,
                     last: ch.last,
+                    spilled: None,
                     batches: ch.batches.clone(),
                     key: None,
                 }),
@@ -138,22 +148,30 @@ impl ChangeSink for CdcFiles {
         let format = self.format.clone();
         let written = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
-            for p in work {
+            for mut p in work {
                 let key = p.key.clone().unwrap_or_default();
-                // Many small hand-offs make one batch, so the encoder sees few large ones.
-                let batches = if p.batches.len() > 1 {
-                    let all =
-                        arrow::compute::concat_batches(&p.schema, &p.batches).map_err(|e| {
-                            WriteError::Encode {
-                                key: key.clone(),
-                                message: e.to_string(),
-                            }
-                        })?;
-                    vec![all]
-                } else {
-                    p.batches.clone()
+                let fail = |message: String| WriteError::Encode {
+                    key: key.clone(),
+                    message,
                 };
-                let file = write_file(store.as_ref(), &key, p.schema.clone(), &format, &batches)?;
+                // Many small hand-offs make larger batches, so the encoder sees few large ones.
+                let in_memory = Coalesce {
+                    schema: p.schema.clone(),
+                    batches: std::mem::take(&mut p.batches).into(),
+                };
+                // What was spilled comes first, read back one batch at a time.
+                let spilled: Box<dyn Iterator<Item = Result<RecordBatch, WriteError>>> =
+                    match p.spilled.as_mut() {
+                        Some(f) => Box::new(
+                            f.read()
+                                .map_err(|e| fail(e.to_string()))?
+                                .map(|b| b.map_err(|e| fail(e.to_string()))),
+                        ),
+                        None => Box::new(std::iter::empty()),
+                    };
+                let batches = spilled.chain(in_memory.map(|b| b.map_err(|e| fail(e.to_string()))));
+                let file = write_file(store.as_ref(), &key, p.schema.clone(), &format, batches)?;
+                // The spill file goes with its pending rows, now written.
                 out.push((p, file));
             }
             Ok::<_, WriteError>(out)
@@ -183,8 +201,59 @@ impl ChangeSink for CdcFiles {
         self.pending.clear();
     }
 
+    fn spill(&mut self) -> Result<u64, Error> {
+        let mut moved = 0;
+        for p in &mut self.pending {
+            if p.batches.is_empty() {
+                continue;
+            }
+            if p.spilled.is_none() {
+                p.spilled = Some(
+                    SpillFile::create(&self.spill_dir, p.schema.clone())
+                        .map_err(|e| Error::Runtime(e.to_string()))?,
+                );
+            }
+            let file = p.spilled.as_mut().expect("just created");
+            for b in p.batches.drain(..) {
+                file.append(&b).map_err(|e| Error::Runtime(e.to_string()))?;
+                moved += b.get_array_memory_size() as u64;
+            }
+        }
+        Ok(moved)
+    }
+
     fn written(&self) -> Written {
         self.written
+    }
+}
+
+/// Consecutive small batches joined into batches of up to 8 MiB, one at a time (each run is
+/// let go once joined, so joining holds at most 8 MiB more).
+struct Coalesce {
+    schema: SchemaRef,
+    batches: std::collections::VecDeque<RecordBatch>,
+}
+
+impl Iterator for Coalesce {
+    type Item = Result<RecordBatch, ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        const JOINED: usize = 8 << 20;
+        let first = self.batches.pop_front()?;
+        let mut bytes = first.get_array_memory_size();
+        let mut run = vec![first];
+        while let Some(b) = self.batches.front() {
+            let more = b.get_array_memory_size();
+            if bytes + more > JOINED {
+                break;
+            }
+            bytes += more;
+            run.extend(self.batches.pop_front());
+        }
+        Some(match run.len() {
+            1 => Ok(run.pop().expect("one batch")),
+            _ => arrow::compute::concat_batches(&self.schema, &run),
+        })
     }
 }
 
@@ -194,13 +263,22 @@ pub fn write_file(
     key: &str,
     schema: SchemaRef,
     format: &FileFormat,
-    batches: &[RecordBatch],
+    batches: impl IntoIterator<Item = Result<RecordBatch, WriteError>>,
 ) -> Result<WrittenFile, WriteError> {
     let mut encoder = open_encoder(store, key, schema, format)?;
     let mut rows = 0u64;
     for batch in batches {
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                if let Ok(w) = encoder.finish() {
+                    w.abort();
+                }
+                return Err(e);
+            }
+        };
         let bytes = batch.get_array_memory_size();
-        if let Err(message) = encoder.write(batch, bytes) {
+        if let Err(message) = encoder.write(&batch, bytes) {
             if let Ok(w) = encoder.finish() {
                 w.abort();
             }

@@ -9,6 +9,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 use super::ObjectWriter;
 use super::writer::{Codec, FileEncoder};
+use crate::batch::budget::{self, Reservation};
 
 /// One Parquet file being written into an object.
 pub struct ParquetEncoder {
@@ -16,6 +17,8 @@ pub struct ParquetEncoder {
     row_group_bytes: usize,
     /// Arrow bytes written into the row group in progress.
     row_group_input: usize,
+    /// The row group in progress, held against the memory budget.
+    held: Reservation,
 }
 
 impl ParquetEncoder {
@@ -31,6 +34,7 @@ impl ParquetEncoder {
             writer,
             row_group_bytes,
             row_group_input: 0,
+            held: budget::global().take(0),
         })
     }
 }
@@ -39,12 +43,20 @@ impl FileEncoder for ParquetEncoder {
     fn write(&mut self, batch: &RecordBatch, input_bytes: usize) -> Result<(), String> {
         self.writer.write(batch).map_err(|e| e.to_string())?;
         self.row_group_input += input_bytes;
-        if self.row_group_input >= self.row_group_bytes
-            || self.writer.in_progress_size() >= self.row_group_bytes
-        {
+        let full = self.row_group_input >= self.row_group_bytes
+            || self.writer.in_progress_size() >= self.row_group_bytes;
+        // The row group grows only while the budget has room: otherwise it is cut early.
+        let memory = self.writer.memory_size() as u64;
+        let grows = memory.saturating_sub(self.held.bytes());
+        let cut_early = !full && grows > 0 && !budget::global().fits(grows);
+        if cut_early {
+            budget::global().pressed("Parquet row groups cut early");
+        }
+        if full || cut_early {
             self.writer.flush().map_err(|e| e.to_string())?;
             self.row_group_input = 0;
         }
+        self.held.set(self.writer.memory_size() as u64);
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 //! file size. An object appears only when its upload completes; a failed or abandoned upload
 //! is aborted. Every request carries the configured encryption and `expected_bucket_owner`.
 
+use crate::batch::budget::{self, Reservation};
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::sync::Arc;
@@ -388,6 +389,7 @@ impl ObjectStore for S3Store {
                 .map_err(|e| io::Error::other(format!("no async runtime for S3: {e}")))?,
             key: self.full_key(key),
             buf: Vec::new(),
+            buf_held: budget::global().take(0),
             upload_id: None,
             next_part: 1,
             parts: Vec::new(),
@@ -533,6 +535,8 @@ struct S3Writer {
     handle: Handle,
     key: String,
     buf: Vec<u8>,
+    /// `buf`, held against the memory budget; a part's bytes go back once it is uploaded.
+    buf_held: Reservation,
     upload_id: Option<String>,
     next_part: i32,
     parts: Vec<CompletedPart>,
@@ -556,16 +560,24 @@ impl S3Writer {
                 id
             }
         };
-        let body = std::mem::replace(&mut self.buf, Vec::with_capacity(PART_SIZE));
+        let body = std::mem::take(&mut self.buf);
+        let held = std::mem::replace(&mut self.buf_held, budget::global().take(0));
         let number = self.next_part;
         self.next_part += 1;
         let inner = self.inner.clone();
         let key = self.key.clone();
-        self.in_flight.push_back(
-            self.handle
-                .spawn(async move { inner.upload_part(&key, &upload_id, number, body).await }),
-        );
-        while self.in_flight.len() > MAX_IN_FLIGHT {
+        self.in_flight.push_back(self.handle.spawn(async move {
+            let part = inner.upload_part(&key, &upload_id, number, body).await;
+            drop(held);
+            part
+        }));
+        // Over the budget, the next part waits for the earlier ones to be uploaded.
+        while self.in_flight.len() > MAX_IN_FLIGHT
+            || (!self.in_flight.is_empty() && budget::global().over())
+        {
+            if self.in_flight.len() <= MAX_IN_FLIGHT {
+                budget::global().pressed("writing waits for part uploads");
+            }
             self.wait_oldest()?;
         }
         Ok(())
@@ -658,6 +670,7 @@ impl Write for S3Writer {
             self.buf.reserve(PART_SIZE.min(data.len().max(64 << 10)));
         }
         self.buf.extend_from_slice(&data[..n]);
+        self.buf_held.set(self.buf.capacity() as u64);
         self.written += n as u64;
         if self.buf.len() == PART_SIZE {
             self.send_part()?;

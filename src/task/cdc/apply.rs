@@ -62,6 +62,8 @@ impl<'a, 'b> Apply<'a, 'b> {
             confirmed_now: Lsn(0),
             buffered_rows: 0,
             buffered_bytes: 0,
+            spilled_upto: 0,
+            memory: budget::global().take(0),
             buffered_since: None,
             lag_alerted: false,
             reloader,
@@ -174,6 +176,8 @@ impl<'a, 'b> Apply<'a, 'b> {
         self.last_commit_end = None;
         self.buffered_rows = 0;
         self.buffered_bytes = 0;
+        self.spilled_upto = 0;
+        self.memory.set(0);
         self.buffered_since = None;
         self.position = self.confirmed;
         self.live.note(
@@ -245,6 +249,9 @@ impl<'a, 'b> Apply<'a, 'b> {
             StreamEvent::Data { data } => {
                 let msg = pgoutput::decode(&data).map_err(|e| Error::Runtime(e.to_string()))?;
                 self.on_message(msg)?;
+                if budget::global().over() && self.buffered_bytes > self.spilled_upto {
+                    self.relieve().await?;
+                }
                 if self.buffered_bytes as u64 >= self.p.target.cdc_min_file_size {
                     self.flush().await?;
                 }
@@ -280,6 +287,54 @@ impl<'a, 'b> Apply<'a, 'b> {
             }
         }
         Ok(())
+    }
+
+    /// Over the memory budget: everything buffered goes to the sinks, and what they hold in
+    /// memory moves to spill files (written out, in order, by the next flush). When spilling
+    /// fails (a full or unwritable `spill_dir`), the buffered changes are written out early
+    /// instead, in files smaller than `cdc_min_file_size`.
+    pub(super) async fn relieve(&mut self) -> Result<(), Error> {
+        self.hand_off().await?;
+        let mut moved = 0;
+        let mut failed = None;
+        for sink in &mut self.sinks {
+            match sink.spill() {
+                Ok(n) => moved += n,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let dir = crate::batch::spill::folder(&self.p.limits.spill_dir, &self.p.name);
+        match failed {
+            None => {
+                self.spilled_upto = self.buffered_bytes;
+                self.memory.set(0);
+                budget::global().pressed(&format!(
+                    "buffered CDC changes spilled to {}",
+                    dir.display()
+                ));
+                tracing::info!(
+                    buffered_bytes = self.buffered_bytes,
+                    moved_bytes = moved,
+                    spilled_bytes = budget::global().spilled(),
+                    spill_dir = %dir.display(),
+                    "memory budget exceeded: buffered CDC changes spilled"
+                );
+                Ok(())
+            }
+            Some(e) => {
+                tracing::warn!(
+                    error_kind = "spill",
+                    "{e}; writing the buffered changes out early instead"
+                );
+                budget::global().pressed(&format!(
+                    "spilling failed ({e}): buffered changes written out early"
+                ));
+                self.flush().await
+            }
+        }
     }
 
     pub(super) fn watch_lag(&mut self, commit_time: i64) {
@@ -481,6 +536,7 @@ impl<'a, 'b> Apply<'a, 'b> {
             return Ok(());
         }
         let layout = t.layout.clone().expect("a described relation has a layout");
+        let cut = batch_cut(self.p);
         let folder = match self.p.target.date_partitioning {
             DatePartitioning::None => String::new(),
             DatePartitioning::Day => layout::date_folder(commit_time, false),
@@ -496,7 +552,7 @@ impl<'a, 'b> Apply<'a, 'b> {
         let before = t.buffer.bytes;
         let pushed = t
             .buffer
-            .push(&layout, &folder, &row, self.p.load.batch_rows)
+            .push(&layout, &folder, &row, cut)
             .map_err(|e| Error::Runtime(format!("building the batch of {}: {e}", t.key)))?;
         if pushed.is_ok() {
             // A row that failed left no trace: it is not buffered and not counted.
@@ -507,7 +563,17 @@ impl<'a, 'b> Apply<'a, 'b> {
                 Op::Truncate | Op::Before => {}
             }
             self.buffered_rows += 1;
-            self.buffered_bytes += t.buffer.bytes - before;
+            let added = t.buffer.bytes - before;
+            self.buffered_bytes += added;
+            self.memory
+                .set((self.buffered_bytes - self.spilled_upto) as u64);
+            if added as u64 > budget::global().limit() {
+                budget::global().pressed(&format!(
+                    "one change of {added} bytes in {} is larger than the whole budget: it is \
+                     processed alone",
+                    t.key
+                ));
+            }
             self.buffered_since.get_or_insert_with(Instant::now);
         }
         if let Err(bad) = pushed {
@@ -574,4 +640,11 @@ fn cache_templates_other_columns(p: &Pipeline, table: &str, primary_key: &[Strin
             let parts = crate::config::parse_template(t).unwrap_or_default();
             crate::config::template_columns(&parts).any(|c| !primary_key.iter().any(|k| k == c))
         })
+}
+
+/// Where CDC batches are cut: `batch_rows` rows, or `batch_bytes` capped at a sixteenth of the
+/// memory budget.
+fn batch_cut(p: &Pipeline) -> (usize, usize) {
+    let bytes = p.load.batch_bytes.min(p.limits.memory / 16) as usize;
+    (p.load.batch_rows, bytes)
 }

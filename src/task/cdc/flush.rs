@@ -115,6 +115,8 @@ impl Apply<'_, '_> {
             }
             self.buffered_rows = 0;
             self.buffered_bytes = 0;
+            self.spilled_upto = 0;
+            self.memory.set(0);
             self.buffered_since = None;
         }
         for t in &mut self.tables {

@@ -29,6 +29,7 @@ use super::full_load::{self, RunOptions, RunSummary, Shared, Warm, now};
 use super::plan::TablePlan;
 use super::progress::{CdcStats, LiveLine};
 use super::{Discovered, Started, partitions, reload};
+use crate::batch::budget::{self, Reservation};
 use crate::batch::changes::{Layout, Op, Row, TableBuffer};
 use crate::config::{
     CdcMode, DataErrorPolicy, DatePartitioning, Mode, NumericMode, Pipeline, TableErrorPolicy,
@@ -336,7 +337,12 @@ struct Apply<'a, 'b> {
     /// What this run confirmed (0 until it confirms anything new).
     confirmed_now: Lsn,
     buffered_rows: usize,
+    /// Bytes of the buffered rows (those in spill files included: files are cut by it).
     buffered_bytes: usize,
+    /// How much of `buffered_bytes` was moved to spill files.
+    spilled_upto: usize,
+    /// The rest, held against the memory budget.
+    memory: Reservation,
     buffered_since: Option<Instant>,
     lag_alerted: bool,
     reloader: Reloader,
@@ -358,10 +364,17 @@ fn sinks(
     store: &Arc<dyn ObjectStore>,
     cache: Option<&Arc<CacheTarget>>,
 ) -> Vec<Box<dyn ChangeSink>> {
-    let format = full_load::file_format(p, p.target.row_group_bytes as usize);
+    let format = full_load::file_format(
+        p,
+        (p.target.row_group_bytes as usize).min(p.limits.memory as usize / 4),
+    );
     let mut sinks: Vec<Box<dyn ChangeSink>> = Vec::new();
     if p.target.url != TargetUrl::None {
-        sinks.push(Box::new(CdcFiles::new(store.clone(), format)));
+        sinks.push(Box::new(CdcFiles::new(
+            store.clone(),
+            format,
+            crate::batch::spill::folder(&p.limits.spill_dir, &p.name),
+        )));
     }
     if let Some(c) = cache {
         sinks.push(Box::new(CacheChanges::new(c.clone())));
