@@ -334,3 +334,52 @@ async fn a_kill_while_changes_are_spilled_loses_and_doubles_nothing() {
     assert_eq!(file_digests(&files), source_digests(&db).await);
     assert_ok(&work.godwit(&["drop", path.to_str().unwrap(), "--yes"], &[]));
 }
+
+#[tokio::test]
+async fn an_unwritable_spill_dir_writes_changes_out_early_instead() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let pg = pg();
+    let db = pg.fresh_db("godwit_memory_nospill").await;
+    db.batch_execute("CREATE TABLE big (id int PRIMARY KEY, v text NOT NULL)")
+        .await
+        .unwrap();
+    let work = Work::new();
+    // A regular file where the spill directory should be: nothing can be created under it.
+    let spill = work.path().join("not-a-dir");
+    std::fs::write(&spill, "x").unwrap();
+    let path = work.pipeline(&pipeline(
+        "memnospill",
+        &pg.url("godwit_memory_nospill"),
+        "cdc",
+        &spill,
+    ));
+    assert_ok(&work.godwit(&["run", path.to_str().unwrap(), "--once"], &[]));
+    db.batch_execute(
+        "INSERT INTO big SELECT i, repeat(md5(i::text), 1024) FROM generate_series(1, 4096) i",
+    )
+    .await
+    .unwrap();
+    wait_wal_flushed(&db).await;
+    let log = assert_ok(&work.godwit(&["run", path.to_str().unwrap(), "--once"], &[]));
+    assert!(
+        log.contains("cannot spill buffered changes to")
+            && log.contains("not-a-dir")
+            && log.contains("writing the buffered changes out early instead"),
+        "{log}"
+    );
+    let files = parquet_files(&work.out().join("public/big"));
+    // 128 MiB of changes under a 32 MiB budget, written early in several files.
+    assert!(files.len() >= 4, "{files:?}");
+    assert_eq!(file_digests(&files), source_digests(&db).await);
+    let events = events(&work.out().join("_godwit/state/events.jsonl"));
+    assert!(
+        of_type(&events, "memory.pressure")
+            .iter()
+            .any(|e| e["details"]["action"]
+                .as_str()
+                .unwrap()
+                .contains("spilling failed")),
+        "{events:?}"
+    );
+    assert_ok(&work.godwit(&["drop", path.to_str().unwrap(), "--yes"], &[]));
+}
