@@ -135,6 +135,15 @@ impl Failure {
             .is_some_and(|d| d.code().code() == "22023" && d.message().contains("snapshot"))
     }
 
+    /// What failed, with the segment but not the table (for the table's own record and its
+    /// `table.error` event, which name the table already).
+    pub fn message_in_table(&self) -> String {
+        match self.segment {
+            Some(s) => format!("segment {s}: {}", self.what),
+            None => self.what.clone(),
+        }
+    }
+
     /// Where, then what: `public.t (segment 2): …` — the message without the remedy, as the
     /// state and the `table.error` event keep it next to the remedy.
     pub fn message(&self) -> String {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use arrow::record_batch::RecordBatch;
-use tokio::sync::{Mutex, Semaphore, mpsc};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use super::plan::{Segment, TablePlan};
@@ -53,6 +53,9 @@ struct TableFailure {
     failure: Failure,
     /// The data policy said stop-task.
     stop_task: bool,
+    /// The failed unit's permit, held until the run has decided what the failure means: under
+    /// stop-task no other table starts in between.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl From<Failure> for TableFailure {
@@ -60,6 +63,7 @@ impl From<Failure> for TableFailure {
         TableFailure {
             failure,
             stop_task: false,
+            permit: None,
         }
     }
 }
@@ -340,14 +344,25 @@ pub(crate) async fn load(
     });
     let tables = plans.len();
     let mut set = JoinSet::new();
+    // Tables start in plan order (schema, name): each waits until the one before it has its
+    // first permit, so `load.parallel = 1` loads them one after the other, in order.
+    let mut turn: Option<oneshot::Receiver<()>> = None;
     for plan in plans {
+        let (started, next) = oneshot::channel();
+        let wait = turn.replace(next);
         let kept = record_of(&ctx, &plan.key()).await;
         if kept.state == TableState::Completed {
             tracing::info!(table = %plan.key(), "kept: loaded completely by an earlier run");
-            set.spawn(async move { Ok(kept.full_load_rows) });
+            set.spawn(async move {
+                if let Some(w) = wait {
+                    let _ = w.await;
+                }
+                drop(started);
+                Ok(kept.full_load_rows)
+            });
             continue;
         }
-        set.spawn(load_one(ctx.clone(), plan, kept));
+        set.spawn(load_one(ctx.clone(), plan, kept, wait, started));
     }
     let mut rows = 0;
     let mut in_error = 0;
@@ -451,7 +466,18 @@ async fn record_of(ctx: &Ctx, table: &str) -> TableRecord {
 }
 
 /// Loads one table (each of its segments when a permit is free) and records the outcome.
-async fn load_one(ctx: Arc<Ctx>, plan: TablePlan, start: TableRecord) -> Result<u64, TableFailure> {
+async fn load_one(
+    ctx: Arc<Ctx>,
+    plan: TablePlan,
+    start: TableRecord,
+    turn: Option<oneshot::Receiver<()>>,
+    started: oneshot::Sender<()>,
+) -> Result<u64, TableFailure> {
+    // The table before this one has its first permit (or ended, or was kept).
+    if let Some(t) = turn {
+        let _ = t.await;
+    }
+    let mut first_permit = Some(started);
     let key = plan.key();
     let started = Instant::now();
     ctx.update(&key, |r| {
@@ -488,10 +514,18 @@ async fn load_one(ctx: Arc<Ctx>, plan: TablePlan, start: TableRecord) -> Result<
         let Ok(permit) = ctx.permits.clone().acquire_owned().await else {
             break;
         };
+        if let Some(s) = first_permit.take() {
+            let _ = s.send(());
+        }
         let (ctx, plan, rows) = (ctx.clone(), plan.clone(), rows.clone());
         units.spawn(async move {
-            let _permit = permit;
-            let done = load_with_retries(&ctx, &plan, segment.as_ref(), rows).await?;
+            let done = match load_with_retries(&ctx, &plan, segment.as_ref(), rows).await {
+                Ok(done) => done,
+                Err(mut f) => {
+                    f.permit = Some(permit);
+                    return Err(f);
+                }
+            };
             if let Some(seg) = segment {
                 ctx.update(&plan.key(), |r| {
                     if let Some(s) = r.segments.iter_mut().find(|s| s.number == seg.number) {
@@ -502,6 +536,7 @@ async fn load_one(ctx: Arc<Ctx>, plan: TablePlan, start: TableRecord) -> Result<
                 })
                 .await;
             }
+            drop(permit);
             Ok::<Loaded, TableFailure>(done)
         });
     }
@@ -601,7 +636,7 @@ async fn load_one(ctx: Arc<Ctx>, plan: TablePlan, start: TableRecord) -> Result<
         Err(failure) => {
             let stop = failure.stop_task || ctx.pipeline.errors.table == TableErrorPolicy::StopTask;
             let policy = if stop { "stop-task" } else { "suspend-table" };
-            let error = failure.failure.message();
+            let error = failure.failure.message_in_table();
             let remedy = failure
                 .failure
                 .remedy
@@ -908,6 +943,7 @@ async fn load_table(
             return Err(TableFailure {
                 failure: Failure::new(Kind::Data, msg).remedy(remedy),
                 stop_task: stop_task.load(Ordering::Relaxed),
+                permit: None,
             });
         }
         (Err(CopyError::Postgres(e)), _) => return Err(pg_failure(e, "reading the table")),
