@@ -11,7 +11,8 @@
 //! - `table = "stop-task"` (`load.parallel = 1`, tables in name order): the run stops at the
 //!   unreadable table with exit 1; the table before it completed, none after it did.
 //! - A COPY whose backend is terminated mid-stream is retried from the same snapshot: no row
-//!   missing, none twice, and no row committed after the snapshot.
+//!   missing, none twice, and no row committed after the snapshot. When the snapshot itself is
+//!   gone (its exporting connection killed too) the run fails (exit 1) and the next run resumes.
 
 mod common;
 
@@ -473,4 +474,92 @@ async fn a_copy_killed_mid_stream_is_retried_from_the_same_snapshot() {
     let status = status_json(&w, path.to_str().unwrap());
     assert_eq!(status["tables"]["public.big"]["state"], "Table completed");
     assert_eq!(status["tables"]["public.big"]["full_load_rows"], N);
+}
+
+#[tokio::test]
+async fn a_load_whose_snapshot_is_gone_fails_the_run_and_the_next_run_resumes() {
+    const N: i64 = 100_000;
+    let pg = pg();
+    let dbname = "godwit_te_snapshot";
+    let db = pg.fresh_db(dbname).await;
+    db.batch_execute(&format!(
+        "CREATE TABLE big (id bigint PRIMARY KEY, v text);
+         INSERT INTO big SELECT i, md5(i::text) FROM generate_series(1, {N}) i;
+         ANALYZE big;"
+    ))
+    .await
+    .unwrap();
+    let w = Work::new();
+    let path = w.pipeline(&format!(
+        "name = \"te-snapshot\"\nmode = \"full-load\"\n[source]\nurl = \"{}\"\n[tables]\ninclude = [\"public.big\"]\n[tables.\"public.big\"]\npartitions = 2\nwhere = \"id % 10000 <> 0 OR pg_sleep(0.3) IS NOT NULL\"\n[load]\nparallel = 2\nbatch_rows = 5000\n[target]\nurl = \"file://{{out}}\"\n[notify]\nevents_file = \"{{out}}/events.jsonl\"\n",
+        pg.url(dbname)
+    ));
+    let log = w.path().join("run.log");
+    let mut run = Killed(w.spawn_run_logged(&path, &log));
+    let admin = pg.connect(dbname).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let copy = loop {
+        if let Some(pid) = copy_backend(&admin, dbname, 10_000).await {
+            break pid;
+        }
+        assert!(run.0.try_wait().unwrap().is_none(), "godwit ended early");
+        assert!(Instant::now() < deadline, "no COPY backend seen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The exporting session waits, idle in its transaction, while the COPYs run.
+    let exporter: i32 = admin
+        .query_one(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = 'godwit'
+               AND state = 'idle in transaction'",
+            &[&dbname],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    for pid in [exporter, copy] {
+        let killed: bool = admin
+            .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(killed, "pg_terminate_backend({pid}) did not land");
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = run.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "godwit did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{logged}");
+    let state = status_json(&w, path.to_str().unwrap());
+    assert_eq!(state["state"], "failed");
+    let error = state["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("invalid snapshot identifier") && error.contains("run the pipeline again"),
+        "{error}"
+    );
+    // Not the table's fault: it is not in Table error, and no table.error was emitted.
+    assert_ne!(state["tables"]["public.big"]["state"], "Table error");
+    let events = common::events(&w.out().join("events.jsonl"));
+    assert!(events_of(&events, "table.error").is_empty());
+
+    // The next run resumes and loads the table from a new snapshot.
+    let again = w.godwit(&["run", path.to_str().unwrap()], &[]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    let mut ids = BTreeMap::new();
+    for row in render(&read_table(&w.out(), "public", "big")) {
+        let id: i64 = row["id"].parse().unwrap();
+        assert!(ids.insert(id, row["v"].clone()).is_none(), "id {id} twice");
+    }
+    let want: BTreeMap<i64, String> = db
+        .query("SELECT id, v FROM big", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(ids == want, "the values differ from PostgreSQL");
 }
