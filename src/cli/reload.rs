@@ -1,7 +1,8 @@
 //! `godwit reload PIPELINE --table schema.table`: queues a fresh full load of one table (after
 //! a table error, or to start its copy over). The running CDC run picks it up within seconds,
 //! otherwise the next run does: the table is loaded from a temporary slot's snapshot and CDC
-//! skips its changes up to that slot's consistent point.
+//! skips its changes up to that slot's consistent point. In a `full-load` pipeline the next
+//! run loads the requested tables (and those in `Table error`) and keeps the others.
 
 use crate::config::Mode;
 use crate::error::Error;
@@ -21,13 +22,6 @@ pub async fn execute(path: &str, table: &str) -> Result<i32, Error> {
             p.file
         )));
     }
-    if p.mode == Mode::FullLoad {
-        outln!(
-            "pipeline {} is full-load: every run reloads every table from a new snapshot; nothing to queue",
-            p.name
-        )?;
-        return Ok(0);
-    }
     let state = state_store(&p).await?;
     state
         .request_reload(table)
@@ -43,8 +37,14 @@ pub async fn execute(path: &str, table: &str) -> Result<i32, Error> {
         });
         n.close(crate::task::SNS_GRACE).await;
     }
-    outln!(
-        "{table}: reload queued; a running CDC run starts it within seconds, otherwise the next run does"
-    )?;
+    if p.mode == Mode::FullLoad {
+        outln!(
+            "{table}: reload queued; the next run loads it again (and any table in Table error), keeping the tables the last run completed"
+        )?;
+    } else {
+        outln!(
+            "{table}: reload queued; a running CDC run starts it within seconds, otherwise the next run does"
+        )?;
+    }
     Ok(0)
 }

@@ -207,7 +207,40 @@ impl Source {
 
     /// Opens one connection with the session settings pinned; its driver runs on tokio.
     pub async fn connect(&self) -> Result<Client, ConnectError> {
-        let result = if self.tls == TlsMode::Disable {
+        self.connect_pg()
+            .await?
+            .map_err(|e| ConnectError::Postgres(describe_error(&e, &self.display)))
+    }
+
+    /// The user godwit logs in as (for remedies: `GRANT … TO <user>`).
+    pub fn user(&self) -> &str {
+        self.config.get_user().unwrap_or("postgres")
+    }
+
+    /// Opens one connection after start-up, on behalf of `table`: a failure is classified
+    /// (see [`crate::error::Failure::from_pg`]) — the server went away is recoverable, a
+    /// refused login fatal.
+    pub async fn open(&self, table: Option<&str>) -> Result<Client, crate::error::Failure> {
+        match self.connect_pg().await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(
+                crate::error::Failure::from_pg(e, &self.display, self.user(), None)
+                    .doing("connecting"),
+            )
+            .map_err(|f| match table {
+                Some(t) => f.table(t),
+                None => f,
+            }),
+            Err(e) => Err(crate::error::Failure::because(
+                crate::error::Kind::Fatal,
+                "connecting to the source",
+                e,
+            )),
+        }
+    }
+
+    async fn connect_pg(&self) -> Result<Result<Client, tokio_postgres::Error>, ConnectError> {
+        Ok(if self.tls == TlsMode::Disable {
             self.config.connect(NoTls).await.map(|(c, conn)| {
                 tokio::spawn(conn);
                 c
@@ -218,8 +251,7 @@ impl Source {
                 tokio::spawn(conn);
                 c
             })
-        };
-        result.map_err(|e| ConnectError::Postgres(describe_error(&e, &self.display)))
+        })
     }
 
     fn client_config(&self) -> Result<rustls::ClientConfig, ConnectError> {

@@ -5,22 +5,22 @@
 use crate::pg::lsn::Lsn;
 use crate::sink::redis::writer::{CacheLoad, CacheTarget};
 use crate::state::{Mark, ProjectionCounts};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use tokio::sync::{Mutex, Semaphore, mpsc};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use super::plan::{Segment, TablePlan};
 use super::progress::Progress;
 use super::{Discovered, Started};
 use crate::config::{Compression, DataErrorPolicy, Format, Pipeline, TableErrorPolicy, TargetUrl};
-use crate::error::Error;
+use crate::error::{Error, Failure, Kind};
 use crate::notify::{EventKind, Notifier};
 use crate::pg::catalog::TableName;
-use crate::pg::connect::{Source, describe_error};
+use crate::pg::connect::Source;
 use crate::pg::copy::{CopyError, HeldBatch, RowError, run_copy};
 use crate::pg::import_snapshot;
 use crate::sink::files::csv::CsvOptions;
@@ -45,13 +45,26 @@ pub struct RunSummary {
     pub rows: u64,
 }
 
-/// Why one table's load did not complete.
-#[derive(Debug, Clone)]
+/// Why one table's load (or one of its segments) did not complete: the classified failure
+/// (data, table, recoverable — retried — or fatal, which fails the run).
+#[derive(Debug)]
 struct TableFailure {
-    error: String,
-    remedy: String,
+    failure: Failure,
     /// The data policy said stop-task.
     stop_task: bool,
+    /// The failed unit's permit, held until the run has decided what the failure means: under
+    /// stop-task no other table starts in between.
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl From<Failure> for TableFailure {
+    fn from(failure: Failure) -> TableFailure {
+        TableFailure {
+            failure,
+            stop_task: false,
+            permit: None,
+        }
+    }
 }
 
 struct Loaded {
@@ -117,11 +130,29 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, Error> {
         ..
     } = discovered;
     // A run that did not end cleanly is resumed: the tables it completed are kept, the others
-    // load again whole. A run that ended takes a new snapshot and reloads everything.
-    let resumable = previous
-        .filter(|r| r.state != "stopped")
-        .map(|r| r.tables)
-        .unwrap_or_default();
+    // load again whole. So is one that ended with tables in `Table error`, or when reloads
+    // were asked for (`godwit reload --table`): those tables load again, the completed ones
+    // are kept (as DMS reloads the tables in error). A run after a clean end with nothing
+    // asked for takes a new snapshot and reloads everything.
+    let requested: BTreeSet<String> = match state.reload_requests().await {
+        Ok(r) => r.into_iter().collect(),
+        Err(e) => {
+            lease.release().await;
+            return Err(Error::Runtime(format!("reading reload requests: {e}")));
+        }
+    };
+    let resumable = match previous {
+        Some(r)
+            if r.state != "stopped"
+                || !requested.is_empty()
+                || r.tables.values().any(|t| t.state == TableState::Error) =>
+        {
+            let mut tables = r.tables;
+            tables.retain(|k, _| !requested.contains(k));
+            tables
+        }
+        _ => BTreeMap::new(),
+    };
     let record = new_record(p, &plans, &resumable, snapshot.id());
     if let Err(e) = state.save(&record).await {
         lease.release().await;
@@ -167,10 +198,10 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, Error> {
     }
     .into();
     record.stopped_at = Some(now());
-    record.last_error = outcome.fatal.clone();
+    record.last_error = outcome.fatal.as_ref().map(|e| e.to_string());
     notifier.emit(match &outcome.fatal {
         Some(error) => EventKind::TaskFailed {
-            error: error.clone(),
+            error: error.to_string(),
         },
         None => EventKind::TaskStopped {
             seconds: outcome.seconds,
@@ -183,8 +214,16 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, Error> {
     }
     lease.release().await;
     match outcome.fatal {
-        Some(error) => Err(Error::Runtime(error)),
-        None => Ok(outcome.summary),
+        Some(error) => Err(error),
+        None => {
+            // The reloads asked for are done once their tables completed.
+            for (table, r) in &record.tables {
+                if r.state == TableState::Completed && requested.contains(table) {
+                    let _ = state.clear_reload(table).await;
+                }
+            }
+            Ok(outcome.summary)
+        }
     }
 }
 
@@ -264,8 +303,8 @@ async fn guarded_tables(cache: Option<&Warm>, plans: &[TablePlan]) -> HashMap<St
 pub(crate) struct LoadOutcome {
     pub record: TaskRecord,
     pub summary: RunSummary,
-    /// Why the task must stop (stop-task policy, a crashed loader).
-    pub fatal: Option<String>,
+    /// Why the task must stop (stop-task policy, a fatal failure, a crashed loader).
+    pub fatal: Option<Error>,
     pub seconds: f64,
 }
 
@@ -308,14 +347,25 @@ pub(crate) async fn load(
     });
     let tables = plans.len();
     let mut set = JoinSet::new();
+    // Tables start in plan order (schema, name): each waits until the one before it has its
+    // first permit, so `load.parallel = 1` loads them one after the other, in order.
+    let mut turn: Option<oneshot::Receiver<()>> = None;
     for plan in plans {
+        let (started, next) = oneshot::channel();
+        let wait = turn.replace(next);
         let kept = record_of(&ctx, &plan.key()).await;
         if kept.state == TableState::Completed {
-            tracing::info!(table = %plan.key(), "kept: loaded completely by the interrupted run");
-            set.spawn(async move { Ok(kept.full_load_rows) });
+            tracing::info!(table = %plan.key(), "kept: loaded completely by an earlier run");
+            set.spawn(async move {
+                if let Some(w) = wait {
+                    let _ = w.await;
+                }
+                drop(started);
+                Ok(kept.full_load_rows)
+            });
             continue;
         }
-        set.spawn(load_one(ctx.clone(), plan, kept));
+        set.spawn(load_one(ctx.clone(), plan, kept, wait, started));
     }
     let mut rows = 0;
     let mut in_error = 0;
@@ -329,7 +379,7 @@ pub(crate) async fn load(
             },
             // A run that lost its lease stops loading (its writes are refused anyway).
             lost = fence.lost(), if fatal.is_none() => {
-                fatal = Some(lost.to_string());
+                fatal = Some(Error::Runtime(lost.to_string()));
                 set.abort_all();
                 continue;
             }
@@ -337,16 +387,25 @@ pub(crate) async fn load(
         match joined {
             Ok(Ok(n)) => rows += n,
             Ok(Err(failure)) => {
+                // Not the table's fault (a lost lease, a snapshot that is gone): the run fails
+                // and the next one resumes, keeping the tables completed so far.
+                if failure.failure.kind == Kind::Fatal {
+                    if fatal.is_none() {
+                        fatal = Some(failure.failure.into());
+                        set.abort_all();
+                    }
+                    continue;
+                }
                 in_error += 1;
                 let stop = failure.stop_task || p.errors.table == TableErrorPolicy::StopTask;
                 if stop && fatal.is_none() {
-                    fatal = Some(failure.error);
+                    fatal = Some(failure.failure.into());
                     set.abort_all();
                 }
             }
             Err(e) if e.is_cancelled() => {}
             Err(e) => {
-                fatal.get_or_insert_with(|| format!("a table loader crashed: {e}"));
+                fatal.get_or_insert_with(|| Error::Runtime(format!("a table loader crashed: {e}")));
                 set.abort_all();
             }
         }
@@ -354,7 +413,7 @@ pub(crate) async fn load(
     if fatal.is_none()
         && let Err(lost) = fence.check()
     {
-        fatal = Some(lost.to_string());
+        fatal = Some(Error::Runtime(lost.to_string()));
     }
     let seconds = started.elapsed().as_secs_f64();
     if fatal.is_none() {
@@ -410,7 +469,18 @@ async fn record_of(ctx: &Ctx, table: &str) -> TableRecord {
 }
 
 /// Loads one table (each of its segments when a permit is free) and records the outcome.
-async fn load_one(ctx: Arc<Ctx>, plan: TablePlan, start: TableRecord) -> Result<u64, TableFailure> {
+async fn load_one(
+    ctx: Arc<Ctx>,
+    plan: TablePlan,
+    start: TableRecord,
+    turn: Option<oneshot::Receiver<()>>,
+    started: oneshot::Sender<()>,
+) -> Result<u64, TableFailure> {
+    // The table before this one has its first permit (or ended, or was kept).
+    if let Some(t) = turn {
+        let _ = t.await;
+    }
+    let mut first_permit = Some(started);
     let key = plan.key();
     let started = Instant::now();
     ctx.update(&key, |r| {
@@ -447,10 +517,18 @@ async fn load_one(ctx: Arc<Ctx>, plan: TablePlan, start: TableRecord) -> Result<
         let Ok(permit) = ctx.permits.clone().acquire_owned().await else {
             break;
         };
+        if let Some(s) = first_permit.take() {
+            let _ = s.send(());
+        }
         let (ctx, plan, rows) = (ctx.clone(), plan.clone(), rows.clone());
         units.spawn(async move {
-            let _permit = permit;
-            let done = load_table(&ctx, &plan, segment.as_ref(), rows).await?;
+            let done = match load_with_retries(&ctx, &plan, segment.as_ref(), rows).await {
+                Ok(done) => done,
+                Err(mut f) => {
+                    f.permit = Some(permit);
+                    return Err(f);
+                }
+            };
             if let Some(seg) = segment {
                 ctx.update(&plan.key(), |r| {
                     if let Some(s) = r.segments.iter_mut().find(|s| s.number == seg.number) {
@@ -461,6 +539,7 @@ async fn load_one(ctx: Arc<Ctx>, plan: TablePlan, start: TableRecord) -> Result<
                 })
                 .await;
             }
+            drop(permit);
             Ok::<Loaded, TableFailure>(done)
         });
     }
@@ -475,11 +554,11 @@ async fn load_one(ctx: Arc<Ctx>, plan: TablePlan, start: TableRecord) -> Result<
             }
             Err(e) if e.is_cancelled() => {}
             Err(e) => {
-                failure.get_or_insert(TableFailure {
-                    error: format!("a loader of {key} crashed: {e}"),
-                    remedy: "run the pipeline again".into(),
-                    stop_task: false,
-                });
+                failure.get_or_insert(TableFailure::from(
+                    Failure::new(Kind::Table, format!("a loader crashed: {e}"))
+                        .table(&key)
+                        .remedy(reload_remedy(&key)),
+                ));
                 units.abort_all();
             }
         }
@@ -508,17 +587,16 @@ async fn load_one(ctx: Arc<Ctx>, plan: TablePlan, start: TableRecord) -> Result<
             match remove_stale_files(ctx.store.as_ref(), &plan.table.name, &files).await {
                 Ok(()) => match sweep_cache(&ctx, &key).await {
                     Ok(()) => Ok((files, copied)),
-                    Err(e) => Err(TableFailure {
-                        error: format!("removing old cache keys of {key}: {e}"),
-                        remedy: "fix the cause and run the pipeline again".into(),
-                        stop_task: false,
-                    }),
+                    Err(e) => Err(TableFailure::from(
+                        error_failure(e, &key)
+                            .doing("removing old cache keys")
+                            .with_kind(Kind::Table),
+                    )),
                 },
-                Err(e) => Err(TableFailure {
-                    error: format!("removing old load files of {key}: {e}"),
-                    remedy: "fix the cause and run the pipeline again".into(),
-                    stop_task: false,
-                }),
+                Err(e) => Err(TableFailure::from(
+                    Failure::from_io(e, "removing old load files", Some(&key))
+                        .with_kind_unless_fatal(Kind::Table),
+                )),
             }
         }
     };
@@ -553,21 +631,39 @@ async fn load_one(ctx: Arc<Ctx>, plan: TablePlan, start: TableRecord) -> Result<
             });
             Ok(total_rows)
         }
+        Err(failure) if failure.failure.kind == Kind::Fatal => {
+            // The run fails as a whole; the table is loaded again by the next run.
+            bar.finish(0, "stopped");
+            Err(failure)
+        }
         Err(failure) => {
             let stop = failure.stop_task || ctx.pipeline.errors.table == TableErrorPolicy::StopTask;
             let policy = if stop { "stop-task" } else { "suspend-table" };
+            let error = failure.failure.message_in_table();
+            let remedy = failure
+                .failure
+                .remedy
+                .clone()
+                .unwrap_or_else(|| reload_remedy(&key));
+            tracing::error!(
+                table = %key,
+                kind = failure.failure.kind.as_str(),
+                policy,
+                remedy = %remedy,
+                "{error}"
+            );
             ctx.update(&key, |r| {
                 r.state = TableState::Error;
-                r.last_error = Some(failure.error.clone());
-                r.remedy = Some(failure.remedy.clone());
+                r.last_error = Some(error.clone());
+                r.remedy = Some(remedy.clone());
             })
             .await;
             bar.finish(0, "error");
             ctx.notifier.emit(EventKind::TableError {
                 table: key,
-                error: failure.error.clone(),
+                error,
                 policy: policy.into(),
-                remedy: failure.remedy.clone(),
+                remedy,
             });
             Err(failure)
         }
@@ -607,6 +703,78 @@ fn codec(c: Compression) -> Codec {
     }
 }
 
+/// The remedy of a table failure that names no better one.
+fn reload_remedy(table: &str) -> String {
+    format!(
+        "fix the cause, then `godwit reload PIPELINE --table {table}` and run the pipeline again"
+    )
+}
+
+/// `e` as a classified failure of `table`.
+fn error_failure(e: Error, table: &str) -> Failure {
+    match e {
+        Error::Failed(f) if f.table.is_some() => *f,
+        Error::Failed(f) => f.table(table),
+        other => {
+            let kind = match other.kind() {
+                Kind::Config | Kind::Startup => Kind::Fatal,
+                k => k,
+            };
+            Failure::new(kind, other.to_string()).table(table)
+        }
+    }
+}
+
+/// Loads one unit (a segment, or the whole table), again after a recoverable failure (the
+/// source connection broke mid-COPY, the server restarted, S3 said slow down): after 5 s,
+/// doubling to 30 min, `[errors] recoverable_retries` times (-1: forever), each attempt on a
+/// new connection importing the same exported snapshot, so every segment of the table still
+/// comes from one snapshot. A failed attempt leaves no file behind (its file in progress is
+/// aborted — a temporary file removed, a multipart upload aborted; files it completed carry
+/// the names the next attempt writes again, and any extra one is removed when the table
+/// completes). When the retries are spent the table fails (`Table error`).
+async fn load_with_retries(
+    ctx: &Ctx,
+    plan: &TablePlan,
+    segment: Option<&Segment>,
+    rows: Arc<AtomicU64>,
+) -> Result<Loaded, TableFailure> {
+    let retries = ctx.pipeline.errors.recoverable_retries;
+    let key = plan.key();
+    let mut attempt: u64 = 0;
+    loop {
+        let failure = match load_table(ctx, plan, segment, rows.clone()).await {
+            Ok(done) => return Ok(done),
+            Err(f) if f.failure.kind == Kind::Recoverable => f.failure,
+            Err(f) => return Err(f),
+        };
+        attempt += 1;
+        if retries >= 0 && attempt > retries as u64 {
+            let remedy = format!(
+                "the load failed {attempt} times ([errors] recoverable_retries = {retries}); fix \
+                 the cause, then `godwit reload PIPELINE --table {key}` and run the pipeline again"
+            );
+            return Err(failure.with_kind(Kind::Table).remedy(remedy).into());
+        }
+        let wait = super::cdc::backoff(attempt);
+        tracing::warn!(
+            table = %key,
+            segment = segment.map(|s| s.number),
+            attempt,
+            wait_s = wait.as_secs(),
+            error = %failure.message(),
+            "the load broke; trying again from the same snapshot"
+        );
+        let fence = ctx.state.fence();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            lost = fence.lost() => {
+                return Err(Failure::new(Kind::Fatal, lost.to_string()).into());
+            }
+        }
+    }
+}
+
 /// COPY on its own connection inside the shared snapshot, encoding on a blocking thread.
 async fn load_table(
     ctx: &Ctx,
@@ -615,20 +783,21 @@ async fn load_table(
     rows: Arc<AtomicU64>,
 ) -> Result<Loaded, TableFailure> {
     let table = plan.table.name.to_string();
-    let retry = "fix the cause and run the pipeline again";
-    let failure = |error: String, remedy: &str| TableFailure {
-        error,
-        remedy: remedy.to_string(),
-        stop_task: false,
+    let number = segment.map(|s| s.number);
+    let pg_failure = |e: tokio_postgres::Error, doing: &str| -> TableFailure {
+        Failure::from_pg(e, &ctx.source.display, ctx.source.user(), Some(&table))
+            .segment(number)
+            .doing(doing)
+            .into()
     };
     let client = ctx
         .source
-        .connect()
+        .open(Some(&table))
         .await
-        .map_err(|e| failure(e.to_string(), retry))?;
+        .map_err(|f| f.segment(number))?;
     import_snapshot(&client, &ctx.snapshot_id)
         .await
-        .map_err(|e| failure(describe_error(&e, &ctx.source.display), retry))?;
+        .map_err(|e| pg_failure(e, "joining the load's snapshot"))?;
 
     let target = &ctx.pipeline.target;
     let settings = FileSettings {
@@ -743,7 +912,10 @@ async fn load_table(
                 Ok(())
             }
             Ok(Err(e)) => Err(e),
-            Err(e) => Err(Error::Runtime(format!("the cache writer crashed: {e}"))),
+            Err(e) => Err(Error::from(Failure::new(
+                Kind::Table,
+                format!("the cache writer crashed: {e}"),
+            ))),
         },
         None => Ok(()),
     };
@@ -751,31 +923,41 @@ async fn load_table(
         commit.store(true, Ordering::SeqCst);
     }
     drop(tx);
-    let encoded = encoder
-        .await
-        .map_err(|e| failure(format!("the encoder of {table} crashed: {e}"), retry))?;
+    let encoded = encoder.await.map_err(|e| {
+        Failure::new(Kind::Table, format!("the file encoder crashed: {e}"))
+            .table(&table)
+            .segment(number)
+            .remedy(reload_remedy(&table))
+    })?;
     if let Err(e) = warmed {
-        return Err(failure(format!("warming the cache: {e}"), retry));
+        return Err(error_failure(e, &table)
+            .segment(number)
+            .doing("warming the cache")
+            .into());
     }
-    let data_remedy = "fix the value in the source (or set numeric = \"text\" for NaN in numeric columns), then run again";
     let loaded = match (copied, encoded) {
         (Ok(n), Ok(files)) => (n, files),
-        (_, Err(e)) => return Err(failure(e.to_string(), retry)),
+        (_, Err(e)) => return Err(write_failure(e, &table).segment(number).into()),
         (Err(CopyError::Aborted(msg)), _) => {
+            let remedy = format!(
+                "fix the value in the source (a NaN or ±Infinity in a numeric(p,s) column: or set \
+                 numeric = \"text\" for the table), then `godwit reload PIPELINE --table {table}` \
+                 and run the pipeline again"
+            );
             return Err(TableFailure {
-                error: msg,
-                remedy: data_remedy.into(),
+                failure: Failure::new(Kind::Data, msg).remedy(remedy),
                 stop_task: stop_task.load(Ordering::Relaxed),
+                permit: None,
             });
         }
-        (Err(CopyError::Postgres(e)), _) => {
-            let remedy = match e.as_db_error().map(|d| d.code().code()) {
-                Some("42501") => "grant SELECT on the table to godwit's user",
-                _ => retry,
-            };
-            return Err(failure(describe_error(&e, &ctx.source.display), remedy));
+        (Err(CopyError::Postgres(e)), _) => return Err(pg_failure(e, "reading the table")),
+        (Err(e), _) => {
+            return Err(Failure::because(Kind::Table, "reading the table", e)
+                .table(&table)
+                .segment(number)
+                .remedy(reload_remedy(&table))
+                .into());
         }
-        (Err(e), _) => return Err(failure(e.to_string(), retry)),
     };
     let _ = client.batch_execute("COMMIT").await;
     Ok(Loaded {
@@ -783,6 +965,20 @@ async fn load_table(
         files: loaded.1,
         data_errors: data_errors.load(Ordering::Relaxed),
     })
+}
+
+/// A file of `table` could not be written: an I/O error is classified (an S3 blip or a
+/// broken connection recoverable, a lost lease fatal, anything else a table failure);
+/// encoding errors are table failures.
+fn write_failure(e: WriteError, table: &str) -> Failure {
+    match e {
+        WriteError::Io { key, source } => {
+            Failure::from_io(source, &format!("writing {key}"), Some(table))
+        }
+        other => Failure::because(Kind::Table, "writing the load's files", other)
+            .table(table)
+            .remedy(reload_remedy(table)),
+    }
 }
 
 /// After a guarded warm of `table`: its cache keys older than the load go (see [`Warm`]).

@@ -94,7 +94,10 @@ pub(crate) async fn load_from_temporary_slot(
     // Ending the session drops the temporary slot.
     drop(temp);
     match outcome.fatal {
-        Some(e) => Err(Error::Runtime(e)),
+        // The temporary slot's session ended under the load: this attempt is over, the next
+        // one makes a new slot (the reload is retried after a back-off).
+        Some(Error::Failed(f)) if f.is_snapshot_gone() => Ok(Attempt::NotStarted(f.message())),
+        Some(e) => Err(e),
         None => Ok(Attempt::Loaded {
             record: Box::new(outcome.record),
             point,

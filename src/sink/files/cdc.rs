@@ -80,7 +80,14 @@ impl ChangeSink for CdcFiles {
         let intents = record.and_then(|r| r.intents.clone());
         recover_mark(self.store.as_ref(), name, recorded, intents, &self.format)
             .await
-            .map_err(|e| Error::Recoverable(format!("reading back the CDC files of {name}: {e}")))
+            .map_err(|e| {
+                crate::error::Failure::new(
+                    crate::error::Kind::Recoverable,
+                    format!("reading back the CDC files: {e}"),
+                )
+                .table(name.to_string())
+                .into()
+            })
     }
 
     fn recorded(&self, record: &TableRecord) -> Option<Mark> {
@@ -178,7 +185,9 @@ impl ChangeSink for CdcFiles {
         })
         .await
         .map_err(|e| Error::Runtime(format!("the CDC file writer crashed: {e}")))?
-        .map_err(|e| Error::Recoverable(e.to_string()))?;
+        .map_err(|e| {
+            crate::error::Failure::new(crate::error::Kind::Recoverable, e.to_string()).source(e)
+        })?;
         let mut marks = Vec::new();
         for (p, f) in written {
             self.written.rows += f.rows;

@@ -74,12 +74,60 @@ pub struct Call<'a> {
     pub key: &'a str,
 }
 
+/// A failed S3 request as godwit reports it: the sentence, and whether S3 itself says trying
+/// again can work (kept inside the `io::Error`, so the load can classify it: see
+/// `error::Failure::from_io`).
+#[derive(Debug, Clone)]
+pub struct S3Failure {
+    pub message: String,
+    pub transient: bool,
+}
+
+impl std::fmt::Display for S3Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for S3Failure {}
+
 /// The sentence for a failed request, as an I/O error.
 pub fn sdk_error<E>(place: &Place, call: Call<'_>, e: &SdkError<E, HttpResponse>) -> io::Error
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    io::Error::other(describe(place, call, e))
+    io::Error::other(S3Failure {
+        message: describe(place, call, e),
+        transient: transient(e),
+    })
+}
+
+/// Whether trying the request again can work: no answer (unreachable, timed out, the
+/// connection broke), a 5xx answer, or a code S3 uses for "slow down, try again".
+pub fn transient<E>(e: &SdkError<E, HttpResponse>) -> bool
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match e {
+        SdkError::DispatchFailure(d) => d.is_io() || d.is_timeout(),
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
+        SdkError::ServiceError(_) => {
+            let status = e.raw_response().map(|r| r.status().as_u16());
+            matches!(
+                e.code(),
+                Some(
+                    "SlowDown"
+                        | "RequestTimeout"
+                        | "InternalError"
+                        | "ServiceUnavailable"
+                        | "Throttling"
+                        | "ThrottlingException"
+                        | "RequestLimitExceeded"
+                )
+            ) || status.is_some_and(|s| s >= 500)
+        }
+        _ => false,
+    }
 }
 
 /// `<doing> s3://bucket/key: <what happened> (<code>: <message>): <what to do>`.

@@ -51,12 +51,13 @@ pub struct CacheTarget {
 
 /// A Redis failure as the pipeline reports it: retryable ones are recoverable.
 fn failed(doing: &str, e: RedisError) -> Error {
-    let message = format!("{doing}: {e}");
-    if e.retryable() {
-        Error::Recoverable(message)
+    use crate::error::{Failure, Kind};
+    let kind = if e.retryable() {
+        Kind::Recoverable
     } else {
-        Error::Runtime(message)
-    }
+        Kind::Fatal
+    };
+    Failure::because(kind, doing, e).into()
 }
 
 impl CacheTarget {

@@ -73,10 +73,7 @@ impl<'a, 'b> Apply<'a, 'b> {
             live,
             last_commit: None,
         };
-        apply.recover_marks().await.map_err(|e| match e {
-            Error::Recoverable(why) => Error::Runtime(why),
-            e => e,
-        })?;
+        apply.recover_marks().await.map_err(Error::into_fatal)?;
         Ok(apply)
     }
 
@@ -111,14 +108,14 @@ impl<'a, 'b> Apply<'a, 'b> {
                 return Ok(());
             }
             let outcome = match self.stream.as_mut() {
-                None => Err(Error::Recoverable(
-                    "the last attempt to reopen the stream failed".into(),
+                None => Err(Error::recoverable(
+                    "the last attempt to reopen the stream failed",
                 )),
                 Some(stream) => tokio::select! {
                     ev = stream.next() => match ev {
                         Ok(Some(ev)) => self.on_event(ev).await.map(|()| failures = 0),
-                        Ok(None) => Err(Error::Recoverable("the replication stream ended".into())),
-                        Err(e) => Err(Error::Recoverable(e.to_string())),
+                        Ok(None) => Err(Error::recoverable("the replication stream ended")),
+                        Err(e) => Err(Failure::because(Kind::Recoverable, "the replication stream broke", e).into()),
                     },
                     _ = tick.tick() => self.on_tick().await,
                     why = stops.next() => {
@@ -129,7 +126,7 @@ impl<'a, 'b> Apply<'a, 'b> {
             };
             let why = match outcome {
                 Ok(()) => continue,
-                Err(Error::Recoverable(why)) => why,
+                Err(e) if e.is_recoverable() => e.to_string(),
                 Err(e) => return Err(e),
             };
             // A write refused by the fence is no blip: the lease is lost, this run stops.
@@ -598,21 +595,27 @@ impl<'a, 'b> Apply<'a, 'b> {
                 DataErrorPolicy::SuspendTable => {
                     t.suspended = true;
                     let key = t.key.clone();
+                    let remedy = format!(
+                        "fix the value in the source, then `godwit reload PIPELINE --table {key}`"
+                    );
+                    tracing::error!(table = %key, kind = "data", policy = "suspend-table", remedy = %remedy, "{what}");
                     if let Some(r) = self.task.record.tables.get_mut(&key) {
                         r.state = TableState::Error;
                         r.last_error = Some(what.clone());
-                        r.remedy = Some(
-                            "fix the value in the source, then `godwit reload` the table".into(),
-                        );
+                        r.remedy = Some(remedy.clone());
                     }
                     self.task.notifier.emit(EventKind::TableError {
                         table: key,
                         error: what,
                         policy: "suspend-table".into(),
-                        remedy: "fix the value in the source, then reload the table".into(),
+                        remedy,
                     });
                 }
-                DataErrorPolicy::StopTask => return Err(Error::Runtime(what)),
+                DataErrorPolicy::StopTask => {
+                    return Err(Failure::new(Kind::Data, what)
+                        .remedy("fix the value in the source, then run the pipeline again")
+                        .into());
+                }
             }
         }
         Ok(())

@@ -43,7 +43,12 @@ impl Apply<'_, '_> {
         let lost: Vec<String> = self.sinks.iter_mut().flat_map(|s| s.lost()).collect();
         for table in lost {
             self.task.state.request_reload(&table).await.map_err(|e| {
-                Error::Recoverable(format!("requesting the reload of {table}: {e}"))
+                Failure::because(
+                    Kind::Recoverable,
+                    format_args!("requesting the reload of {table}"),
+                    e,
+                )
+                .table(&table)
             })?;
             self.task
                 .notifier

@@ -35,7 +35,7 @@ use crate::config::{
     CdcMode, DataErrorPolicy, DatePartitioning, Mode, NumericMode, Pipeline, TableErrorPolicy,
     TargetUrl,
 };
-use crate::error::Error;
+use crate::error::{Error, Failure, Kind};
 use crate::notify::{EventKind, Notifier, PartitionChange};
 use crate::pg::catalog::{self, Column, TableName, Types};
 use crate::pg::connect::{Source, describe_error};
@@ -150,7 +150,7 @@ impl Task<'_> {
             if e.is_lease_lost() {
                 Error::Runtime(e.to_string())
             } else {
-                Error::Recoverable(format!("cannot save the checkpoint: {e}"))
+                Failure::because(Kind::Recoverable, "cannot save the checkpoint", e).into()
             }
         })
     }
@@ -227,7 +227,7 @@ struct Prepared {
 
 /// The wait before retry `attempt` (1-based) of something recoverable: 5 s, doubling, at most
 /// 30 min.
-fn backoff(attempt: u64) -> Duration {
+pub(crate) fn backoff(attempt: u64) -> Duration {
     Duration::from_secs(5)
         .saturating_mul(1u32 << (attempt.max(1) - 1).min(9) as u32)
         .min(Duration::from_secs(1800))

@@ -53,7 +53,7 @@ impl Apply<'_, '_> {
             .state
             .reload_requests()
             .await
-            .map_err(|e| Error::Recoverable(format!("reading reload requests: {e}")))?;
+            .map_err(|e| Failure::because(Kind::Recoverable, "reading reload requests", e))?;
         if requests.is_empty() {
             return Ok(());
         }
@@ -166,7 +166,7 @@ impl Apply<'_, '_> {
         let plans = self.reloader.plans.clone();
         let done = finish_switches(self.task, self.store.as_ref(), &plans)
             .await
-            .map_err(Error::Recoverable)?;
+            .map_err(Error::recoverable)?;
         for key in done {
             let record = self.task.record.tables.get(&key);
             if let Some(t) = self.tables.iter_mut().find(|t| t.key == key) {
@@ -239,7 +239,7 @@ impl Apply<'_, '_> {
             });
         }
         if policy == "stop-task" {
-            return Err(Error::Runtime(format!("{key}: {error}")));
+            return Err(Failure::new(Kind::Table, error).table(key).into());
         }
         Ok(())
     }

@@ -381,7 +381,7 @@ pub(super) async fn run_started(
         task.record = outcome.record;
         summary = outcome.summary;
         if let Some(fatal) = outcome.fatal {
-            return Err(Error::Runtime(fatal));
+            return Err(fatal);
         }
         // CDC files an earlier life of this pipeline left (before a `drop`) would replay
         // over the new load; so would a reload's staged load, switched in later.
