@@ -125,7 +125,9 @@ impl SnsPublisher {
 
     /// Queues one event (never waits).
     pub fn publish(&self, event: &Event) {
-        let _ = self.tx.send(event.clone());
+        if self.tx.send(event.clone()).is_ok() {
+            super::metrics::sns_queued();
+        }
     }
 
     /// Delivers what is queued, for at most `within`; returns what could not be delivered.
@@ -230,6 +232,7 @@ async fn run(
             }
         };
         // Delivered entries leave the queue; failed ones stay, in order, for the next attempt.
+        super::metrics::sns_delivered(n.saturating_sub(failed.len()) as u64);
         let batch: Vec<Event> = pending.drain(..n).collect();
         let retry: Vec<Event> = batch
             .into_iter()
