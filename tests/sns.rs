@@ -234,3 +234,352 @@ async fn a_topic_that_cannot_take_events_neither_fails_the_run_nor_hides_them() 
         "{status}"
     );
 }
+
+/// Subscribes a new queue to `topic` with raw delivery and `filter` as its FilterPolicy (set
+/// after subscribing, with SetSubscriptionAttributes); returns the queue URL.
+async fn filtered_queue(
+    conf: &aws_config::SdkConfig,
+    topic: &str,
+    name: &str,
+    filter: &str,
+) -> String {
+    let sns = aws_sdk_sns::Client::new(conf);
+    let sqs = aws_sdk_sqs::Client::new(conf);
+    let queue = sqs
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_string();
+    let _ = sqs.purge_queue().queue_url(&queue).send().await;
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(&queue)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes()
+        .unwrap()[&QueueAttributeName::QueueArn]
+        .clone();
+    let sub = sns
+        .subscribe()
+        .topic_arn(topic)
+        .protocol("sqs")
+        .endpoint(arn)
+        .attributes("RawMessageDelivery", "true")
+        .send()
+        .await
+        .unwrap()
+        .subscription_arn()
+        .unwrap()
+        .to_string();
+    sns.set_subscription_attributes()
+        .subscription_arn(&sub)
+        .attribute_name("FilterPolicy")
+        .attribute_value(filter)
+        .send()
+        .await
+        .unwrap();
+    let attrs = sns
+        .get_subscription_attributes()
+        .subscription_arn(&sub)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        attrs
+            .attributes()
+            .and_then(|a| a.get("FilterPolicy"))
+            .map(String::as_str),
+        Some(filter)
+    );
+    queue
+}
+
+#[tokio::test]
+async fn a_subscription_filtered_on_table_error_gets_exactly_the_table_errors() {
+    let pg = pg();
+    let db = tables("godwit_sns_filter", 2).await;
+    // A NaN fits numeric(10,2) in PostgreSQL but not a decimal column: a data error, which
+    // `[errors] data = "suspend-table"` turns into a table error.
+    db.batch_execute(
+        "CREATE TABLE bad (id int PRIMARY KEY, amount numeric(10,2));
+         INSERT INTO bad VALUES (1, 1.50), (2, 'NaN'), (3, 2.25);",
+    )
+    .await
+    .unwrap();
+    let (topic, all) = topic_with_queue("godwit-sns-filter").await;
+    let conf = aws_conf().await;
+    let errors = filtered_queue(
+        &conf,
+        &topic,
+        "godwit-sns-filter-errors",
+        r#"{"event_type": ["table.error"]}"#,
+    )
+    .await;
+    let work = Work::new();
+    let path = work.pipeline(&format!(
+        "name = \"snsfilter\"\nmode = \"full-load\"\n[source]\nurl = \"{}\"\n[tables]\ninclude = [\"public.t0\", \"public.t1\", \"public.bad\"]\n[target]\nurl = \"file://{{out}}\"\n[notify]\nsns_topic_arn = \"{topic}\"\n[errors]\ndata = \"suspend-table\"\n",
+        pg.url("godwit_sns_filter")
+    ));
+    let env = aws_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let run = work.godwit(&["run", path.to_str().unwrap()], &env);
+    assert_eq!(
+        run.status.code(),
+        Some(3),
+        "a table in error: {}",
+        common::text(&run)
+    );
+
+    let events = common::events(&work.out().join("_godwit/state/events.jsonl"));
+    let want: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["event_type"] == "table.error")
+        .collect();
+    assert_eq!(want.len(), 1, "{events:?}");
+    assert_eq!(want[0]["table"], "public.bad");
+    let got = drain(&errors).await;
+    assert_eq!(got.len(), 1, "only table.error passes the filter: {got:?}");
+    let (body, attrs) = &got[0];
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(body).unwrap(),
+        *want[0]
+    );
+    let expected: BTreeMap<String, String> = [
+        ("event_type", "table.error"),
+        ("severity", "error"),
+        ("pipeline", "snsfilter"),
+        ("table", "public.bad"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(*attrs, expected);
+    // The unfiltered subscription got every event: the filter, not the publisher, chose.
+    assert_eq!(drain(&all).await.len(), events.len());
+}
+
+/// A moto_server of the test's own (SNS and SQS only; the pipeline writes to a local folder),
+/// on a free port: it can be stopped (SIGSTOP) without touching the shared one. Killed on drop,
+/// after a SIGCONT.
+struct PrivateMoto {
+    child: std::process::Child,
+    url: String,
+}
+
+impl PrivateMoto {
+    fn start() -> PrivateMoto {
+        let python = std::env::var("GODWIT_PYTHON")
+            .expect("GODWIT_PYTHON (the moto venv's python) is set by scripts/services.sh");
+        let bin = std::path::Path::new(&python).with_file_name("moto_server");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let moto = PrivateMoto {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < until,
+                "moto_server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        moto
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
+    async fn conf(&self) -> aws_config::SdkConfig {
+        use aws_smithy_http_client::{Builder, tls};
+        let http = Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(http)
+            .endpoint_url(&self.url)
+            .region(aws_config::Region::new("us-east-1"))
+            .load()
+            .await
+    }
+}
+
+impl Drop for PrivateMoto {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every message of a queue on `conf`'s endpoint: the bodies.
+async fn bodies(conf: &aws_config::SdkConfig, queue: &str) -> Vec<serde_json::Value> {
+    let sqs = aws_sdk_sqs::Client::new(conf);
+    let mut out = Vec::new();
+    loop {
+        let got = sqs
+            .receive_message()
+            .queue_url(queue)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        if got.messages().is_empty() {
+            return out;
+        }
+        for m in got.messages() {
+            out.push(serde_json::from_str(m.body().unwrap()).unwrap());
+            sqs.delete_message()
+                .queue_url(queue)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn sns_stopped_during_a_run_delays_its_end_by_the_grace_at_most() {
+    let pg = pg();
+    let _db = tables("godwit_sns_stopped", 2).await;
+    let moto = PrivateMoto::start();
+    let conf = moto.conf().await;
+    let sns = aws_sdk_sns::Client::new(&conf);
+    let mut topics = Vec::new();
+    for name in ["godwit-stopped-a", "godwit-stopped-b"] {
+        let topic = sns
+            .create_topic()
+            .name(name)
+            .send()
+            .await
+            .unwrap()
+            .topic_arn()
+            .unwrap()
+            .to_string();
+        let queue = filtered_queue(
+            &conf,
+            &topic,
+            &format!("{name}-q"),
+            r#"{"pipeline": ["snsrun"]}"#,
+        )
+        .await;
+        topics.push((topic, queue));
+    }
+    let env = [("AWS_ENDPOINT_URL", moto.url.as_str())];
+
+    // 1. SNS stopped for the whole run: the run ends within the grace, every event is in the
+    //    file and reported undelivered (log and status).
+    let work = Work::new();
+    let path = work.pipeline(&pipeline(&pg.url("godwit_sns_stopped"), &topics[0].0, 2));
+    moto.signal("-STOP");
+    let started = std::time::Instant::now();
+    let run = work.godwit(
+        &["run", path.to_str().unwrap(), "--log-format", "json"],
+        &env,
+    );
+    let took = started.elapsed();
+    let log = common::assert_ok(&run);
+    assert!(
+        took >= std::time::Duration::from_secs(9) && took < std::time::Duration::from_secs(25),
+        "the end waited for the 10 s grace, and no longer: {took:?}"
+    );
+    let events = common::events(&work.out().join("_godwit/state/events.jsonl"));
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "task.started",
+            "full_load.started",
+            "table.loaded",
+            "table.loaded",
+            "full_load.completed",
+            "task.stopped"
+        ]
+    );
+    assert!(
+        log.contains("6 events could not be delivered to SNS"),
+        "{log}"
+    );
+    // moto accepts the connection and never answers: the call in flight is cut off at the
+    // end of the grace (before, such a call held the end of the run for as long as it hung).
+    assert!(
+        log.contains("SNS did not answer before the end of the run's grace period"),
+        "the reason is logged: {log}"
+    );
+    let status = common::assert_ok(&work.godwit(&["status", path.to_str().unwrap()], &[]));
+    assert!(
+        status.contains("events not delivered to SNS by the end of the run: 6 (task.started@"),
+        "{status}"
+    );
+
+    // 2. SNS comes back inside the grace: everything reaches the topic, nothing is reported.
+    let work = Work::new();
+    let path = work.pipeline(&pipeline(&pg.url("godwit_sns_stopped"), &topics[1].0, 2));
+    let events_file = work.out().join("_godwit/state/events.jsonl");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_godwit"))
+        .current_dir(work.path())
+        .args(["run", path.to_str().unwrap()])
+        .env("AWS_ENDPOINT_URL", &moto.url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::fs::read_to_string(&events_file)
+        .unwrap_or_default()
+        .contains("task.stopped")
+    {
+        assert!(std::time::Instant::now() < until, "the run did not end");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // The run is in its grace period now.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    moto.signal("-CONT");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let events = common::events(&events_file);
+    assert_eq!(events.len(), 6);
+    let mut want: Vec<String> = events.iter().map(|e| e.to_string()).collect();
+    let mut got: Vec<String> = bodies(&conf, &topics[1].1)
+        .await
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "every event reached SNS once moto answered");
+    let status =
+        common::assert_ok(&work.godwit(&["status", path.to_str().unwrap(), "--json"], &[]));
+    assert!(!status.contains("events_undelivered"), "{status}");
+}

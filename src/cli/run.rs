@@ -11,6 +11,8 @@ use crate::task::full_load::{self, RunOptions};
 /// Runs the pipeline; returns 0, or 3 when a table ended in `Table error`.
 pub async fn execute(path: &str, once: bool, max_duration: Option<Duration>) -> Result<i32, Error> {
     let p = super::load_pipeline(path).await?;
+    // `/metrics` and `/healthz` for as long as the run lasts ([metrics] listen).
+    let _metrics = crate::notify::metrics::serve(&p).await?;
     let progress = std::io::stderr().is_terminal();
     let summary = match p.mode {
         Mode::FullLoad => full_load::run(&p, RunOptions { progress }).await,

@@ -17,8 +17,8 @@ use super::url::{
 type R<T> = Result<T, ConfigError>;
 
 const TOP_KEYS: &[&str] = &[
-    "name", "mode", "source", "tables", "load", "target", "cache", "notify", "limits", "errors",
-    "state",
+    "name", "mode", "source", "tables", "load", "target", "cache", "notify", "metrics", "limits",
+    "errors", "state",
 ];
 const SOURCE_KEYS: &[&str] = &["url", "slot", "publication"];
 const TABLE_KEYS: &[&str] = &["where", "exclude_columns", "partitions", "cdc", "numeric"];
@@ -67,6 +67,7 @@ const PROJECTION_KEYS: &[&str] = &[
     "channel",
 ];
 const NOTIFY_KEYS: &[&str] = &["sns_topic_arn", "events_file", "cdc_lag_threshold"];
+const METRICS_KEYS: &[&str] = &["listen", "health_threshold"];
 const LIMITS_KEYS: &[&str] = &["memory", "spill_dir"];
 const ERRORS_KEYS: &[&str] = &[
     "table",
@@ -157,6 +158,11 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, root: &DeTable<'_>) -> R<Pipeline> {
         notify(ctx, sec.as_ref(), &state.url, &name)
     }?;
 
+    let metrics = {
+        let sec = top.section(ctx, "metrics")?;
+        metrics(ctx, sec.as_ref())
+    }?;
+
     // Cross-section checks.
     if target.url == TargetUrl::None && cache.is_none() {
         let line = ctx.spans.line("target.url");
@@ -192,6 +198,7 @@ pub(crate) fn build(ctx: &mut Ctx<'_>, root: &DeTable<'_>) -> R<Pipeline> {
         target,
         cache,
         notify,
+        metrics,
         limits,
         errors,
         state,
@@ -974,6 +981,28 @@ fn notify(
         n.cdc_lag_threshold = it.duration(ctx)?;
     }
     Ok(n)
+}
+
+fn metrics(ctx: &mut Ctx<'_>, sec: Option<&Section<'_, '_>>) -> R<Metrics> {
+    let mut m = Metrics::default();
+    let Some(sec) = sec else {
+        return Ok(m);
+    };
+    sec.check_keys(ctx, METRICS_KEYS)?;
+    if let Some(it) = sec.get("listen")
+        && let Some(addr) = it.opt_string(ctx)?
+    {
+        let parsed = addr.parse::<std::net::SocketAddr>().map_err(|_| {
+            it.err(ctx, format!("\"{addr}\" is not an address and port")).with_hint(
+                "write an IP address and a port, e.g. \"127.0.0.1:9187\" (this machine only) or \"0.0.0.0:9187\" (every interface), or leave it empty for no metrics",
+            )
+        })?;
+        m.listen = Some(parsed);
+    }
+    if let Some(it) = sec.get("health_threshold") {
+        m.health_threshold = it.duration(ctx)?;
+    }
+    Ok(m)
 }
 
 fn limits(ctx: &mut Ctx<'_>, sec: Option<&Section<'_, '_>>) -> R<Limits> {

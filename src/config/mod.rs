@@ -31,8 +31,8 @@ use std::path::Path;
 pub use error::ConfigError;
 pub use model::{
     Cache, CdcMode, Compression, DataErrorPolicy, DatePartitioning, ErrorPolicy, Format, Limits,
-    Load, Mode, Notify, NumericMode, Pipeline, Projection, ProjectionKind, Source, Spans, Sse,
-    StateConfig, StateUrl, TableErrorPolicy, TableSettings, Tables, Target, TargetUrl,
+    Load, Metrics, Mode, Notify, NumericMode, Pipeline, Projection, ProjectionKind, Source, Spans,
+    Sse, StateConfig, StateUrl, TableErrorPolicy, TableSettings, Tables, Target, TargetUrl,
 };
 pub use pattern::TablePattern;
 pub use template::{TemplatePart, parse_template, template_columns};

@@ -219,6 +219,7 @@ pub struct Pipeline {
     pub target: Target,
     pub cache: Option<Cache>,
     pub notify: Notify,
+    pub metrics: Metrics,
     pub limits: Limits,
     pub errors: ErrorPolicy,
     pub state: StateConfig,
@@ -460,6 +461,24 @@ pub struct Notify {
     pub events_file: PathBuf,
     /// Default 5 min.
     pub cdc_lag_threshold: Duration,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metrics {
+    /// Where `godwit run` serves `/metrics` and `/healthz`; `None` (empty in the file): off.
+    pub listen: Option<std::net::SocketAddr>,
+    /// `/healthz` answers 503 once nothing moved for longer than this. Default 60 s.
+    pub health_threshold: Duration,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            listen: None,
+            health_threshold: Duration::from_secs(60),
+        }
+    }
 }
 
 /// `[limits]`.

@@ -2,6 +2,7 @@
 //! logged with structured fields and, with `[notify] sns_topic_arn`, published to SNS in the
 //! background (`sns.rs`), so logs and notifications never disagree.
 
+pub mod metrics;
 pub mod sns;
 
 use std::fs::{File, OpenOptions};
@@ -395,6 +396,7 @@ impl Notifier {
     /// Emits one event. Never fails: a write problem is logged, the data path goes on.
     pub fn emit(&self, kind: EventKind) -> Event {
         let event = kind.to_event(&self.pipeline);
+        metrics::on_event(&kind, event.event_type, event.severity.as_str());
         let line = serde_json::to_string(&event).unwrap_or_default();
         let details = plain_details(&event.details);
         match event.severity {

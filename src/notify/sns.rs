@@ -21,6 +21,9 @@ const BATCH: usize = 10;
 const GATHER: Duration = Duration::from_millis(20);
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const LAST_RETRY: Duration = Duration::from_secs(30);
+/// Longest one `PublishBatch` may take: an endpoint that accepts the connection and never
+/// answers (a stopped process, a black hole) is an error to retry, not a wait forever.
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What the publisher could not deliver by the end of the run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -125,7 +128,9 @@ impl SnsPublisher {
 
     /// Queues one event (never waits).
     pub fn publish(&self, event: &Event) {
-        let _ = self.tx.send(event.clone());
+        if self.tx.send(event.clone()).is_ok() {
+            super::metrics::sns_queued();
+        }
     }
 
     /// Delivers what is queued, for at most `within`; returns what could not be delivered.
@@ -202,14 +207,31 @@ async fn run(
             .enumerate()
             .map(|(i, e)| entry(i, e))
             .collect();
-        let sent = client
+        let call = client
             .publish_batch()
             .topic_arn(&topic)
             .set_publish_batch_request_entries(Some(entries))
-            .send()
-            .await;
+            .send();
+        // The call ends at its own timeout, or at the end of the run's grace period: a call
+        // in flight then is cut off, and what it carried counts as undelivered.
+        let mut ending = stop.clone();
+        let sent = tokio::select! {
+            sent = tokio::time::timeout(CALL_TIMEOUT, call) => sent,
+            () = grace_over(&mut ending) => {
+                last_error =
+                    Some("SNS did not answer before the end of the run's grace period".into());
+                break;
+            }
+        };
         let failed: Vec<usize> = match sent {
-            Ok(out) => {
+            Err(_) => {
+                last_error = Some(format!(
+                    "SNS did not answer within {} s",
+                    CALL_TIMEOUT.as_secs()
+                ));
+                (0..n).collect()
+            }
+            Ok(Ok(out)) => {
                 let failed: Vec<usize> = out
                     .failed()
                     .iter()
@@ -224,12 +246,13 @@ async fn run(
                 }
                 failed
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 last_error = Some(describe(&e));
                 (0..n).collect()
             }
         };
         // Delivered entries leave the queue; failed ones stay, in order, for the next attempt.
+        super::metrics::sns_delivered(n.saturating_sub(failed.len()) as u64);
         let batch: Vec<Event> = pending.drain(..n).collect();
         let retry: Vec<Event> = batch
             .into_iter()
@@ -264,7 +287,8 @@ async fn run(
             }
         }
     }
-    // Whatever is still queued (also events that arrived after the deadline) is undelivered.
+    // Whatever is still queued (also events that arrived after the deadline, and those of a
+    // call the deadline cut off) is undelivered.
     while let Ok(e) = rx.try_recv() {
         pending.push(e);
     }
@@ -276,6 +300,21 @@ async fn run(
             .map(|e| format!("{}@{}", e.event_type, e.time))
             .collect(),
         last_error: if pending.is_empty() { None } else { last_error },
+    }
+}
+
+/// Resolves once the end of the run's grace period has passed (never before the run ends).
+async fn grace_over(stop: &mut tokio::sync::watch::Receiver<Option<tokio::time::Instant>>) {
+    loop {
+        let deadline = *stop.borrow_and_update();
+        match deadline {
+            Some(d) => return tokio::time::sleep_until(d).await,
+            None => {
+                if stop.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+            }
+        }
     }
 }
 

@@ -821,11 +821,14 @@ async fn load_table(
     let files = ctx.pipeline.target.url != TargetUrl::None;
     let encoder = tokio::task::spawn_blocking(move || -> Result<Vec<WrittenFile>, WriteError> {
         if !files {
-            while rx.blocking_recv().is_some() {}
+            while rx.blocking_recv().is_some() {
+                crate::notify::metrics::progress(crate::notify::metrics::Activity::FullLoad);
+            }
             return Ok(Vec::new());
         }
         // A batch's bytes go back to the budget once it is encoded.
         while let Some((batch, _held)) = rx.blocking_recv() {
+            crate::notify::metrics::progress(crate::notify::metrics::Activity::FullLoad);
             if let Err(e) = writer.write(&batch) {
                 writer.abort();
                 return Err(e);

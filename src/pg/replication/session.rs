@@ -116,6 +116,10 @@ fn config(endpoint: &Endpoint, slot: &str, publications: &[String]) -> Replicati
     // which closing the session waits for) reaches the server at once, at ten small
     // messages a second at most.
     .with_status_interval(Duration::from_millis(100))
+    // While idle, a status update each second (instead of every 10 s): the walsender's
+    // `reply_time` then shows within seconds whether it still takes them (the health check
+    // of `[metrics]` reads it).
+    .with_wakeup_interval(Duration::from_secs(1))
     .with_buffer_size(read_ahead(crate::batch::budget::global().limit()))
 }
 

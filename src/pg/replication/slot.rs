@@ -54,6 +54,39 @@ pub async fn slot_info(
     }))
 }
 
+/// What a run following slot `name` watches: the source's WAL position, the WAL the slot
+/// holds back, and when the walsender using it last took a status update from its client
+/// (`pg_stat_replication.reply_time`, µs since the epoch; `None` without a session).
+#[derive(Debug, Clone)]
+pub struct StreamHealth {
+    pub current_lsn: Lsn,
+    pub retained_bytes: Option<i64>,
+    pub reply_time: Option<i64>,
+}
+
+/// The slot's [`StreamHealth`], if the slot exists.
+pub async fn stream_health(
+    client: &Client,
+    name: &str,
+) -> Result<Option<StreamHealth>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "WITH w AS (SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END AS lsn)
+             SELECT (w.lsn - '0/0'::pg_lsn)::int8, pg_wal_lsn_diff(w.lsn, s.restart_lsn)::int8,
+                    (extract(epoch FROM r.reply_time) * 1000000)::int8
+             FROM pg_replication_slots s CROSS JOIN w
+             LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
+             WHERE s.slot_name = $1",
+            &[&name],
+        )
+        .await?;
+    Ok(row.map(|r| StreamHealth {
+        current_lsn: Lsn(r.get::<_, Option<i64>>(0).unwrap_or(0) as u64),
+        retained_bytes: r.get(1),
+        reply_time: r.get(2),
+    }))
+}
+
 /// `max_slot_wal_keep_size` as PostgreSQL shows it (`-1` means slots may hold WAL forever).
 pub async fn max_slot_wal_keep_size(client: &Client) -> Result<String, tokio_postgres::Error> {
     Ok(client

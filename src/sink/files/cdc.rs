@@ -201,6 +201,7 @@ impl ChangeSink for CdcFiles {
                 last_lsn = %Lsn(p.last.lsn),
                 "CDC file written"
             );
+            crate::notify::metrics::cdc_file_written(&p.table, f.bytes);
             marks.push((p.table.clone(), p.last));
         }
         Ok(marks)

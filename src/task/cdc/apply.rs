@@ -72,6 +72,8 @@ impl<'a, 'b> Apply<'a, 'b> {
             reload_failures: HashMap::new(),
             live,
             last_commit: None,
+            probed_at: Instant::now(),
+            reply_time: None,
         };
         apply.recover_marks().await.map_err(Error::into_fatal)?;
         Ok(apply)
@@ -99,6 +101,7 @@ impl<'a, 'b> Apply<'a, 'b> {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut failures: u64 = 0;
         tracing::info!(start = %self.position, stop_at = stop_at.map(tracing::field::display), "CDC started");
+        metrics::progress(metrics::Activity::Cdc);
         loop {
             if let Some(stop) = stop_at
                 && self.txn.is_none()
@@ -113,7 +116,10 @@ impl<'a, 'b> Apply<'a, 'b> {
                 )),
                 Some(stream) => tokio::select! {
                     ev = stream.next() => match ev {
-                        Ok(Some(ev)) => self.on_event(ev).await.map(|()| failures = 0),
+                        Ok(Some(ev)) => {
+                            metrics::progress(metrics::Activity::Cdc);
+                            self.on_event(ev).await.map(|()| failures = 0)
+                        }
                         Ok(None) => Err(Error::recoverable("the replication stream ended")),
                         Err(e) => Err(Failure::because(Kind::Recoverable, "the replication stream broke", e).into()),
                     },
@@ -218,6 +224,7 @@ impl<'a, 'b> Apply<'a, 'b> {
         // A run that lost its lease (paused past it, or taken over) stops at once.
         self.task.fenced()?;
         self.live.update(&self.stats());
+        self.observe_source().await;
         if self.last_request_check.elapsed() >= Duration::from_secs(5) {
             self.last_request_check = Instant::now();
             self.check_partitions().await?;
@@ -229,6 +236,58 @@ impl<'a, 'b> Apply<'a, 'b> {
             self.flush().await?;
         }
         Ok(())
+    }
+
+    /// With metrics: every few seconds, the slot's retained WAL, how far the source's WAL is
+    /// ahead of what CDC processed, and whether the walsender still takes the status updates
+    /// the session sends each second. A walsender that took one since the last look counts
+    /// as progress: an idle stream sends nothing, a stopped or cut-off one stops taking them.
+    pub(super) async fn observe_source(&mut self) {
+        if !metrics::enabled() {
+            return;
+        }
+        let every = (self.p.metrics.health_threshold / 4)
+            .clamp(Duration::from_millis(500), Duration::from_secs(5));
+        if self.probed_at.elapsed() < every {
+            return;
+        }
+        self.probed_at = Instant::now();
+        if self.catalog.is_none() {
+            match tokio::time::timeout(every, self.reloader.source.connect()).await {
+                Ok(Ok(c)) => self.catalog = Some(c),
+                Ok(Err(e)) => {
+                    tracing::debug!("metrics: connecting to read the slot: {e}");
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+        let Some(client) = self.catalog.as_ref() else {
+            return;
+        };
+        let read = slot::stream_health(client, &self.p.source.slot);
+        match tokio::time::timeout(every.max(Duration::from_secs(2)), read).await {
+            Ok(Ok(Some(h))) => {
+                let lag = h.current_lsn.0.saturating_sub(self.position.0);
+                metrics::set_slot(lag, h.retained_bytes.unwrap_or(0).max(0) as u64);
+                if lag == 0 {
+                    metrics::set_cdc_lag_seconds(0.0);
+                }
+                if h.reply_time.is_some()
+                    && self.reply_time.is_some()
+                    && h.reply_time != self.reply_time
+                {
+                    metrics::progress(metrics::Activity::Cdc);
+                }
+                self.reply_time = h.reply_time;
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!("metrics: reading the slot: {e}");
+                self.catalog = None;
+            }
+            Err(_) => tracing::debug!("metrics: reading the slot took too long"),
+        }
     }
 
     pub(super) async fn on_event(&mut self, ev: StreamEvent) -> Result<(), Error> {
@@ -337,6 +396,7 @@ impl<'a, 'b> Apply<'a, 'b> {
     pub(super) fn watch_lag(&mut self, commit_time: i64) {
         let lag = (chrono::Utc::now().timestamp_micros() - commit_time) as f64 / 1e6;
         self.last_commit = Some((commit_time, lag));
+        metrics::set_cdc_lag_seconds(lag);
         let threshold = self.p.notify.cdc_lag_threshold.as_secs_f64();
         if lag > threshold && !self.lag_alerted {
             self.lag_alerted = true;
@@ -557,7 +617,8 @@ impl<'a, 'b> Apply<'a, 'b> {
                 Op::Insert => t.counts.inserts += 1,
                 Op::Update => t.counts.updates += 1,
                 Op::Delete => t.counts.deletes += 1,
-                Op::Truncate | Op::Before => {}
+                Op::Truncate => t.counts.truncates += 1,
+                Op::Before => {}
             }
             self.buffered_rows += 1;
             let added = t.buffer.bytes - before;

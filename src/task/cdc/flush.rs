@@ -131,6 +131,16 @@ impl Apply<'_, '_> {
                 r.updates += counts.updates;
                 r.deletes += counts.deletes;
                 r.data_errors += counts.data_errors;
+                metrics::changes_applied(
+                    &t.key,
+                    [
+                        ("insert", counts.inserts),
+                        ("update", counts.updates),
+                        ("delete", counts.deletes),
+                        ("truncate", counts.truncates),
+                    ],
+                    counts.data_errors,
+                );
                 for (sink, held) in self.sinks.iter_mut().zip(&t.held) {
                     sink.record(&t.key, r, *held);
                 }

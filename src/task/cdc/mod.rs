@@ -36,7 +36,7 @@ use crate::config::{
     TargetUrl,
 };
 use crate::error::{Error, Failure, Kind};
-use crate::notify::{EventKind, Notifier, PartitionChange};
+use crate::notify::{EventKind, Notifier, PartitionChange, metrics};
 use crate::pg::catalog::{self, Column, TableName, Types};
 use crate::pg::connect::{Source, describe_error};
 use crate::pg::lsn::Lsn;
@@ -292,6 +292,7 @@ struct Counts {
     inserts: u64,
     updates: u64,
     deletes: u64,
+    truncates: u64,
     data_errors: u64,
 }
 
@@ -355,6 +356,10 @@ struct Apply<'a, 'b> {
     live: LiveLine,
     /// The last commit received: its time (µs) and how late it arrived (s).
     last_commit: Option<(i64, f64)>,
+    /// With metrics: the last look at the slot and its walsender, and the walsender's last
+    /// reply time then (see `observe_source`).
+    probed_at: Instant,
+    reply_time: Option<i64>,
 }
 
 /// The outputs of committed changes this pipeline has: the files, and the cache when there
