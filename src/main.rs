@@ -83,6 +83,9 @@ enum Command {
         /// Test knob: the S3 lease's time to live (e.g. 6s; renewed every quarter of it).
         #[arg(long, hide = true)]
         lease_ttl: Option<String>,
+        /// Test knob: how often the progress line is logged (default 30s).
+        #[arg(long, hide = true)]
+        progress_every: Option<String>,
     },
     /// Validate the file and every prerequisite (source, tables, types, CDC settings, target,
     /// lease) without moving data; exit 2 when a check fails.
@@ -165,7 +168,10 @@ fn init_logging(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(|| LogWriter);
     if json {
-        builder.json().with_current_span(false).init();
+        builder
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(godwit::notify::log_format::JsonLines)
+            .init();
     } else {
         builder.with_ansi(terminal).with_target(false).init();
     }
@@ -193,7 +199,19 @@ fn main() -> ExitCode {
                 crash_after_objects,
                 fail_object,
                 lease_ttl,
+                progress_every,
             } => {
+                match progress_every
+                    .as_deref()
+                    .map(godwit::config::parse_duration)
+                {
+                    None => {}
+                    Some(Ok(d)) => godwit::notify::pulse::set_every(d),
+                    Some(Err(e)) => {
+                        eprintln!("error: --progress-every: {e}");
+                        return Ok(2);
+                    }
+                }
                 godwit::faults::crash_after_objects(crash_after_objects.unwrap_or(0));
                 godwit::faults::fail_object(fail_object.unwrap_or(0));
                 match lease_ttl.as_deref().map(godwit::config::parse_duration) {

@@ -1,6 +1,7 @@
 //! JSON log lines carry plain values: an LSN as `0/16B3748`, a count as a number, an absent
 //! value as no field — never Rust's `Some(…)`, `None`, a `Struct { … }` dump, a JSON text or a
-//! quoted string inside the string. Runs the real binary with `--log-format json` through a
+//! quoted string inside the string; an event's `details` as a JSON object; the pipeline's name
+//! on every line. Runs the real binary with `--log-format json` through a
 //! full load, a CDC batch run, a crash right after a CDC file and the run that recovers from it.
 
 mod common;
@@ -61,8 +62,14 @@ fn assert_plain(o: &Output, what: &str) -> Vec<Value> {
             .as_object()
             .unwrap_or_else(|| panic!("{what}: a line without fields: {line}"));
         assert!(fields.contains_key("message"), "{what}: no message: {line}");
+        // Every line names the pipeline it is about.
+        assert_eq!(fields["pipeline"], "logfields", "{what}: {line}");
         for (k, v) in fields {
             match v {
+                // An event's details stay a JSON object (for metric filters on its fields).
+                Value::Object(details) if k == "details" => {
+                    assert!(!details.is_empty(), "{what}: empty details: {line}");
+                }
                 Value::String(s) => {
                     if let Some(why) = not_plain(s) {
                         panic!("{what}: field {k} holds {why}: {line}");
@@ -128,8 +135,9 @@ async fn json_log_fields_are_plain_values() {
         .filter(|l| l["fields"]["event_type"] == "table.loaded")
         .collect();
     assert_eq!(loaded.len(), 1, "{lines:?}");
-    let details = loaded[0]["fields"]["details"].as_str().unwrap();
-    assert!(details.split(", ").any(|d| d == "rows=100"), "{details}");
+    let details = &loaded[0]["fields"]["details"];
+    assert_eq!(details["rows"], 100, "{details}");
+    assert_eq!(loaded[0]["fields"]["table"], "public.items");
 
     // A CDC batch run: the start names both LSNs plainly, each file is logged with what it holds.
     db.batch_execute(
@@ -215,4 +223,29 @@ async fn json_log_fields_are_plain_values() {
         "{lines:?}"
     );
     assert_eq!(cdc_files(&table_dir).len(), 2);
+
+    // A following run that lasts a few seconds logs the progress line on its interval, with
+    // the changes it took, the memory budget's counts and the resident set.
+    db.batch_execute("INSERT INTO items SELECT i, 'more ' || i FROM generate_series(141, 150) i;")
+        .await
+        .unwrap();
+    let mut args = vec!["run", p, "--max-duration", "3s", "--progress-every", "1s"];
+    args.extend_from_slice(&json);
+    let following = w.godwit(&args, &[]);
+    assert_ok(&following);
+    let lines = assert_plain(&following, "the following run");
+    let progress = with_message(&lines, "progress");
+    assert!(progress.len() >= 2, "{lines:?}");
+    let last = &progress[progress.len() - 1]["fields"];
+    assert_eq!(last["changes"], 10, "{last}");
+    assert!(last["rss_bytes"].as_u64().unwrap() > 1 << 20, "{last}");
+    for field in [
+        "rows",
+        "rows_per_s",
+        "changes_per_s",
+        "buffered_bytes",
+        "spilled_bytes",
+    ] {
+        assert!(last[field].is_number(), "{field}: {last}");
+    }
 }

@@ -22,6 +22,13 @@ use crate::sink::files::{s3, s3_error};
 /// `s3://bucket/key` URL read with the standard AWS credential chain (and `AWS_ENDPOINT_URL`
 /// for S3-compatible stores).
 pub async fn load_pipeline(path: &str) -> Result<Pipeline, Error> {
+    let p = read_pipeline(path).await?;
+    // Every log line from here on names the pipeline.
+    crate::notify::log_format::set_pipeline(&p.name);
+    Ok(p)
+}
+
+async fn read_pipeline(path: &str) -> Result<Pipeline, Error> {
     let Some(rest) = path.strip_prefix("s3://") else {
         return Ok(config::load(Path::new(path))?);
     };

@@ -13,6 +13,8 @@ pub async fn execute(path: &str, once: bool, max_duration: Option<Duration>) -> 
     let p = super::load_pipeline(path).await?;
     // `/metrics` and `/healthz` for as long as the run lasts ([metrics] listen).
     let _metrics = crate::notify::metrics::serve(&p).await?;
+    // A progress line in the log every 30 s (throughput, CDC lag, memory).
+    let pulse = crate::notify::pulse::start();
     let progress = std::io::stderr().is_terminal();
     let summary = match p.mode {
         Mode::FullLoad => full_load::run(&p, RunOptions { progress }).await,
@@ -28,6 +30,7 @@ pub async fn execute(path: &str, once: bool, max_duration: Option<Duration>) -> 
             .await
         }
     };
+    pulse.abort();
     // The closing line says where the events went (also after a failure, once there are any).
     let has_events = tokio::fs::metadata(&p.notify.events_file)
         .await

@@ -2,7 +2,9 @@
 //! logged with structured fields and, with `[notify] sns_topic_arn`, published to SNS in the
 //! background (`sns.rs`), so logs and notifications never disagree.
 
+pub mod log_format;
 pub mod metrics;
+pub mod pulse;
 pub mod sns;
 
 use std::fs::{File, OpenOptions};
@@ -328,23 +330,6 @@ pub fn undelivered(left: Option<sns::Undelivered>) -> Option<crate::state::Undel
     })
 }
 
-/// An event's details as one plain log value, `rows=5, files=1` (strings unquoted, nulls
-/// left out); `None` when there are none. The events file keeps them as JSON.
-fn plain_details(details: &serde_json::Value) -> Option<String> {
-    let serde_json::Value::Object(map) = details else {
-        return None;
-    };
-    let parts: Vec<String> = map
-        .iter()
-        .filter(|(_, v)| !v.is_null())
-        .map(|(k, v)| match v {
-            serde_json::Value::String(s) => format!("{k}={s}"),
-            other => format!("{k}={other}"),
-        })
-        .collect();
-    (!parts.is_empty()).then(|| parts.join(", "))
-}
-
 /// Emits events: one JSON line in the events file, one structured log line, and an SNS message
 /// when a topic is set.
 pub struct Notifier {
@@ -398,7 +383,11 @@ impl Notifier {
         let event = kind.to_event(&self.pipeline);
         metrics::on_event(&kind, event.event_type, event.severity.as_str());
         let line = serde_json::to_string(&event).unwrap_or_default();
-        let details = plain_details(&event.details);
+        // A JSON object: the JSON log line keeps it one (see `log_format`).
+        let details = match &event.details {
+            Value::Object(m) if !m.is_empty() => serde_json::to_string(&event.details).ok(),
+            _ => None,
+        };
         match event.severity {
             Severity::Error => tracing::error!(
                 event_type = event.event_type,
@@ -434,24 +423,5 @@ impl Notifier {
             tracing::warn!(path = %self.path.display(), "cannot write the events file: {e}");
         }
         event
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::plain_details;
-    use serde_json::json;
-
-    #[test]
-    fn details_in_a_log_line_are_plain_text() {
-        let text = plain_details(
-            &json!({"rows": 5, "lsn": null, "error": "a \"quoted\" word", "ok": true}),
-        )
-        .unwrap();
-        let mut parts: Vec<&str> = text.split(", ").collect();
-        parts.sort();
-        assert_eq!(parts, ["error=a \"quoted\" word", "ok=true", "rows=5"]);
-        assert_eq!(plain_details(&json!({})), None);
-        assert_eq!(plain_details(&json!({"lsn": null})), None);
     }
 }

@@ -356,12 +356,14 @@ pub async fn run_copy(
         let now = decoder.rows_seen;
         if now - counted >= 1024 {
             rows.fetch_add(now - counted, Ordering::Relaxed);
+            crate::notify::pulse::rows_loaded(now - counted);
             counted = now;
         }
     }
     decoder.finish(&mut out)?;
     drain(&mut out, &tx, on_error).await?;
     rows.fetch_add(decoder.rows_seen - counted, Ordering::Relaxed);
+    crate::notify::pulse::rows_loaded(decoder.rows_seen - counted);
     Ok(decoder.rows_out())
 }
 

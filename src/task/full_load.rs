@@ -365,7 +365,12 @@ pub(crate) async fn load(
             });
             continue;
         }
-        set.spawn(load_one(ctx.clone(), plan, kept, wait, started));
+        // Log lines about one table carry its name.
+        let span = tracing::info_span!("table", table = %plan.key());
+        set.spawn(tracing::Instrument::instrument(
+            load_one(ctx.clone(), plan, kept, wait, started),
+            span,
+        ));
     }
     let mut rows = 0;
     let mut in_error = 0;
@@ -521,27 +526,35 @@ async fn load_one(
             let _ = s.send(());
         }
         let (ctx, plan, rows) = (ctx.clone(), plan.clone(), rows.clone());
-        units.spawn(async move {
-            let done = match load_with_retries(&ctx, &plan, segment.as_ref(), rows).await {
-                Ok(done) => done,
-                Err(mut f) => {
-                    f.permit = Some(permit);
-                    return Err(f);
-                }
-            };
-            if let Some(seg) = segment {
-                ctx.update(&plan.key(), |r| {
-                    if let Some(s) = r.segments.iter_mut().find(|s| s.number == seg.number) {
-                        s.state = TableState::Completed;
-                        s.rows = done.rows;
-                        s.files = done.files.clone();
+        // Log lines of one segment carry its number (the table's span is the parent).
+        let span = match &segment {
+            Some(s) => tracing::info_span!("segment", segment = s.number),
+            None => tracing::Span::current(),
+        };
+        units.spawn(tracing::Instrument::instrument(
+            async move {
+                let done = match load_with_retries(&ctx, &plan, segment.as_ref(), rows).await {
+                    Ok(done) => done,
+                    Err(mut f) => {
+                        f.permit = Some(permit);
+                        return Err(f);
                     }
-                })
-                .await;
-            }
-            drop(permit);
-            Ok::<Loaded, TableFailure>(done)
-        });
+                };
+                if let Some(seg) = segment {
+                    ctx.update(&plan.key(), |r| {
+                        if let Some(s) = r.segments.iter_mut().find(|s| s.number == seg.number) {
+                            s.state = TableState::Completed;
+                            s.rows = done.rows;
+                            s.files = done.files.clone();
+                        }
+                    })
+                    .await;
+                }
+                drop(permit);
+                Ok::<Loaded, TableFailure>(done)
+            },
+            span,
+        ));
     }
     let mut loaded = Vec::new();
     let mut failure = None;
@@ -647,7 +660,7 @@ async fn load_one(
                 .unwrap_or_else(|| reload_remedy(&key));
             tracing::error!(
                 table = %key,
-                kind = failure.failure.kind.as_str(),
+                error_kind = failure.failure.kind.as_str(),
                 policy,
                 remedy = %remedy,
                 "{error}"

@@ -164,6 +164,7 @@ impl<'a, 'b> Apply<'a, 'b> {
         tracing::warn!(
             attempt,
             wait_s = wait.as_secs(),
+            error_kind = "recoverable",
             "CDC broke ({why}); starting again from the slot"
         );
         self.stream = None;
@@ -395,6 +396,7 @@ impl<'a, 'b> Apply<'a, 'b> {
 
     pub(super) fn watch_lag(&mut self, commit_time: i64) {
         let lag = (chrono::Utc::now().timestamp_micros() - commit_time) as f64 / 1e6;
+        crate::notify::pulse::lag(lag);
         self.last_commit = Some((commit_time, lag));
         metrics::set_cdc_lag_seconds(lag);
         let threshold = self.p.notify.cdc_lag_threshold.as_secs_f64();
@@ -621,6 +623,7 @@ impl<'a, 'b> Apply<'a, 'b> {
                 Op::Before => {}
             }
             self.buffered_rows += 1;
+            crate::notify::pulse::changes(1);
             let added = t.buffer.bytes - before;
             self.buffered_bytes += added;
             self.memory
@@ -659,7 +662,7 @@ impl<'a, 'b> Apply<'a, 'b> {
                     let remedy = format!(
                         "fix the value in the source, then `godwit reload PIPELINE --table {key}`"
                     );
-                    tracing::error!(table = %key, kind = "data", policy = "suspend-table", remedy = %remedy, "{what}");
+                    tracing::error!(table = %key, error_kind = "data", policy = "suspend-table", remedy = %remedy, "{what}");
                     if let Some(r) = self.task.record.tables.get_mut(&key) {
                         r.state = TableState::Error;
                         r.last_error = Some(what.clone());
