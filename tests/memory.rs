@@ -226,43 +226,78 @@ async fn a_value_larger_than_the_budget_is_processed_alone() {
     assert_eq!(recovered[0]["dms_event_id"], "DMS-EVENT-0093");
 }
 
+/// A `cdc` pipeline `mem<name>` on a fresh database `godwit_memory_<name>` whose slot exists,
+/// and then one transaction of `rows` rows of 32 KiB in table `big`. `spill` is where the
+/// spill directory goes (created by godwit).
+struct Cdc {
+    db: tokio_postgres::Client,
+    work: Work,
+    path: PathBuf,
+}
+
+impl Cdc {
+    async fn after_one_transaction(name: &str, rows: u32, spill: impl Fn(&Path) -> PathBuf) -> Cdc {
+        let pg = pg();
+        let db_name = format!("godwit_memory_{name}");
+        let db = pg.fresh_db(&db_name).await;
+        db.batch_execute("CREATE TABLE big (id int PRIMARY KEY, v text NOT NULL)")
+            .await
+            .unwrap();
+        let work = Work::new();
+        let spill = spill(work.path());
+        let path = work.pipeline(&pipeline(
+            &format!("mem{name}"),
+            &pg.url(&db_name),
+            "cdc",
+            &spill,
+        ));
+        // Creates the slot; nothing to load.
+        assert_ok(&work.godwit(&["run", path.to_str().unwrap(), "--once"], &[]));
+        db.batch_execute(&format!(
+            "INSERT INTO big SELECT i, repeat(md5(i::text), 1024) FROM generate_series(1, {rows}) i"
+        ))
+        .await
+        .unwrap();
+        wait_wal_flushed(&db).await;
+        Cdc { db, work, path }
+    }
+
+    fn pipeline(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+
+    /// The output compared with the source, id by id and value by value.
+    async fn assert_complete(&self) -> usize {
+        let files = parquet_files(&self.work.out().join("public/big"));
+        assert_eq!(file_digests(&files), source_digests(&self.db).await);
+        files.len()
+    }
+
+    fn drop_slot(&self) {
+        assert_ok(&self.work.godwit(&["drop", self.pipeline(), "--yes"], &[]));
+    }
+}
+
 #[tokio::test]
 async fn a_one_gib_transaction_is_spilled_and_written_out_in_order() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let pg = pg();
-    let db = pg.fresh_db("godwit_memory_cdc").await;
-    db.batch_execute("CREATE TABLE big (id int PRIMARY KEY, v text NOT NULL)")
-        .await
-        .unwrap();
-    let work = Work::new();
-    let spill = work.path().join("spill");
-    let path = work.pipeline(&pipeline(
-        "memcdc",
-        &pg.url("godwit_memory_cdc"),
-        "cdc",
-        &spill,
-    ));
-    // Creates the slot; nothing to load.
-    assert_ok(&work.godwit(&["run", path.to_str().unwrap(), "--once"], &[]));
     // One transaction of 32,768 rows of 32 KiB: 1 GiB through the replication stream.
-    db.batch_execute(
-        "INSERT INTO big SELECT i, repeat(md5(i::text), 1024) FROM generate_series(1, 32768) i",
-    )
-    .await
-    .unwrap();
-    wait_wal_flushed(&db).await;
+    let cdc = Cdc::after_one_transaction("cdc", 32768, |w| w.join("spill")).await;
+    let work = &cdc.work;
     let started = Instant::now();
-    let (log, peak) = run_ok(&work, &["run", path.to_str().unwrap(), "--once"]);
+    let (log, peak) = run_ok(work, &["run", cdc.pipeline(), "--once"]);
     eprintln!(
         "CDC: 1 GiB transaction in {:.1}s, peak RSS {} MiB",
         started.elapsed().as_secs_f64(),
         peak >> 20
     );
-    let files = parquet_files(&work.out().join("public/big"));
-    assert!(files.len() > 1, "{files:?}");
-    assert_eq!(file_digests(&files), source_digests(&db).await);
+    assert!(cdc.assert_complete().await > 1);
     assert!(log.contains("buffered CDC changes spilled"), "{log}");
-    assert_eq!(spill_files(&spill.join("memcdc")), 0, "spill files left");
+    assert_eq!(
+        spill_files(&work.path().join("spill/memcdc")),
+        0,
+        "spill files left"
+    );
     assert!(
         peak <= BUDGET + OVERHEAD,
         "peak RSS {} MiB, over the budget + overhead ({} MiB)",
@@ -283,34 +318,17 @@ async fn a_one_gib_transaction_is_spilled_and_written_out_in_order() {
         pressure.len(),
         "every episode ends: {events:?}"
     );
-    assert_ok(&work.godwit(&["drop", path.to_str().unwrap(), "--yes"], &[]));
+    cdc.drop_slot();
 }
 
 #[tokio::test]
 async fn a_kill_while_changes_are_spilled_loses_and_doubles_nothing() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let pg = pg();
-    let db = pg.fresh_db("godwit_memory_kill").await;
-    db.batch_execute("CREATE TABLE big (id int PRIMARY KEY, v text NOT NULL)")
-        .await
-        .unwrap();
-    let work = Work::new();
+    let cdc = Cdc::after_one_transaction("kill", 8192, |w| w.join("spill")).await;
+    let (work, path) = (&cdc.work, &cdc.path);
     let spill = work.path().join("spill");
-    let path = work.pipeline(&pipeline(
-        "memkill",
-        &pg.url("godwit_memory_kill"),
-        "cdc",
-        &spill,
-    ));
-    assert_ok(&work.godwit(&["run", path.to_str().unwrap(), "--once"], &[]));
-    db.batch_execute(
-        "INSERT INTO big SELECT i, repeat(md5(i::text), 1024) FROM generate_series(1, 8192) i",
-    )
-    .await
-    .unwrap();
-    wait_wal_flushed(&db).await;
     let log = work.path().join("run.log");
-    let mut run = Killed(work.spawn_run_logged(&path, &log));
+    let mut run = Killed(work.spawn_run_logged(path, &log));
     let folder = spill.join("memkill");
     let deadline = Instant::now() + Duration::from_secs(120);
     while spill_files(&folder) == 0 {
@@ -324,53 +342,36 @@ async fn a_kill_while_changes_are_spilled_loses_and_doubles_nothing() {
     assert!(spill_files(&folder) > 0);
     drop(run);
 
-    let again = assert_ok(&work.godwit(&["run", path.to_str().unwrap(), "--once"], &[]));
+    let again = assert_ok(&work.godwit(&["run", cdc.pipeline(), "--once"], &[]));
     assert!(
         again.contains("spill files an interrupted run left"),
         "{again}"
     );
     assert_eq!(spill_files(&folder), 0);
-    let files = parquet_files(&work.out().join("public/big"));
-    assert_eq!(file_digests(&files), source_digests(&db).await);
-    assert_ok(&work.godwit(&["drop", path.to_str().unwrap(), "--yes"], &[]));
+    cdc.assert_complete().await;
+    cdc.drop_slot();
 }
 
 #[tokio::test]
 async fn an_unwritable_spill_dir_writes_changes_out_early_instead() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let pg = pg();
-    let db = pg.fresh_db("godwit_memory_nospill").await;
-    db.batch_execute("CREATE TABLE big (id int PRIMARY KEY, v text NOT NULL)")
-        .await
-        .unwrap();
-    let work = Work::new();
     // A regular file where the spill directory should be: nothing can be created under it.
-    let spill = work.path().join("not-a-dir");
-    std::fs::write(&spill, "x").unwrap();
-    let path = work.pipeline(&pipeline(
-        "memnospill",
-        &pg.url("godwit_memory_nospill"),
-        "cdc",
-        &spill,
-    ));
-    assert_ok(&work.godwit(&["run", path.to_str().unwrap(), "--once"], &[]));
-    db.batch_execute(
-        "INSERT INTO big SELECT i, repeat(md5(i::text), 1024) FROM generate_series(1, 4096) i",
-    )
-    .await
-    .unwrap();
-    wait_wal_flushed(&db).await;
-    let log = assert_ok(&work.godwit(&["run", path.to_str().unwrap(), "--once"], &[]));
+    let cdc = Cdc::after_one_transaction("nospill", 4096, |w| {
+        let file = w.join("not-a-dir");
+        std::fs::write(&file, "x").unwrap();
+        file
+    })
+    .await;
+    let work = &cdc.work;
+    let log = assert_ok(&work.godwit(&["run", cdc.pipeline(), "--once"], &[]));
     assert!(
         log.contains("cannot spill buffered changes to")
             && log.contains("not-a-dir")
             && log.contains("writing the buffered changes out early instead"),
         "{log}"
     );
-    let files = parquet_files(&work.out().join("public/big"));
     // 128 MiB of changes under a 32 MiB budget, written early in several files.
-    assert!(files.len() >= 4, "{files:?}");
-    assert_eq!(file_digests(&files), source_digests(&db).await);
+    assert!(cdc.assert_complete().await >= 4);
     let events = events(&work.out().join("_godwit/state/events.jsonl"));
     assert!(
         of_type(&events, "memory.pressure")
@@ -381,5 +382,5 @@ async fn an_unwritable_spill_dir_writes_changes_out_early_instead() {
                 .contains("spilling failed")),
         "{events:?}"
     );
-    assert_ok(&work.godwit(&["drop", path.to_str().unwrap(), "--yes"], &[]));
+    cdc.drop_slot();
 }

@@ -38,8 +38,8 @@ async fn sqs() -> aws_sdk_sqs::Client {
 /// A topic with a queue subscribed (raw delivery: the body is the event, the SNS message
 /// attributes become the SQS message's); returns (topic ARN, queue URL).
 async fn topic_with_queue(name: &str) -> (String, String) {
-    let sns = aws_sdk_sns::Client::new(&aws_conf().await);
-    let topic = sns
+    let conf = aws_conf().await;
+    let topic = aws_sdk_sns::Client::new(&conf)
         .create_topic()
         .name(name)
         .send()
@@ -48,36 +48,7 @@ async fn topic_with_queue(name: &str) -> (String, String) {
         .topic_arn()
         .unwrap()
         .to_string();
-    let sqs = sqs().await;
-    let queue = sqs
-        .create_queue()
-        .queue_name(format!("{name}-q"))
-        .send()
-        .await
-        .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_string();
-    // Messages of an earlier run of this test go.
-    let _ = sqs.purge_queue().queue_url(&queue).send().await;
-    let arn = sqs
-        .get_queue_attributes()
-        .queue_url(&queue)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes()
-        .unwrap()[&QueueAttributeName::QueueArn]
-        .clone();
-    sns.subscribe()
-        .topic_arn(&topic)
-        .protocol("sqs")
-        .endpoint(arn)
-        .attributes("RawMessageDelivery", "true")
-        .send()
-        .await
-        .unwrap();
+    let queue = subscribed_queue(&conf, &topic, &format!("{name}-q"), None).await;
     (topic, queue)
 }
 
@@ -235,13 +206,14 @@ async fn a_topic_that_cannot_take_events_neither_fails_the_run_nor_hides_them() 
     );
 }
 
-/// Subscribes a new queue to `topic` with raw delivery and `filter` as its FilterPolicy (set
-/// after subscribing, with SetSubscriptionAttributes); returns the queue URL.
-async fn filtered_queue(
+/// Subscribes a new queue `name` to `topic` with raw delivery and, when given, `filter` as
+/// its FilterPolicy (set after subscribing, with SetSubscriptionAttributes); returns the queue
+/// URL. Messages of an earlier run of the test are purged.
+async fn subscribed_queue(
     conf: &aws_config::SdkConfig,
     topic: &str,
     name: &str,
-    filter: &str,
+    filter: Option<&str>,
 ) -> String {
     let sns = aws_sdk_sns::Client::new(conf);
     let sqs = aws_sdk_sqs::Client::new(conf);
@@ -277,6 +249,9 @@ async fn filtered_queue(
         .subscription_arn()
         .unwrap()
         .to_string();
+    let Some(filter) = filter else {
+        return queue;
+    };
     sns.set_subscription_attributes()
         .subscription_arn(&sub)
         .attribute_name("FilterPolicy")
@@ -314,11 +289,11 @@ async fn a_subscription_filtered_on_table_error_gets_exactly_the_table_errors() 
     .unwrap();
     let (topic, all) = topic_with_queue("godwit-sns-filter").await;
     let conf = aws_conf().await;
-    let errors = filtered_queue(
+    let errors = subscribed_queue(
         &conf,
         &topic,
         "godwit-sns-filter-errors",
-        r#"{"event_type": ["table.error"]}"#,
+        Some(r#"{"event_type": ["table.error"]}"#),
     )
     .await;
     let work = Work::new();
@@ -484,11 +459,11 @@ async fn sns_stopped_during_a_run_delays_its_end_by_the_grace_at_most() {
             .topic_arn()
             .unwrap()
             .to_string();
-        let queue = filtered_queue(
+        let queue = subscribed_queue(
             &conf,
             &topic,
             &format!("{name}-q"),
-            r#"{"pipeline": ["snsrun"]}"#,
+            Some(r#"{"pipeline": ["snsrun"]}"#),
         )
         .await;
         topics.push((topic, queue));

@@ -17,7 +17,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::replay::{RowMap, render};
@@ -363,44 +363,68 @@ async fn copy_backend(admin: &Client, dbname: &str, rows: i64) -> Option<i32> {
         .map(|r| r.get(0))
 }
 
-#[tokio::test]
-async fn a_copy_killed_mid_stream_is_retried_from_the_same_snapshot() {
-    const N: i64 = 200_000;
-    let pg = pg();
-    let dbname = "godwit_te_kill";
+/// A fresh database `dbname` with `n` rows in `big`, and a two-segment `full-load` pipeline of
+/// it whose COPYs stream slowly (the filter keeps every row but sleeps every 10,000 rows), so
+/// a test can catch them mid-stream; `extra` is appended to the pipeline file.
+async fn slow_load(
+    pg: &Pg,
+    dbname: &str,
+    n: i64,
+    name: &str,
+    extra: &str,
+) -> (Client, Work, PathBuf) {
     let db = pg.fresh_db(dbname).await;
     db.batch_execute(&format!(
         "CREATE TABLE big (id bigint PRIMARY KEY, v text);
-         INSERT INTO big SELECT i, md5(i::text) FROM generate_series(1, {N}) i;
+         INSERT INTO big SELECT i, md5(i::text) FROM generate_series(1, {n}) i;
          ANALYZE big;"
     ))
     .await
     .unwrap();
     let w = Work::new();
-    // Two segments; the filter keeps every row but sleeps every 10,000 rows, so each COPY
-    // streams for a few seconds and is caught mid-stream; a file every batch, so the killed
-    // attempt has completed files of its own.
     let path = w.pipeline(&format!(
-        "name = \"te-kill\"\nmode = \"full-load\"\n[source]\nurl = \"{}\"\n[tables]\ninclude = [\"public.big\"]\n[tables.\"public.big\"]\npartitions = 2\nwhere = \"id % 10000 <> 0 OR pg_sleep(0.3) IS NOT NULL\"\n[load]\nparallel = 2\nbatch_rows = 5000\n[errors]\nrecoverable_retries = 3\n[target]\nurl = \"file://{{out}}\"\nmax_file_size = \"1\"\n[notify]\nevents_file = \"{{out}}/events.jsonl\"\n",
+        "name = \"{name}\"\nmode = \"full-load\"\n[source]\nurl = \"{}\"\n[tables]\ninclude = [\"public.big\"]\n[tables.\"public.big\"]\npartitions = 2\nwhere = \"id % 10000 <> 0 OR pg_sleep(0.3) IS NOT NULL\"\n[load]\nparallel = 2\nbatch_rows = 5000\n[notify]\nevents_file = \"{{out}}/events.jsonl\"\n{extra}",
         pg.url(dbname)
     ));
-    let log = w.path().join("run.log");
-    let mut run = Killed(w.spawn_run_logged(&path, &log));
+    (db, w, path)
+}
 
-    let admin = pg.connect(dbname).await;
+/// Waits (up to 60 s) for a COPY backend of `dbname` that has sent `rows` rows; panics if the
+/// run ends first.
+async fn caught_copy(admin: &Client, dbname: &str, rows: i64, run: &mut Killed, log: &Path) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let pid = loop {
-        if let Some(pid) = copy_backend(&admin, dbname, 20_000).await {
-            break pid;
+    loop {
+        if let Some(pid) = copy_backend(admin, dbname, rows).await {
+            return pid;
         }
         assert!(
             run.0.try_wait().unwrap().is_none(),
             "godwit ended before its COPY could be caught:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
+            std::fs::read_to_string(log).unwrap_or_default()
         );
         assert!(Instant::now() < deadline, "no COPY backend seen");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    }
+}
+
+#[tokio::test]
+async fn a_copy_killed_mid_stream_is_retried_from_the_same_snapshot() {
+    const N: i64 = 200_000;
+    let pg = pg();
+    let dbname = "godwit_te_kill";
+    // A file every batch, so the killed attempt has completed files of its own.
+    let (db, w, path) = slow_load(
+        &pg,
+        dbname,
+        N,
+        "te-kill",
+        "[errors]\nrecoverable_retries = 3\n[target]\nurl = \"file://{out}\"\nmax_file_size = \"1\"\n",
+    )
+    .await;
+    let log = w.path().join("run.log");
+    let mut run = Killed(w.spawn_run_logged(&path, &log));
+    let admin = pg.connect(dbname).await;
+    let pid = caught_copy(&admin, dbname, 20_000, &mut run, &log).await;
     let killed: bool = admin
         .query_one("SELECT pg_terminate_backend($1)", &[&pid])
         .await
@@ -481,31 +505,18 @@ async fn a_load_whose_snapshot_is_gone_fails_the_run_and_the_next_run_resumes() 
     const N: i64 = 100_000;
     let pg = pg();
     let dbname = "godwit_te_snapshot";
-    let db = pg.fresh_db(dbname).await;
-    db.batch_execute(&format!(
-        "CREATE TABLE big (id bigint PRIMARY KEY, v text);
-         INSERT INTO big SELECT i, md5(i::text) FROM generate_series(1, {N}) i;
-         ANALYZE big;"
-    ))
-    .await
-    .unwrap();
-    let w = Work::new();
-    let path = w.pipeline(&format!(
-        "name = \"te-snapshot\"\nmode = \"full-load\"\n[source]\nurl = \"{}\"\n[tables]\ninclude = [\"public.big\"]\n[tables.\"public.big\"]\npartitions = 2\nwhere = \"id % 10000 <> 0 OR pg_sleep(0.3) IS NOT NULL\"\n[load]\nparallel = 2\nbatch_rows = 5000\n[target]\nurl = \"file://{{out}}\"\n[notify]\nevents_file = \"{{out}}/events.jsonl\"\n",
-        pg.url(dbname)
-    ));
+    let (db, w, path) = slow_load(
+        &pg,
+        dbname,
+        N,
+        "te-snapshot",
+        "[target]\nurl = \"file://{out}\"\n",
+    )
+    .await;
     let log = w.path().join("run.log");
     let mut run = Killed(w.spawn_run_logged(&path, &log));
     let admin = pg.connect(dbname).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let copy = loop {
-        if let Some(pid) = copy_backend(&admin, dbname, 10_000).await {
-            break pid;
-        }
-        assert!(run.0.try_wait().unwrap().is_none(), "godwit ended early");
-        assert!(Instant::now() < deadline, "no COPY backend seen");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let copy = caught_copy(&admin, dbname, 10_000, &mut run, &log).await;
     // The exporting session waits, idle in its transaction, while the COPYs run.
     let exporter: i32 = admin
         .query_one(
