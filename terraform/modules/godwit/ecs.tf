@@ -86,6 +86,7 @@ resource "aws_scheduler_schedule" "batch" {
   description                  = "godwit ${var.name}: godwit run --once"
   schedule_expression          = var.batch_schedule
   schedule_expression_timezone = var.schedule_timezone
+  kms_key_arn                  = aws_kms_key.this.arn
 
   flexible_time_window {
     mode = "OFF"

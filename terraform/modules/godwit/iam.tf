@@ -213,6 +213,13 @@ data "aws_iam_policy_document" "scheduler" {
     }
   }
 
+  # The schedules are encrypted with the key (their target input).
+  statement {
+    sid       = "DecryptTheSchedules"
+    actions   = ["kms:Decrypt"]
+    resources = [aws_kms_key.this.arn]
+  }
+
   dynamic "statement" {
     for_each = local.lambda_schedule_on ? [1] : []
     content {

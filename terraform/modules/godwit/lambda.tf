@@ -126,6 +126,7 @@ resource "aws_scheduler_schedule" "lambda" {
   description                  = "godwit ${var.name}: invoke the Lambda function"
   schedule_expression          = var.lambda_schedule
   schedule_expression_timezone = var.schedule_timezone
+  kms_key_arn                  = aws_kms_key.this.arn
 
   flexible_time_window {
     mode = "OFF"
