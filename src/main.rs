@@ -141,6 +141,24 @@ enum Command {
         #[arg(long, value_name = "SCHEMA.TABLE")]
         table: String,
     },
+    /// Ask a running `godwit run` for its /healthz ([metrics] listen): exit 0 when it answers
+    /// 200, 1 otherwise, printing why (for container health checks).
+    #[command(
+        after_help = "Examples:\n  godwit health pipelines/quickstart.toml\n  godwit health --url http://127.0.0.1:9187/healthz"
+    )]
+    Health {
+        /// Pipeline file whose [metrics] listen address is asked (an unspecified address such
+        /// as 0.0.0.0 is asked on the loopback). Without it, --url is asked.
+        #[arg(value_name = "PIPELINE")]
+        pipeline: Option<String>,
+        /// The health URL to ask when no PIPELINE is given [default:
+        /// http://127.0.0.1:9187/healthz].
+        #[arg(long, value_name = "URL", conflicts_with = "pipeline")]
+        url: Option<String>,
+        /// Give up (exit 1) when no answer came within this long.
+        #[arg(long, value_name = "DURATION", default_value = "5s")]
+        timeout: String,
+    },
     /// Remove the slot, publications and state godwit created for this pipeline.
     #[command(after_help = "Example:\n  godwit drop pipelines/quickstart.toml --yes")]
     Drop {
@@ -251,6 +269,17 @@ fn main() -> ExitCode {
                 });
                 cli::inspect::execute(&pipeline.pipeline, table.as_deref(), rows, sql).await
             }
+            Command::Health {
+                pipeline,
+                url,
+                timeout,
+            } => match godwit::config::parse_duration(&timeout) {
+                Ok(t) => cli::health::execute(pipeline.as_deref(), url.as_deref(), t).await,
+                Err(e) => {
+                    eprintln!("error: --timeout: {e}");
+                    Ok(2)
+                }
+            },
             Command::Drop { pipeline, yes } => cli::drop::execute(&pipeline.pipeline, yes).await,
             Command::Reload { pipeline, table } => {
                 cli::reload::execute(&pipeline.pipeline, &table).await

@@ -35,7 +35,8 @@ fn entries(help: &str) -> Vec<(String, String)> {
         }
         let trimmed = line.trim_start();
         let indent = line.len() - trimmed.len();
-        let is_head = indent <= 6 && (trimmed.starts_with('-') || trimmed.starts_with('<'));
+        let is_head = indent <= 6
+            && (trimmed.starts_with('-') || trimmed.starts_with('<') || trimmed.starts_with('['));
         if is_head {
             // Same-line layout: the head, two or more spaces, the description.
             let (head, description) = match trimmed.split_once("  ") {
@@ -84,6 +85,10 @@ const EXPECTED: &[(&str, &[&str])] = &[
         &["<PIPELINE>", "--table", "--rows", "--log-format"],
     ),
     ("reload", &["<PIPELINE>", "--table", "--log-format"]),
+    (
+        "health",
+        &["[PIPELINE]", "--url", "--timeout", "--log-format"],
+    ),
     ("drop", &["<PIPELINE>", "--yes", "--log-format"]),
 ];
 

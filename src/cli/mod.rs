@@ -6,6 +6,7 @@ pub(crate) mod output;
 
 pub mod check;
 pub mod drop;
+pub mod health;
 pub mod inspect;
 pub mod lake_sql;
 pub mod reload;
