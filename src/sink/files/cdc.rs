@@ -288,14 +288,11 @@ pub fn write_file(
             }
         };
         let bytes = batch.get_array_memory_size();
-        if let Err(message) = encoder.write(&batch, bytes) {
+        if let Err(e) = encoder.write(&batch, bytes) {
             if let Ok(w) = encoder.finish() {
                 w.abort();
             }
-            return Err(WriteError::Encode {
-                key: key.to_string(),
-                message,
-            });
+            return Err(e.at(key));
         }
         rows += batch.num_rows() as u64;
     }

@@ -18,7 +18,7 @@ use arrow::record_batch::RecordBatch;
 use flate2::write::GzEncoder;
 
 use super::ObjectWriter;
-use super::writer::FileEncoder;
+use super::writer::{EncodeError, FileEncoder};
 
 /// The CSV settings of the target.
 #[derive(Debug, Clone)]
@@ -115,14 +115,14 @@ fn needs_quotes(v: &str, delimiter: char) -> bool {
 }
 
 impl FileEncoder for CsvEncoder {
-    fn write(&mut self, batch: &RecordBatch, _input_bytes: usize) -> Result<(), String> {
+    fn write(&mut self, batch: &RecordBatch, _input_bytes: usize) -> Result<(), EncodeError> {
         if let Some(names) = self.header.take() {
             self.line.clear();
             for (i, n) in names.iter().enumerate() {
                 self.push_field(i == 0, Some(n));
             }
             self.line.push('\n');
-            self.emit().map_err(|e| e.to_string())?;
+            self.emit()?;
         }
         for row in 0..batch.num_rows() {
             self.line.clear();
@@ -138,7 +138,7 @@ impl FileEncoder for CsvEncoder {
                 }
             }
             self.line.push('\n');
-            self.emit().map_err(|e| e.to_string())?;
+            self.emit()?;
         }
         Ok(())
     }
@@ -150,15 +150,15 @@ impl FileEncoder for CsvEncoder {
         }
     }
 
-    fn finish(mut self: Box<Self>) -> Result<Box<dyn ObjectWriter>, String> {
+    fn finish(mut self: Box<Self>) -> Result<Box<dyn ObjectWriter>, EncodeError> {
         if self.header.is_some() {
             // A table without rows still gets its header line.
             let schema = arrow::datatypes::Schema::empty();
             self.write(&RecordBatch::new_empty(std::sync::Arc::new(schema)), 0)?;
         }
         let counting = match self.out {
-            Out::Plain(w) => w.into_inner().map_err(|e| e.error().to_string())?,
-            Out::Gzip(w) => w.finish().map_err(|e| e.to_string())?,
+            Out::Plain(w) => w.into_inner().map_err(|e| e.into_error())?,
+            Out::Gzip(w) => w.finish()?,
         };
         Ok(counting.inner)
     }

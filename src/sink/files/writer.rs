@@ -42,14 +42,59 @@ impl FileFormat {
     }
 }
 
+/// Why an encoder failed: its object could not be written (an I/O error, kept whole so an S3
+/// blip can be told from a refusal), or the data could not be encoded.
+#[derive(Debug)]
+pub enum EncodeError {
+    Io(std::io::Error),
+    Format(String),
+}
+
+impl EncodeError {
+    /// The error of writing object `key`.
+    pub fn at(self, key: &str) -> WriteError {
+        match self {
+            EncodeError::Io(source) => WriteError::Io {
+                key: key.to_string(),
+                source,
+            },
+            EncodeError::Format(message) => WriteError::Encode {
+                key: key.to_string(),
+                message,
+            },
+        }
+    }
+}
+
+impl From<std::io::Error> for EncodeError {
+    fn from(e: std::io::Error) -> Self {
+        EncodeError::Io(e)
+    }
+}
+
+impl From<parquet::errors::ParquetError> for EncodeError {
+    /// The object's own I/O error comes back from the Parquet writer wrapped: unwrap it.
+    fn from(e: parquet::errors::ParquetError) -> Self {
+        match e {
+            parquet::errors::ParquetError::External(inner) => {
+                match inner.downcast::<std::io::Error>() {
+                    Ok(io) => EncodeError::Io(*io),
+                    Err(other) => EncodeError::Format(other.to_string()),
+                }
+            }
+            other => EncodeError::Format(other.to_string()),
+        }
+    }
+}
+
 /// One file being encoded into an object.
 pub trait FileEncoder: Send {
     /// Encodes a batch; `input_bytes` is its share of Arrow memory (for row-group sizing).
-    fn write(&mut self, batch: &RecordBatch, input_bytes: usize) -> Result<(), String>;
+    fn write(&mut self, batch: &RecordBatch, input_bytes: usize) -> Result<(), EncodeError>;
     /// Bytes the file has (or will have once buffered data is flushed), for `max_file_size`.
     fn size(&self) -> u64;
     /// Ends the file and hands back the object to complete.
-    fn finish(self: Box<Self>) -> Result<Box<dyn ObjectWriter>, String>;
+    fn finish(self: Box<Self>) -> Result<Box<dyn ObjectWriter>, EncodeError>;
 }
 
 /// How the files of one table load are written.
@@ -90,10 +135,7 @@ struct Current {
 
 /// Ends an encoder's file and makes object `key` visible; returns its size.
 pub(crate) fn complete(encoder: Box<dyn FileEncoder>, key: &str) -> Result<u64, WriteError> {
-    let object = encoder.finish().map_err(|message| WriteError::Encode {
-        key: key.to_string(),
-        message,
-    })?;
+    let object = encoder.finish().map_err(|e| e.at(key))?;
     if let Err(source) = crate::faults::object_completing(key) {
         object.abort();
         return Err(WriteError::Io {
@@ -125,12 +167,7 @@ pub(crate) fn open_encoder(
             codec,
             row_group_bytes,
         } => Box::new(
-            ParquetEncoder::new(object, schema, *codec, *row_group_bytes).map_err(|message| {
-                WriteError::Encode {
-                    key: key.to_string(),
-                    message,
-                }
-            })?,
+            ParquetEncoder::new(object, schema, *codec, *row_group_bytes).map_err(|e| e.at(key))?,
         ),
         FileFormat::Csv(options) => Box::new(CsvEncoder::new(
             object,
@@ -220,10 +257,7 @@ impl LoadWriter {
         let cur = self.current.as_mut().expect("a file was just opened");
         cur.encoder
             .write(&batch, input_bytes)
-            .map_err(|message| WriteError::Encode {
-                key: cur.key.clone(),
-                message,
-            })?;
+            .map_err(|e| e.at(&cur.key))?;
         cur.rows += batch.num_rows() as u64;
         Ok(())
     }
