@@ -70,8 +70,9 @@ enum Command {
         /// starts; confirm it to the slot and exit.
         #[arg(long)]
         once: bool,
-        /// CDC modes: stop cleanly after following changes this long (e.g. 90s, 10m, 2h);
-        /// what was read is written and confirmed first.
+        /// Stop cleanly after this long (e.g. 90s, 10m, 2h), whatever the run is doing: the
+        /// full load starts no new table or segment (the next run goes on), CDC writes and
+        /// confirms what it read first.
         #[arg(long, value_name = "DURATION")]
         max_duration: Option<String>,
         /// Test crash point: abort right after the N-th completed object.

@@ -3,28 +3,44 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use crate::config::Mode;
+use crate::config::{Mode, Pipeline};
 use crate::error::Error;
 use crate::task::cdc::{self, CdcOptions};
-use crate::task::full_load::{self, RunOptions};
+use crate::task::full_load::{self, RunOptions, RunSummary};
+use crate::task::run_context::{self, RunContext};
 
-/// Runs the pipeline; returns 0, or 3 when a table ended in `Table error`.
+/// Runs the pipeline; returns 0, or 3 when a table ended in `Table error`. SIGTERM/SIGINT and
+/// `--max-duration` stop it cleanly (exit 0, or 3).
 pub async fn execute(path: &str, once: bool, max_duration: Option<Duration>) -> Result<i32, Error> {
+    // One run context for the whole run: created before anything else, so a signal during
+    // start-up or the full load stops it cleanly too.
+    let mut run = RunContext::new();
+    if let Some(d) = max_duration {
+        run = run.with_deadline(tokio::time::Instant::now() + d, "--max-duration reached");
+    }
+    run.watch_signals()?;
     let p = super::load_pipeline(path).await?;
+    let summary = run_pipeline(&p, once, run).await?;
+    Ok(if summary.tables_in_error > 0 { 3 } else { 0 })
+}
+
+/// Runs a loaded pipeline under `run` (the CLI's `run`, and a Lambda invocation).
+pub async fn run_pipeline(p: &Pipeline, once: bool, run: RunContext) -> Result<RunSummary, Error> {
+    run_context::install(&run);
     // `/metrics` and `/healthz` for as long as the run lasts ([metrics] listen).
-    let _metrics = crate::notify::metrics::serve(&p).await?;
+    let _metrics = crate::notify::metrics::serve(p).await?;
     // A progress line in the log every 30 s (throughput, CDC lag, memory).
     let pulse = crate::notify::pulse::start();
     let progress = std::io::stderr().is_terminal();
     let summary = match p.mode {
-        Mode::FullLoad => full_load::run(&p, RunOptions { progress }).await,
+        Mode::FullLoad => full_load::run(p, RunOptions { progress, run }).await,
         Mode::Cdc | Mode::FullLoadAndCdc => {
             cdc::run(
-                &p,
+                p,
                 CdcOptions {
                     once,
-                    max_duration,
                     progress,
+                    run,
                 },
             )
             .await
@@ -42,5 +58,5 @@ pub async fn execute(path: &str, once: bool, max_duration: Option<Duration>) -> 
             p.notify.events_file.display()
         );
     }
-    Ok(if summary?.tables_in_error > 0 { 3 } else { 0 })
+    summary
 }

@@ -12,9 +12,11 @@ use std::time::Instant;
 
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use super::plan::{Segment, TablePlan};
 use super::progress::Progress;
+use super::run_context::RunContext;
 use super::{Discovered, Started};
 use crate::config::{Compression, DataErrorPolicy, Format, Pipeline, TableErrorPolicy, TargetUrl};
 use crate::error::{Error, Failure, Kind};
@@ -35,6 +37,8 @@ use crate::state::{SegmentRecord, StateStore, TableRecord, TableState, TaskRecor
 pub struct RunOptions {
     /// Draw progress bars (stderr is a terminal).
     pub progress: bool,
+    /// What stops the run (signals, `--max-duration`, an invocation's deadline).
+    pub run: RunContext,
 }
 
 /// How a run ended (when it did not fail as a whole).
@@ -43,6 +47,9 @@ pub struct RunSummary {
     pub tables: usize,
     pub tables_in_error: usize,
     pub rows: u64,
+    /// Why the run stopped before its work was done (a signal, a deadline): the next run
+    /// goes on from there.
+    pub interrupted: Option<String>,
 }
 
 /// Why one table's load (or one of its segments) did not complete: the classified failure
@@ -55,6 +62,9 @@ struct TableFailure {
     /// The failed unit's permit, held until the run has decided what the failure means: under
     /// stop-task no other table starts in between.
     permit: Option<OwnedSemaphorePermit>,
+    /// Not a failure: the run context stopped the load (a signal, a deadline) before the unit
+    /// finished; what it was writing was aborted, and the next run loads the table again.
+    interrupted: bool,
 }
 
 impl From<Failure> for TableFailure {
@@ -63,9 +73,25 @@ impl From<Failure> for TableFailure {
             failure,
             stop_task: false,
             permit: None,
+            interrupted: false,
         }
     }
 }
+
+impl TableFailure {
+    /// The load of `table` was stopped by the run context (see [`TableFailure::interrupted`]).
+    fn interrupted(table: &str, why: String) -> TableFailure {
+        TableFailure {
+            interrupted: true,
+            ..Failure::new(Kind::Table, format!("stopped before it was loaded ({why})"))
+                .table(table)
+                .into()
+        }
+    }
+}
+
+/// What marks the table error of a table whose load does not fit in one serverless invocation.
+pub(crate) const NEEDS_SCHEDULED: &str = "needs the scheduled shape";
 
 struct Loaded {
     rows: u64,
@@ -88,6 +114,8 @@ struct Ctx {
     cache: Option<Warm>,
     /// Per projected table: whether its warm goes through the version guard (see [`Warm`]).
     cache_guarded: HashMap<String, bool>,
+    /// What stops the load.
+    run: RunContext,
     /// `batch_bytes` and `row_group_bytes` shared by the files written at once, so that
     /// several parallel loads hold about as much memory as one would.
     batch_bytes: u64,
@@ -193,6 +221,9 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, Error> {
     let mut record = outcome.record;
     record.state = if outcome.fatal.is_some() {
         "failed"
+    } else if outcome.summary.interrupted.is_some() {
+        // Not ended: the next run resumes (keeps the completed tables, loads the others).
+        "interrupted"
     } else {
         "stopped"
     }
@@ -335,6 +366,7 @@ pub(crate) async fn load(
         notifier: shared.notifier,
         cache: shared.cache,
         cache_guarded,
+        run: opts.run.clone(),
         progress: Progress::new(opts.progress),
         permits: Arc::new(Semaphore::new(p.load.parallel)),
         batch_bytes: (p.load.batch_bytes / writers as u64)
@@ -375,6 +407,7 @@ pub(crate) async fn load(
     let mut rows = 0;
     let mut in_error = 0;
     let mut fatal = None;
+    let mut interrupted = None;
     let fence = ctx.state.fence();
     loop {
         let joined = tokio::select! {
@@ -391,6 +424,10 @@ pub(crate) async fn load(
         };
         match joined {
             Ok(Ok(n)) => rows += n,
+            Ok(Err(failure)) if failure.interrupted => {
+                interrupted
+                    .get_or_insert_with(|| ctx.run.reason().unwrap_or_else(|| "stopped".into()));
+            }
             Ok(Err(failure)) => {
                 // Not the table's fault (a lost lease, a snapshot that is gone): the run fails
                 // and the next one resumes, keeping the tables completed so far.
@@ -421,7 +458,13 @@ pub(crate) async fn load(
         fatal = Some(Error::Runtime(lost.to_string()));
     }
     let seconds = started.elapsed().as_secs_f64();
-    if fatal.is_none() {
+    if let Some(why) = &interrupted {
+        tracing::info!(
+            "{why}: the full load stopped before every table was loaded; the next run goes on \
+             (completed tables are kept)"
+        );
+    }
+    if fatal.is_none() && interrupted.is_none() {
         ctx.notifier.emit(EventKind::FullLoadCompleted {
             tables,
             rows,
@@ -435,6 +478,7 @@ pub(crate) async fn load(
             tables,
             tables_in_error: in_error,
             rows,
+            interrupted,
         },
         fatal,
         seconds,
@@ -485,8 +529,12 @@ async fn load_one(
     if let Some(t) = turn {
         let _ = t.await;
     }
-    let mut first_permit = Some(started);
     let key = plan.key();
+    // A stopping run starts no new table.
+    if let Some(why) = ctx.run.reason() {
+        return Err(TableFailure::interrupted(&key, why));
+    }
+    let mut first_permit = Some(started);
     let started = Instant::now();
     ctx.update(&key, |r| {
         r.state = TableState::FullLoad;
@@ -517,15 +565,31 @@ async fn load_one(
     };
     let plan = Arc::new(plan);
     let mut units = JoinSet::new();
+    // Cancelled when this table cannot complete in this run: its units stop at once.
+    let abort = CancellationToken::new();
+    let mut stopped_early = None;
     for segment in pending {
-        // Permits are taken in segment order, so segment 1 starts first.
-        let Ok(permit) = ctx.permits.clone().acquire_owned().await else {
-            break;
+        // Permits are taken in segment order, so segment 1 starts first. A stopping run starts
+        // no new segment.
+        let permit = tokio::select! {
+            biased;
+            why = ctx.run.stopping() => {
+                stopped_early = Some(why);
+                break;
+            }
+            permit = ctx.permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
         };
+        if let Some(why) = ctx.run.reason() {
+            stopped_early = Some(why);
+            break;
+        }
         if let Some(s) = first_permit.take() {
             let _ = s.send(());
         }
-        let (ctx, plan, rows) = (ctx.clone(), plan.clone(), rows.clone());
+        let (ctx, plan, rows, abort) = (ctx.clone(), plan.clone(), rows.clone(), abort.clone());
         // Log lines of one segment carry its number (the table's span is the parent).
         let span = match &segment {
             Some(s) => tracing::info_span!("segment", segment = s.number),
@@ -533,13 +597,14 @@ async fn load_one(
         };
         units.spawn(tracing::Instrument::instrument(
             async move {
-                let done = match load_with_retries(&ctx, &plan, segment.as_ref(), rows).await {
-                    Ok(done) => done,
-                    Err(mut f) => {
-                        f.permit = Some(permit);
-                        return Err(f);
-                    }
-                };
+                let done =
+                    match load_with_retries(&ctx, &plan, segment.as_ref(), rows, &abort).await {
+                        Ok(done) => done,
+                        Err(mut f) => {
+                            f.permit = Some(permit);
+                            return Err(f);
+                        }
+                    };
                 if let Some(seg) = segment {
                     ctx.update(&plan.key(), |r| {
                         if let Some(s) = r.segments.iter_mut().find(|s| s.number == seg.number) {
@@ -556,13 +621,24 @@ async fn load_one(
             span,
         ));
     }
+    if stopped_early.is_some() {
+        // Segments not started yet: the table cannot complete in this run, and a resumed run
+        // loads it again whole, so the segments in flight would be wasted work.
+        abort.cancel();
+    }
     let mut loaded = Vec::new();
-    let mut failure = None;
+    let mut failure: Option<TableFailure> = None;
     while let Some(joined) = units.join_next().await {
         match joined {
             Ok(Ok(done)) => loaded.push(done),
-            Ok(Err(f)) => {
+            // Interrupted units end by themselves, their files aborted.
+            Ok(Err(f)) if f.interrupted => {
                 failure.get_or_insert(f);
+            }
+            Ok(Err(f)) => {
+                if failure.as_ref().is_none_or(|old| old.interrupted) {
+                    failure = Some(f);
+                }
                 units.abort_all();
             }
             Err(e) if e.is_cancelled() => {}
@@ -576,7 +652,36 @@ async fn load_one(
             }
         }
     }
+    if failure.is_none()
+        && let Some(why) = stopped_early
+    {
+        failure = Some(TableFailure::interrupted(&key, why));
+    }
     let outcome = match failure {
+        Some(f) if f.interrupted && needs_scheduled(&ctx.run, started) => {
+            let budget = ctx
+                .run
+                .deadline()
+                .map(|d| d.saturating_duration_since(ctx.run.started()).as_secs())
+                .unwrap_or(0);
+            Err(TableFailure::from(
+                Failure::new(
+                    Kind::Table,
+                    format!(
+                        "{NEEDS_SCHEDULED}: its full load did not finish within one invocation \
+                         ({budget} s before the safety margin), and a load cannot span \
+                         invocations (its snapshot ends with the invocation)"
+                    ),
+                )
+                .table(&key)
+                .remedy(format!(
+                    "load it with the scheduled shape (`godwit run PIPELINE --once` in a \
+                     container or on a host; the state is shared, later invocations go on from \
+                     there), or raise the function's timeout (15 min at most); then `godwit \
+                     reload PIPELINE --table {key}`"
+                )),
+            ))
+        }
         Some(f) => Err(f),
         None => {
             // Every file of the load, in segment order.
@@ -644,6 +749,17 @@ async fn load_one(
             });
             Ok(total_rows)
         }
+        Err(failure) if failure.interrupted => {
+            // Loaded again by the next run (whole: see `initial_record`).
+            tracing::info!(table = %key, "stopped before the table was loaded; the next run loads it");
+            ctx.update(&key, |r| {
+                r.state = TableState::BeforeLoad;
+                r.load_started_at = None;
+            })
+            .await;
+            bar.finish(0, "stopped");
+            Err(failure)
+        }
         Err(failure) if failure.failure.kind == Kind::Fatal => {
             // The run fails as a whole; the table is loaded again by the next run.
             bar.finish(0, "stopped");
@@ -681,6 +797,24 @@ async fn load_one(
             Err(failure)
         }
     }
+}
+
+/// Whether a table whose load a serverless invocation's deadline stopped cannot be loaded in
+/// one invocation: it started early in the invocation (within its first tenth), so it had
+/// about the whole time and still did not finish. A table that started late is loaded by the
+/// next invocation (where it starts early): every table is loaded or declared too big after a
+/// bounded number of invocations, none is restarted forever.
+fn needs_scheduled(run: &RunContext, table_started: Instant) -> bool {
+    let Some(deadline) = run.deadline() else {
+        return false;
+    };
+    if !run.is_invocation() || !run.stopped_by_deadline() {
+        return false;
+    }
+    let budget = deadline.saturating_duration_since(run.started());
+    let waited =
+        tokio::time::Instant::from_std(table_started).saturating_duration_since(run.started());
+    waited <= budget / 10
 }
 
 /// How many files are written at once: `load.parallel`, or fewer when there are fewer
@@ -751,12 +885,17 @@ async fn load_with_retries(
     plan: &TablePlan,
     segment: Option<&Segment>,
     rows: Arc<AtomicU64>,
+    abort: &CancellationToken,
 ) -> Result<Loaded, TableFailure> {
     let retries = ctx.pipeline.errors.recoverable_retries;
     let key = plan.key();
     let mut attempt: u64 = 0;
     loop {
-        let failure = match load_table(ctx, plan, segment, rows.clone()).await {
+        if abort.is_cancelled() || ctx.run.is_hard_stopped() {
+            let why = ctx.run.reason().unwrap_or_else(|| "stopped".into());
+            return Err(TableFailure::interrupted(&key, why));
+        }
+        let failure = match load_table(ctx, plan, segment, rows.clone(), abort).await {
             Ok(done) => return Ok(done),
             Err(f) if f.failure.kind == Kind::Recoverable => f.failure,
             Err(f) => return Err(f),
@@ -784,6 +923,12 @@ async fn load_with_retries(
             lost = fence.lost() => {
                 return Err(Failure::new(Kind::Fatal, lost.to_string()).into());
             }
+            // A retry is new work: a stopping run does not wait for it.
+            why = ctx.run.stopping() => return Err(TableFailure::interrupted(&key, why)),
+            _ = abort.cancelled() => {
+                let why = ctx.run.reason().unwrap_or_else(|| "stopped".into());
+                return Err(TableFailure::interrupted(&key, why));
+            }
         }
     }
 }
@@ -794,6 +939,7 @@ async fn load_table(
     plan: &TablePlan,
     segment: Option<&Segment>,
     rows: Arc<AtomicU64>,
+    abort: &CancellationToken,
 ) -> Result<Loaded, TableFailure> {
     let table = plan.table.name.to_string();
     let number = segment.map(|s| s.number);
@@ -917,7 +1063,13 @@ async fn load_table(
             (warm_tx, Some(task))
         }
     };
-    let copied = run_copy(&client, spec, copy_tx, &rows, &mut on_error).await;
+    // The run context's hard stop (or this table's abort) ends the COPY where it is: the file
+    // in progress is then aborted like after a failure (no partial object).
+    let copied = tokio::select! {
+        copied = run_copy(&client, spec, copy_tx, &rows, &mut on_error) => Some(copied),
+        _ = abort.cancelled() => None,
+        _ = ctx.run.hard_stop() => None,
+    };
     let warmed = match warming {
         Some(task) => match task.await {
             Ok(Ok(counts)) => {
@@ -935,7 +1087,7 @@ async fn load_table(
         },
         None => Ok(()),
     };
-    if copied.is_ok() && warmed.is_ok() {
+    if copied.as_ref().is_some_and(|c| c.is_ok()) && warmed.is_ok() {
         commit.store(true, Ordering::SeqCst);
     }
     drop(tx);
@@ -945,6 +1097,11 @@ async fn load_table(
             .segment(number)
             .remedy(reload_remedy(&table))
     })?;
+    let Some(copied) = copied else {
+        let why = ctx.run.reason().unwrap_or_else(|| "stopped".into());
+        tracing::info!(table = %table, segment = number, "{why}: the load in progress was stopped and its file aborted");
+        return Err(TableFailure::interrupted(&table, why));
+    };
     if let Err(e) = warmed {
         return Err(error_failure(e, &table)
             .segment(number)
@@ -964,6 +1121,7 @@ async fn load_table(
                 failure: Failure::new(Kind::Data, msg).remedy(remedy),
                 stop_task: stop_task.load(Ordering::Relaxed),
                 permit: None,
+                interrupted: false,
             });
         }
         (Err(CopyError::Postgres(e)), _) => return Err(pg_failure(e, "reading the table")),

@@ -7,6 +7,7 @@ pub(crate) mod partitions;
 pub mod plan;
 pub mod progress;
 pub mod reload;
+pub mod run_context;
 
 use crate::sink::redis::writer::CacheTarget;
 use std::collections::BTreeSet;

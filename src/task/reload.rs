@@ -44,16 +44,22 @@ pub(crate) enum Attempt {
         record: Box<TaskRecord>,
         point: Lsn,
         fingerprints: BTreeMap<String, String>,
+        /// The run context stopped the load before every table completed (those tables were
+        /// not loaded, which is no failure of theirs).
+        interrupted: bool,
     },
     /// No load could start (the temporary slot or its snapshot failed): why.
     NotStarted(String),
+    /// The run context stopped the run before the load started (creating the temporary slot
+    /// waits for the transactions running then to end): why.
+    Stopped(String),
 }
 
 /// Loads `plans` from a temporary slot's snapshot into the staging area. `Err` only when the
 /// task must stop (the `stop-task` policy, a crashed loader).
 pub(crate) async fn load_from_temporary_slot(
     p: &Pipeline,
-    progress: bool,
+    opts: &RunOptions,
     shared: Shared,
     endpoint: &Endpoint,
     publications: &[String],
@@ -62,7 +68,12 @@ pub(crate) async fn load_from_temporary_slot(
 ) -> Result<Attempt, Error> {
     let mut name = format!("{}_reload_{}", p.source.slot, std::process::id());
     name.truncate(63);
-    let temp = match NewSlot::create(endpoint, &name, publications, true).await {
+    // The slot is temporary: a creation given up (its session closed) leaves nothing.
+    let created = tokio::select! {
+        created = NewSlot::create(endpoint, &name, publications, true) => created,
+        why = opts.run.stopping() => return Ok(Attempt::Stopped(why)),
+    };
+    let temp = match created {
         Ok(t) => t,
         Err(e) => return Ok(Attempt::NotStarted(format!("creating slot {name}: {e}"))),
     };
@@ -82,15 +93,7 @@ pub(crate) async fn load_from_temporary_slot(
         cache: shared.cache.map(|w| Warm { at: point, ..w }),
         ..shared
     };
-    let outcome = full_load::load(
-        p,
-        &RunOptions { progress },
-        shared,
-        &temp.snapshot,
-        plans,
-        record,
-    )
-    .await;
+    let outcome = full_load::load(p, opts, shared, &temp.snapshot, plans, record).await;
     // Ending the session drops the temporary slot.
     drop(temp);
     match outcome.fatal {
@@ -102,6 +105,7 @@ pub(crate) async fn load_from_temporary_slot(
             record: Box::new(outcome.record),
             point,
             fingerprints,
+            interrupted: outcome.summary.interrupted.is_some(),
         }),
     }
 }

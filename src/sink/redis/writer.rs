@@ -397,7 +397,10 @@ impl CacheTarget {
 
     async fn exec(&self, commands: Vec<Routed>, doing: &str) -> Result<Vec<redis::Value>, Error> {
         self.redis
-            .exec_retrying(commands, self.retries, || false)
+            .exec_retrying(commands, self.retries, || {
+                // A stopping run gives up once its in-flight work must end.
+                crate::task::run_context::current().is_hard_stopped()
+            })
             .await
             .map_err(|e| failed(doing, e))
     }

@@ -91,13 +91,11 @@ impl<'a, 'b> Apply<'a, 'b> {
         }
     }
 
-    /// Follows the stream until `stop_at` (with `--once`), the deadline or a signal.
-    pub(super) async fn follow(
-        &mut self,
-        stop_at: Option<Lsn>,
-        max_duration: Option<Duration>,
-    ) -> Result<(), Error> {
-        let mut stops = Stops::new(max_duration)?;
+    /// Follows the stream until `stop_at` (with `--once`), or until the run context stops
+    /// (a signal, `--max-duration`, an invocation's deadline). Returns whether `stop_at` was
+    /// reached (false: stopped before, or no stop point).
+    pub(super) async fn follow(&mut self, stop_at: Option<Lsn>) -> Result<bool, Error> {
+        let run = self.reloader.run.clone();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut failures: u64 = 0;
         tracing::info!(start = %self.position, stop_at = stop_at.map(tracing::field::display), "CDC started");
@@ -108,7 +106,11 @@ impl<'a, 'b> Apply<'a, 'b> {
                 && self.position >= stop
             {
                 tracing::info!(position = %self.position, "reached the WAL position of the start (--once)");
-                return Ok(());
+                return Ok(true);
+            }
+            if let Some(why) = run.reason() {
+                tracing::info!("{why}: flushing and stopping");
+                return Ok(false);
             }
             let outcome = match self.stream.as_mut() {
                 None => Err(Error::recoverable(
@@ -124,9 +126,9 @@ impl<'a, 'b> Apply<'a, 'b> {
                         Err(e) => Err(Failure::because(Kind::Recoverable, "the replication stream broke", e).into()),
                     },
                     _ = tick.tick() => self.on_tick().await,
-                    why = stops.next() => {
+                    why = run.stopping() => {
                         tracing::info!("{why}: flushing and stopping");
-                        return Ok(());
+                        return Ok(false);
                     }
                 },
             };
@@ -144,8 +146,8 @@ impl<'a, 'b> Apply<'a, 'b> {
                     "{why} ([errors] recoverable_retries = {retries} spent)"
                 )));
             }
-            if self.reconnect(&why, failures, &mut stops).await? {
-                return Ok(());
+            if self.reconnect(&why, failures).await? {
+                return Ok(false);
             }
         }
     }
@@ -154,12 +156,7 @@ impl<'a, 'b> Apply<'a, 'b> {
     /// again), move the marks past files completed since the checkpoint, wait (5 s doubling up
     /// to 30 min, or until a stop) and open a new session from the slot's confirmed position.
     /// Returns true when a stop came during the wait.
-    pub(super) async fn reconnect(
-        &mut self,
-        why: &str,
-        attempt: u64,
-        stops: &mut Stops,
-    ) -> Result<bool, Error> {
+    pub(super) async fn reconnect(&mut self, why: &str, attempt: u64) -> Result<bool, Error> {
         let wait = backoff(attempt);
         tracing::warn!(
             attempt,
@@ -191,7 +188,7 @@ impl<'a, 'b> Apply<'a, 'b> {
         let fence = self.task.state.fence();
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            why = stops.next() => {
+            why = self.reloader.run.stopping() => {
                 tracing::info!("{why} while waiting to reconnect: stopping");
                 return Ok(true);
             }

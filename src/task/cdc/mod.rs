@@ -28,6 +28,7 @@ use tokio_postgres::Client;
 use super::full_load::{self, RunOptions, RunSummary, Shared, Warm, now};
 use super::plan::TablePlan;
 use super::progress::{CdcStats, LiveLine};
+use super::run_context::RunContext;
 use super::{Discovered, Started, partitions, reload};
 use crate::batch::budget::{self, Reservation};
 use crate::batch::changes::{Layout, Op, Row, TableBuffer};
@@ -56,8 +57,8 @@ use crate::state::{CdcRecord, Mark, StateStore, TableRecord, TableState, TaskRec
 pub struct CdcOptions {
     /// Stop at the WAL position read when CDC starts.
     pub once: bool,
-    /// Stop cleanly after this long.
-    pub max_duration: Option<Duration>,
+    /// What stops the run (signals, `--max-duration`, an invocation's deadline).
+    pub run: RunContext,
     /// Progress bars for the full load.
     pub progress: bool,
 }
@@ -117,7 +118,13 @@ pub async fn run(p: &Pipeline, opts: CdcOptions) -> Result<RunSummary, Error> {
             });
             task.record.events_undelivered =
                 crate::notify::undelivered(notifier.close(crate::task::SNS_GRACE).await);
-            task.finish("stopped", None).await;
+            // Stopped before its work was done (the next run goes on): "interrupted".
+            let state = if summary.0.interrupted.is_some() {
+                "interrupted"
+            } else {
+                "stopped"
+            };
+            task.finish(state, None).await;
             Ok(summary.0)
         }
         Err(e) => {
@@ -231,42 +238,6 @@ pub(crate) fn backoff(attempt: u64) -> Duration {
     Duration::from_secs(5)
         .saturating_mul(1u32 << (attempt.max(1) - 1).min(9) as u32)
         .min(Duration::from_secs(1800))
-}
-
-/// What ends a CDC run cleanly: SIGTERM, SIGINT, `--max-duration`.
-struct Stops {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-    deadline: Option<tokio::time::Instant>,
-}
-
-impl Stops {
-    fn new(max_duration: Option<Duration>) -> Result<Stops, Error> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let watch = |kind: SignalKind, name: &str| {
-            signal(kind).map_err(|e| Error::Runtime(format!("cannot watch {name}: {e}")))
-        };
-        Ok(Stops {
-            term: watch(SignalKind::terminate(), "SIGTERM")?,
-            int: watch(SignalKind::interrupt(), "SIGINT")?,
-            deadline: max_duration.map(|d| tokio::time::Instant::now() + d),
-        })
-    }
-
-    /// Waits for the next stop; says which.
-    async fn next(&mut self) -> &'static str {
-        let deadline = self.deadline;
-        tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
-            _ = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            } => "--max-duration reached",
-        }
-    }
 }
 
 /// One selected table as CDC follows it.
@@ -395,6 +366,8 @@ struct Reloader {
     progress: bool,
     /// The cache reloads warm too.
     cache: Option<Arc<CacheTarget>>,
+    /// What stops the run.
+    run: RunContext,
 }
 
 #[cfg(test)]

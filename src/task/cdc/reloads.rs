@@ -79,9 +79,15 @@ impl Apply<'_, '_> {
         if plans.is_empty() {
             return Ok(());
         }
+        // A stopping run starts no reload: the requests stay for the next run.
+        if self.reloader.run.is_stopping() {
+            return Ok(());
+        }
         self.flush().await?;
+        let mut before = HashMap::new();
         for pl in &plans {
             if let Some(r) = self.task.record.tables.get_mut(&pl.key()) {
+                before.insert(pl.key(), r.state);
                 r.state = TableState::Reloading;
             }
         }
@@ -98,9 +104,13 @@ impl Apply<'_, '_> {
                 racing: true,
             }),
         };
+        let opts = RunOptions {
+            progress: self.reloader.progress,
+            run: self.reloader.run.clone(),
+        };
         let attempt = reload::load_from_temporary_slot(
             self.p,
-            self.reloader.progress,
+            &opts,
             shared,
             &self.reloader.source.endpoint(),
             &self.reloader.publications,
@@ -108,14 +118,24 @@ impl Apply<'_, '_> {
             self.task.record.clone(),
         )
         .await?;
-        let (point, fingerprints) = match attempt {
+        let (point, fingerprints, interrupted) = match attempt {
             reload::Attempt::Loaded {
                 record,
                 point,
                 fingerprints,
+                interrupted,
             } => {
                 self.task.record = *record;
-                (point, fingerprints)
+                (point, fingerprints, interrupted)
+            }
+            reload::Attempt::Stopped(why) => {
+                tracing::info!("{why}: the reload did not start; the next run reloads the tables");
+                for (key, state) in before {
+                    if let Some(r) = self.task.record.tables.get_mut(&key) {
+                        r.state = state;
+                    }
+                }
+                return self.task.save().await;
             }
             reload::Attempt::NotStarted(why) => {
                 for pl in &plans {
@@ -134,6 +154,25 @@ impl Apply<'_, '_> {
             let Some(r) = self.task.record.tables.get_mut(&key) else {
                 continue;
             };
+            if interrupted && r.state == TableState::BeforeLoad {
+                // Stopped before it was loaded (a signal, a deadline): no failure; the old
+                // load stays, the request too, and the next run reloads the table.
+                r.state = before.get(&key).copied().unwrap_or(TableState::Completed);
+                tracing::info!(table = %key, "the reload was stopped before it completed; the next run reloads the table");
+                continue;
+            }
+            if r.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains(full_load::NEEDS_SCHEDULED))
+            {
+                // Too big for one invocation: trying again would never end (the table error
+                // says what to do); no retry.
+                let _ = self.task.state.clear_reload(&key).await;
+                if let Some(t) = self.tables.iter_mut().find(|t| t.key == key) {
+                    t.suspended = true;
+                }
+                continue;
+            }
             if r.state != TableState::Completed {
                 // The load said why (state and `table.error`); the old load is untouched.
                 let why = r

@@ -321,6 +321,7 @@ pub(super) async fn run_started(
         tables: plans.len(),
         tables_in_error: 0,
         rows: 0,
+        interrupted: None,
     };
     let (stream, start_lsn) = if needs_load {
         if prepared.slot.is_some() {
@@ -371,6 +372,7 @@ pub(super) async fn run_started(
             p,
             &RunOptions {
                 progress: opts.progress,
+                run: opts.run.clone(),
             },
             shared,
             &new.snapshot,
@@ -383,6 +385,7 @@ pub(super) async fn run_started(
         if let Some(fatal) = outcome.fatal {
             return Err(fatal);
         }
+        let stopped = summary.interrupted.is_some();
         // CDC files an earlier life of this pipeline left (before a `drop`) would replay
         // over the new load; so would a reload's staged load, switched in later.
         for plan in &plans {
@@ -408,6 +411,28 @@ pub(super) async fn run_started(
         // Every table was just loaded: older reload requests are done.
         for table in task.state.reload_requests().await.unwrap_or_default() {
             let _ = task.state.clear_reload(&table).await;
+        }
+        if stopped {
+            // Stopped (a signal, a deadline) before every table was loaded: the tables loaded
+            // are kept (from the slot's snapshot, CDC goes on after it); the others load as
+            // reloads do, each from a temporary slot's snapshot with its own mark, when the
+            // next run starts. The slot stays at its consistent point.
+            for plan in &plans {
+                let pending = task
+                    .record
+                    .tables
+                    .get(&plan.key())
+                    .is_some_and(|r| r.state == TableState::BeforeLoad);
+                if pending {
+                    task.state
+                        .request_reload(&plan.key())
+                        .await
+                        .map_err(|e| Error::Runtime(e.to_string()))?;
+                }
+            }
+            drop(new);
+            summary.tables_in_error = in_error(&task.record);
+            return Ok((summary, started.elapsed().as_secs_f64()));
         }
         let point = new.consistent_point;
         (new.start().await.map_err(session_err)?, point)
@@ -472,6 +497,7 @@ pub(super) async fn run_started(
         plans: plans.clone(),
         progress: opts.progress,
         cache,
+        run: opts.run.clone(),
     };
     let mut apply = Apply::new(p, task, store, reloader, prepared.types, stream, start_lsn).await?;
     // Partition changes made while godwit was not running, then what is queued.
@@ -480,9 +506,14 @@ pub(super) async fn run_started(
         Err(e) => Err(e),
     };
     let ended = match ended {
-        Ok(()) => apply.follow(stop_at, opts.max_duration).await,
+        Ok(()) => apply.follow(stop_at).await,
         Err(e) => Err(e),
     };
+    // A batch run (`--once`) stopped before its stop point leaves work for the next run.
+    if let (Some(_), Ok(false)) = (stop_at, &ended) {
+        summary.interrupted = Some(opts.run.reason().unwrap_or_else(|| "stopped".into()));
+    }
+    let ended = ended.map(|_| ());
     let closed = apply.close(ended.is_ok()).await;
     if let Err(e) = ended {
         if task.unhealthy {
@@ -495,13 +526,28 @@ pub(super) async fn run_started(
         return Err(e);
     }
     closed?;
-    summary.tables_in_error = task
-        .record
+    summary.tables_in_error = in_error(&task.record);
+    // Tables a stopped run did not reload yet are work left too.
+    if summary.interrupted.is_none()
+        && opts.run.is_stopping()
+        && !task
+            .state
+            .reload_requests()
+            .await
+            .unwrap_or_default()
+            .is_empty()
+    {
+        summary.interrupted = opts.run.reason();
+    }
+    Ok((summary, started.elapsed().as_secs_f64()))
+}
+
+fn in_error(record: &TaskRecord) -> usize {
+    record
         .tables
         .values()
         .filter(|t| t.state == TableState::Error)
-        .count();
-    Ok((summary, started.elapsed().as_secs_f64()))
+        .count()
 }
 
 /// The end of the last WAL record before insert position `lsn`: right after a page boundary the
