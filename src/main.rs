@@ -84,6 +84,11 @@ enum Command {
         /// Test knob: the S3 lease's time to live (e.g. 6s; renewed every quarter of it).
         #[arg(long, hide = true)]
         lease_ttl: Option<String>,
+        /// Load this share of a full load split among N processes (1-based I/N, e.g. 2/3):
+        /// shard 1 exports the snapshot, waits for the others and completes the tables;
+        /// every shard shares the pipeline's state (see README, Deploy).
+        #[arg(long, value_name = "I/N")]
+        shard: Option<String>,
         /// Test knob: how often the progress line is logged (default 30s).
         #[arg(long, hide = true)]
         progress_every: Option<String>,
@@ -240,7 +245,16 @@ fn main() -> ExitCode {
                 fail_object,
                 lease_ttl,
                 progress_every,
+                shard,
             } => {
+                let shard = match shard.as_deref().map(godwit::task::shard::Shard::parse) {
+                    None => None,
+                    Some(Ok(s)) => Some(s),
+                    Some(Err(e)) => {
+                        eprintln!("error: {e}");
+                        return Ok(2);
+                    }
+                };
                 match progress_every
                     .as_deref()
                     .map(godwit::config::parse_duration)
@@ -271,7 +285,7 @@ fn main() -> ExitCode {
                         return Ok(2);
                     }
                 };
-                cli::run::execute(&pipeline.pipeline, once, max_duration).await
+                cli::run::execute(&pipeline.pipeline, once, max_duration, shard).await
             }
             Command::Check { pipeline, json } => {
                 cli::check::execute(&pipeline.pipeline, json).await

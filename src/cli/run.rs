@@ -8,10 +8,16 @@ use crate::error::Error;
 use crate::task::cdc::{self, CdcOptions};
 use crate::task::full_load::{self, RunOptions, RunSummary};
 use crate::task::run_context::{self, RunContext};
+use crate::task::shard::Shard;
 
 /// Runs the pipeline; returns 0, or 3 when a table ended in `Table error`. SIGTERM/SIGINT and
 /// `--max-duration` stop it cleanly (exit 0, or 3).
-pub async fn execute(path: &str, once: bool, max_duration: Option<Duration>) -> Result<i32, Error> {
+pub async fn execute(
+    path: &str,
+    once: bool,
+    max_duration: Option<Duration>,
+    shard: Option<Shard>,
+) -> Result<i32, Error> {
     // One run context for the whole run: created before anything else, so a signal during
     // start-up or the full load stops it cleanly too.
     let mut run = RunContext::new();
@@ -20,7 +26,10 @@ pub async fn execute(path: &str, once: bool, max_duration: Option<Duration>) -> 
     }
     run.watch_signals()?;
     let p = super::load_pipeline(path).await?;
-    let summary = run_pipeline(&p, once, run).await?;
+    let summary = match shard {
+        Some(shard) => run_shard(&p, shard, run).await?,
+        None => run_pipeline(&p, once, run).await?,
+    };
     Ok(if summary.tables_in_error > 0 { 3 } else { 0 })
 }
 
@@ -33,7 +42,17 @@ pub async fn run_pipeline(p: &Pipeline, once: bool, run: RunContext) -> Result<R
     let pulse = crate::notify::pulse::start();
     let progress = std::io::stderr().is_terminal();
     let summary = match p.mode {
-        Mode::FullLoad => full_load::run(p, RunOptions { progress, run }).await,
+        Mode::FullLoad => {
+            full_load::run(
+                p,
+                RunOptions {
+                    progress,
+                    run,
+                    shard: None,
+                },
+            )
+            .await
+        }
         Mode::Cdc | Mode::FullLoadAndCdc => {
             cdc::run(
                 p,
@@ -58,5 +77,42 @@ pub async fn run_pipeline(p: &Pipeline, once: bool, run: RunContext) -> Result<R
             p.notify.events_file.display()
         );
     }
+    summary
+}
+
+/// `run --shard I/N`: this process's share of a sharded full load (see `task::shard`).
+async fn run_shard(p: &Pipeline, shard: Shard, run: RunContext) -> Result<RunSummary, Error> {
+    if p.mode != Mode::FullLoad {
+        return Err(Error::Config(p.error_at(
+            "mode",
+            format!(
+                "--shard {shard} splits a full load, and this pipeline's mode is {}",
+                p.mode.as_str()
+            ),
+        ).with_hint("sharded loads are for mode = \"full-load\" for now: load with --shard, then start the CDC pipeline")));
+    }
+    if p.cache.is_some() {
+        return Err(Error::Config(
+            p.error_at(
+                "cache",
+                format!("--shard {shard}: a sharded load does not warm [cache] yet"),
+            )
+            .with_hint("load without --shard, or leave [cache] out of the sharded load"),
+        ));
+    }
+    run_context::install(&run);
+    let _metrics = crate::notify::metrics::serve(p).await?;
+    let pulse = crate::notify::pulse::start();
+    let opts = RunOptions {
+        progress: std::io::stderr().is_terminal(),
+        run,
+        shard: Some(shard),
+    };
+    let summary = if shard.coordinates() {
+        full_load::run(p, opts).await
+    } else {
+        full_load::run_shard(p, opts, shard).await
+    };
+    pulse.abort();
     summary
 }

@@ -231,6 +231,7 @@ mod tests {
             tables: Default::default(),
             cdc: None,
             events_undelivered: None,
+            shards: None,
         }
     }
 

@@ -203,6 +203,9 @@ pub struct TaskRecord {
     /// Events SNS had not taken when the run ended (with `[notify] sns_topic_arn`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events_undelivered: Option<UndeliveredEvents>,
+    /// A sharded full load (`run --shard I/N`): N, in the coordinator's record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<u32>,
 }
 
 /// Events a run could not deliver to SNS (they are in the events file and the log).

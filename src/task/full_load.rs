@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::plan::{Segment, TablePlan};
 use super::progress::Progress;
 use super::run_context::RunContext;
+use super::shard::Shard;
 use super::{Discovered, Started};
 use crate::config::{Compression, DataErrorPolicy, Format, Pipeline, TableErrorPolicy, TargetUrl};
 use crate::error::{Error, Failure, Kind};
@@ -39,6 +40,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// What stops the run (signals, `--max-duration`, an invocation's deadline).
     pub run: RunContext,
+    /// This process's share of a sharded full load (`--shard I/N`).
+    pub shard: Option<Shard>,
 }
 
 /// How a run ended (when it did not fail as a whole).
@@ -111,6 +114,11 @@ struct Ctx {
     progress: Progress,
     permits: Arc<Semaphore>,
     load_time: i64,
+    /// This process's share of a sharded load, and the units each table starts at.
+    shard: Option<Shard>,
+    first_units: HashMap<String, usize>,
+    /// The state stores of the other shards (the coordinator reads their records).
+    shard_stores: Mutex<HashMap<u32, Arc<StateStore>>>,
     cache: Option<Warm>,
     /// Per projected table: whether its warm goes through the version guard (see [`Warm`]).
     cache_guarded: HashMap<String, bool>,
@@ -181,7 +189,9 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, Error> {
         }
         _ => BTreeMap::new(),
     };
-    let record = new_record(p, &plans, &resumable, snapshot.id());
+    let mut record = new_record(p, &plans, &resumable, snapshot.id());
+    // The coordinator of a sharded load says so: the other shards wait for this record.
+    record.shards = opts.shard.map(|s| s.count);
     if let Err(e) = state.save(&record).await {
         lease.release().await;
         return Err(Error::Runtime(e.to_string()));
@@ -258,6 +268,152 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, Error> {
     }
 }
 
+/// Shard `shard` (2..N) of a sharded `full-load`: waits for the coordinator's record, imports
+/// its snapshot and loads this shard's units, recording them under `<state>/shard-I/` (see
+/// `task::shard`). The coordinator completes the tables.
+pub async fn run_shard(p: &Pipeline, opts: RunOptions, shard: Shard) -> Result<RunSummary, Error> {
+    let main = super::state_store(p).await?;
+    let coordinator = super::shard::wait_for_coordinator(
+        &main,
+        shard,
+        &opts.run,
+        std::time::Duration::from_secs(600),
+    )
+    .await?;
+    let snapshot_id = coordinator.snapshot.clone().unwrap_or_default();
+    let state = Arc::new(super::shard::store(p, shard.index).await?);
+    let lease = state
+        .acquire_lease(&format!("{} (shard {shard})", p.name))
+        .await
+        .map_err(|e| Error::Startup(e.to_string()))?;
+    // The catalog (the plans' columns and types); its own snapshot is not used.
+    let discovered = match super::discover(p).await {
+        Ok(d) => d,
+        Err(e) => {
+            lease.release().await;
+            return Err(e);
+        }
+    };
+    let _ = discovered.snapshot.release().await;
+    let previous = state.load().await.ok().flatten();
+    // What this shard completed under the same snapshot is kept (it was killed and runs
+    // again); anything from another snapshot is not.
+    let kept = previous.filter(|r| r.snapshot.as_deref() == Some(snapshot_id.as_str()));
+    let mut plans = Vec::new();
+    let mut record = new_record(p, &[], &BTreeMap::new(), &snapshot_id);
+    for mut plan in discovered.plans {
+        let key = plan.key();
+        let Some(theirs) = coordinator.tables.get(&key) else {
+            continue;
+        };
+        let mut mine = theirs.clone();
+        mine.state = TableState::BeforeLoad;
+        mine.files.clear();
+        for s in &mut mine.segments {
+            let done = kept.as_ref().and_then(|k| {
+                k.tables
+                    .get(&key)?
+                    .segments
+                    .iter()
+                    .find(|d| d.number == s.number && d.state == TableState::Completed)
+            });
+            *s = match done {
+                Some(d) => d.clone(),
+                None => SegmentRecord {
+                    state: TableState::BeforeLoad,
+                    rows: 0,
+                    files: Vec::new(),
+                    ..s.clone()
+                },
+            };
+        }
+        if theirs.state == TableState::Completed {
+            // Kept by the coordinator from an earlier run: nothing to load.
+            mine.state = TableState::Completed;
+        } else if mine.segments.is_empty()
+            && let Some(k) = kept.as_ref().and_then(|k| k.tables.get(&key))
+            && k.state == TableState::Completed
+        {
+            mine = k.clone();
+        }
+        plan.segments = mine
+            .segments
+            .iter()
+            .map(|s| Segment {
+                number: s.number,
+                start: s.start,
+                end: s.end,
+            })
+            .collect();
+        record.tables.insert(key, mine);
+        plans.push(plan);
+    }
+    if let Err(e) = state.save(&record).await {
+        lease.release().await;
+        return Err(Error::Runtime(e.to_string()));
+    }
+    let store = match super::target_store(p).await {
+        Ok(s) => crate::sink::files::fenced::FencedStore::wrap(s, lease.fence()),
+        Err(e) => {
+            lease.release().await;
+            return Err(e);
+        }
+    };
+    let notifier = match Notifier::open(&p.name, &p.notify.events_file) {
+        Ok(n) => Arc::new(n),
+        Err(e) => {
+            lease.release().await;
+            return Err(Error::Startup(format!(
+                "cannot open the events file {}: {e}",
+                p.notify.events_file.display()
+            )));
+        }
+    };
+    tracing::info!(shard = %shard, snapshot = %snapshot_id, "loading this shard's part of the full load");
+    let shared = Shared {
+        source: discovered.source,
+        store,
+        state: state.clone(),
+        notifier,
+        cache: None,
+    };
+    // Units are numbered over the coordinator's tables, kept ones included.
+    let mut numbered = record.clone();
+    for (key, t) in &coordinator.tables {
+        numbered
+            .tables
+            .entry(key.clone())
+            .or_insert_with(|| t.clone());
+    }
+    let outcome = load_numbered(
+        p,
+        &opts,
+        shared,
+        &snapshot_id,
+        plans,
+        record,
+        &numbered.tables,
+    )
+    .await;
+    let mut record = outcome.record;
+    record.state = if outcome.fatal.is_some() {
+        "failed"
+    } else {
+        "stopped"
+    }
+    .into();
+    record.stopped_at = Some(now());
+    record.last_error = outcome.fatal.as_ref().map(|e| e.to_string());
+    if let Err(e) = state.save(&record).await {
+        tracing::error!("cannot save the shard's state: {e}");
+    }
+    lease.release().await;
+    match outcome.fatal {
+        Some(e) => Err(e),
+        None => Ok(outcome.summary),
+    }
+}
+
 /// A fresh task record for a load of `plans`, keeping what `resumable` completed.
 pub(crate) fn new_record(
     p: &Pipeline,
@@ -279,6 +435,7 @@ pub(crate) fn new_record(
             .collect(),
         cdc: None,
         events_undelivered: None,
+        shards: None,
     }
 }
 
@@ -349,10 +506,27 @@ pub(crate) async fn load(
     plans: Vec<TablePlan>,
     record: TaskRecord,
 ) -> LoadOutcome {
-    shared.notifier.emit(EventKind::FullLoadStarted {
-        tables: plans.len(),
-        snapshot: snapshot_id.into(),
-    });
+    let numbered = record.tables.clone();
+    load_numbered(p, opts, shared, snapshot_id, plans, record, &numbered).await
+}
+
+/// [`load`], with a sharded load's units numbered over `numbered` (the coordinator's tables).
+async fn load_numbered(
+    p: &Pipeline,
+    opts: &RunOptions,
+    shared: Shared,
+    snapshot_id: &str,
+    plans: Vec<TablePlan>,
+    record: TaskRecord,
+    numbered: &BTreeMap<String, TableRecord>,
+) -> LoadOutcome {
+    let worker = opts.shard.is_some_and(|s| !s.coordinates());
+    if !worker {
+        shared.notifier.emit(EventKind::FullLoadStarted {
+            tables: plans.len(),
+            snapshot: snapshot_id.into(),
+        });
+    }
     let started = Instant::now();
     let writers = concurrent_writers(p, &plans);
     let cache_guarded = guarded_tables(shared.cache.as_ref(), &plans).await;
@@ -376,6 +550,9 @@ pub(crate) async fn load(
             .max(16 << 20)
             .min(p.limits.memory as usize / 4 / writers),
         load_time: chrono::Utc::now().timestamp_micros(),
+        shard: opts.shard,
+        first_units: first_units(numbered),
+        shard_stores: Mutex::new(HashMap::new()),
     });
     let tables = plans.len();
     let mut set = JoinSet::new();
@@ -464,7 +641,7 @@ pub(crate) async fn load(
              (completed tables are kept)"
         );
     }
-    if fatal.is_none() && interrupted.is_none() {
+    if fatal.is_none() && interrupted.is_none() && !worker {
         ctx.notifier.emit(EventKind::FullLoadCompleted {
             tables,
             rows,
@@ -563,6 +740,14 @@ async fn load_one(
             })
             .collect()
     };
+    let first_unit = ctx.first_units.get(&key).copied().unwrap_or(0);
+    let (pending, others) = split_units(&ctx, first_unit, pending, &start);
+    let worker = ctx.shard.is_some_and(|s| !s.coordinates());
+    if worker && pending.is_empty() {
+        // Nothing of this table is this shard's (or all of it is done already).
+        drop(first_permit);
+        return Ok(0);
+    }
     let plan = Arc::new(plan);
     let mut units = JoinSet::new();
     // Cancelled when this table cannot complete in this run: its units stop at once.
@@ -656,6 +841,43 @@ async fn load_one(
         && let Some(why) = stopped_early
     {
         failure = Some(TableFailure::interrupted(&key, why));
+    }
+    // A shard's part is done: its record says so, and the coordinator completes the table.
+    if worker {
+        return match failure {
+            Some(f) => {
+                ctx.update(&key, |r| {
+                    r.state = TableState::Error;
+                    r.last_error = Some(f.failure.to_string());
+                })
+                .await;
+                Err(f)
+            }
+            None => {
+                let rows: u64 = loaded.iter().map(|l| l.rows).sum();
+                if start.segments.is_empty() {
+                    let files: Vec<WrittenFile> =
+                        loaded.iter().flat_map(|l| l.files.clone()).collect();
+                    ctx.update(&key, |r| {
+                        r.state = TableState::Completed;
+                        r.full_load_rows = rows;
+                        r.files = files;
+                    })
+                    .await;
+                }
+                bar.finish(rows, "loaded (this shard's part)");
+                Ok(rows)
+            }
+        };
+    }
+    // The coordinator of a sharded load waits for the other shards' units of this table.
+    if failure.is_none() && !others.is_empty() {
+        // The next table need not wait for this one's wait.
+        drop(first_permit.take());
+        match from_other_shards(&ctx, &key, &others).await {
+            Ok(theirs) => loaded.extend(theirs),
+            Err(f) => failure = Some(f),
+        }
     }
     let outcome = match failure {
         Some(f) if f.interrupted && needs_scheduled(&ctx.run, started) => {
@@ -1201,4 +1423,151 @@ pub(crate) async fn remove_stale_files(
         }
     }
     Ok(())
+}
+
+/// The first unit of every table of a (possibly sharded) load: units are counted over the
+/// record's tables in key order, a table's segments or the whole table, so every shard numbers
+/// them alike.
+fn first_units(tables: &BTreeMap<String, TableRecord>) -> HashMap<String, usize> {
+    let mut next = 0;
+    tables
+        .iter()
+        .map(|(key, r)| {
+            let first = next;
+            next += r.segments.len().max(1);
+            (key.clone(), first)
+        })
+        .collect()
+}
+
+/// A table's units this process loads, and (for the coordinator of a sharded load) the other
+/// shards' ones with their owner. A shard run again skips the segments it completed already.
+#[allow(clippy::type_complexity)]
+fn split_units(
+    ctx: &Ctx,
+    first_unit: usize,
+    pending: Vec<Option<Segment>>,
+    start: &TableRecord,
+) -> (Vec<Option<Segment>>, Vec<(u32, Option<Segment>)>) {
+    let Some(shard) = ctx.shard else {
+        return (pending, Vec::new());
+    };
+    let mut mine = Vec::new();
+    let mut others = Vec::new();
+    for (i, unit) in pending.into_iter().enumerate() {
+        let owner = Shard::owner(shard.count, first_unit + i);
+        if owner != shard.index {
+            if shard.coordinates() {
+                others.push((owner, unit));
+            }
+            continue;
+        }
+        let done = start
+            .segments
+            .get(i)
+            .is_some_and(|s| s.state == TableState::Completed);
+        if !done {
+            mine.push(unit);
+        }
+    }
+    (mine, others)
+}
+
+/// The coordinator of a sharded load: waits until the other shards completed `units` of
+/// `table` under this load's snapshot and takes their files into the table's record. A shard
+/// that put the table in error fails it here too.
+async fn from_other_shards(
+    ctx: &Ctx,
+    table: &str,
+    units: &[(u32, Option<Segment>)],
+) -> Result<Vec<Loaded>, TableFailure> {
+    let mut found: Vec<Option<Loaded>> = units.iter().map(|_| None).collect();
+    let mut told = Instant::now();
+    loop {
+        for (i, (owner, segment)) in units.iter().enumerate() {
+            if found[i].is_some() {
+                continue;
+            }
+            let record = match shard_record(ctx, *owner).await {
+                Ok(Some(r)) if r.snapshot.as_deref() == Some(ctx.snapshot_id.as_str()) => r,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(shard = owner, "reading the shard's record: {e}");
+                    continue;
+                }
+            };
+            let Some(t) = record.tables.get(table) else {
+                continue;
+            };
+            if t.state == TableState::Error {
+                let why = t.last_error.clone().unwrap_or_default();
+                return Err(TableFailure::from(
+                    Failure::new(Kind::Table, format!("shard {owner} failed: {why}"))
+                        .table(table)
+                        .remedy(reload_remedy(table)),
+                ));
+            }
+            found[i] = match segment {
+                Some(seg) => t
+                    .segments
+                    .iter()
+                    .find(|s| s.number == seg.number && s.state == TableState::Completed)
+                    .map(|s| Loaded {
+                        rows: s.rows,
+                        files: s.files.clone(),
+                        data_errors: 0,
+                    }),
+                None => (t.state == TableState::Completed).then(|| Loaded {
+                    rows: t.full_load_rows,
+                    files: t.files.clone(),
+                    data_errors: t.data_errors,
+                }),
+            };
+            if let (Some(seg), Some(done)) = (segment, &found[i]) {
+                let (rows, files) = (done.rows, done.files.clone());
+                ctx.update(table, |r| {
+                    if let Some(s) = r.segments.iter_mut().find(|s| s.number == seg.number) {
+                        s.state = TableState::Completed;
+                        s.rows = rows;
+                        s.files = files;
+                    }
+                })
+                .await;
+            }
+        }
+        if found.iter().all(Option::is_some) {
+            return Ok(found.into_iter().flatten().collect());
+        }
+        if told.elapsed() > std::time::Duration::from_secs(15) {
+            told = Instant::now();
+            let waiting = found.iter().filter(|f| f.is_none()).count();
+            tracing::info!(
+                table,
+                "waiting for {waiting} of its units from the other shards"
+            );
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            why = ctx.run.stopping() => return Err(TableFailure::interrupted(table, why)),
+        }
+    }
+}
+
+/// Shard `index`'s record, read from its own state store.
+async fn shard_record(ctx: &Ctx, index: u32) -> Result<Option<TaskRecord>, Error> {
+    let store = {
+        let mut stores = ctx.shard_stores.lock().await;
+        match stores.get(&index) {
+            Some(s) => s.clone(),
+            None => {
+                let s = Arc::new(super::shard::store(&ctx.pipeline, index).await?);
+                stores.insert(index, s.clone());
+                s
+            }
+        }
+    };
+    store
+        .load()
+        .await
+        .map_err(|e| Error::Runtime(e.to_string()))
 }

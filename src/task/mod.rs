@@ -8,6 +8,7 @@ pub mod plan;
 pub mod progress;
 pub mod reload;
 pub mod run_context;
+pub mod shard;
 
 use crate::sink::redis::writer::CacheTarget;
 use std::collections::BTreeSet;

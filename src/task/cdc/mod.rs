@@ -218,6 +218,7 @@ fn empty_record(p: &Pipeline) -> TaskRecord {
         tables: BTreeMap::new(),
         cdc: None,
         events_undelivered: None,
+        shards: None,
     }
 }
 

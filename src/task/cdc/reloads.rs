@@ -107,6 +107,7 @@ impl Apply<'_, '_> {
         let opts = RunOptions {
             progress: self.reloader.progress,
             run: self.reloader.run.clone(),
+            shard: None,
         };
         let attempt = reload::load_from_temporary_slot(
             self.p,

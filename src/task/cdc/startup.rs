@@ -373,6 +373,7 @@ pub(super) async fn run_started(
             &RunOptions {
                 progress: opts.progress,
                 run: opts.run.clone(),
+                shard: None,
             },
             shared,
             &new.snapshot,

@@ -138,4 +138,11 @@ resource "aws_sfn_state_machine" "shards" {
   definition = jsonencode(local.shard_definition)
 
   tags = local.tags
+
+  lifecycle {
+    precondition {
+      condition     = var.mode == "full-load"
+      error_message = "godwit run --shard splits a full load: the sharded load needs mode = \"full-load\" (a CDC handoff after a sharded load is not built yet)."
+    }
+  }
 }
