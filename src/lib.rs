@@ -20,6 +20,8 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod faults;
+#[cfg(feature = "lambda")]
+pub mod lambda;
 pub mod notify;
 pub mod pg;
 pub mod sink;

@@ -30,8 +30,25 @@ pub async fn load_pipeline(path: &str) -> Result<Pipeline, Error> {
 }
 
 async fn read_pipeline(path: &str) -> Result<Pipeline, Error> {
-    let Some(rest) = path.strip_prefix("s3://") else {
+    if !path.starts_with("s3://") {
         return Ok(config::load(Path::new(path))?);
+    }
+    let text = read_pipeline_text(path).await?;
+    Ok(config::parse(&text, path)?)
+}
+
+/// The text of the pipeline file at `path` (a local path, or an `s3://bucket/key` URL).
+pub async fn read_pipeline_text(path: &str) -> Result<String, Error> {
+    let Some(rest) = path.strip_prefix("s3://") else {
+        return std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(
+                config::ConfigError::new(
+                    path.to_string(),
+                    format!("cannot read the pipeline file: {e}"),
+                )
+                .with_hint("pass the path of a pipeline .toml file"),
+            )
+        });
     };
     let Some((bucket, key)) = rest
         .split_once('/')
@@ -69,7 +86,6 @@ async fn read_pipeline(path: &str) -> Result<Pipeline, Error> {
         .await
         .map_err(|e| Error::Startup(format!("{path}: cannot read the pipeline file: {e}")))?
         .into_bytes();
-    let text = String::from_utf8(bytes.to_vec())
-        .map_err(|_| Error::Startup(format!("{path}: the pipeline file is not UTF-8 text")))?;
-    Ok(config::parse(&text, path)?)
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| Error::Startup(format!("{path}: the pipeline file is not UTF-8 text")))
 }

@@ -37,6 +37,17 @@ pub fn lag(seconds: f64) {
     LAG_MS.store((seconds * 1000.0) as i64, Ordering::Relaxed);
 }
 
+/// Rows loaded and changes taken so far in this process, and the lag of the last commit
+/// received (seconds; `None` before any).
+pub fn totals() -> (u64, u64, Option<f64>) {
+    let lag_ms = LAG_MS.load(Ordering::Relaxed);
+    (
+        ROWS_LOADED.load(Ordering::Relaxed),
+        CHANGES.load(Ordering::Relaxed),
+        (lag_ms >= 0).then_some(lag_ms as f64 / 1000.0),
+    )
+}
+
 /// Logs the progress line until the returned task is aborted (or dropped with the runtime).
 pub fn start() -> tokio::task::JoinHandle<()> {
     let every = Duration::from_millis(EVERY_MS.load(Ordering::Relaxed));

@@ -189,9 +189,33 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, Error> {
         }
         _ => BTreeMap::new(),
     };
+    // In a serverless invocation, a table found too big for one (see `needs_scheduled`) is
+    // not tried again by every invocation: it stays in error until a reload is asked for.
+    let too_big: BTreeMap<String, TableRecord> = if opts.run.is_invocation() {
+        resumable
+            .iter()
+            .filter(|(_, r)| {
+                r.state == TableState::Error
+                    && r.last_error
+                        .as_deref()
+                        .is_some_and(|e| e.contains(NEEDS_SCHEDULED))
+            })
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
     let mut record = new_record(p, &plans, &resumable, snapshot.id());
     // The coordinator of a sharded load says so: the other shards wait for this record.
     record.shards = opts.shard.map(|s| s.count);
+    for (k, r) in &too_big {
+        tracing::warn!(table = %k, "{}", r.last_error.as_deref().unwrap_or(NEEDS_SCHEDULED));
+        record.tables.insert(k.clone(), r.clone());
+    }
+    let plans: Vec<TablePlan> = plans
+        .into_iter()
+        .filter(|pl| !too_big.contains_key(&pl.key()))
+        .collect();
     if let Err(e) = state.save(&record).await {
         lease.release().await;
         return Err(Error::Runtime(e.to_string()));
@@ -225,7 +249,9 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, Error> {
         cache,
     };
     let snapshot_id = snapshot.id().to_string();
-    let outcome = load(p, &opts, shared, &snapshot_id, plans, record).await;
+    let mut outcome = load(p, &opts, shared, &snapshot_id, plans, record).await;
+    outcome.summary.tables += too_big.len();
+    outcome.summary.tables_in_error += too_big.len();
     // Every worker has imported the snapshot and finished; the exporting transaction can end.
     let _ = snapshot.release().await;
     let mut record = outcome.record;
@@ -753,6 +779,9 @@ async fn load_one(
     // Cancelled when this table cannot complete in this run: its units stop at once.
     let abort = CancellationToken::new();
     let mut stopped_early = None;
+    // When the table's first unit started reading (a table that never did is no candidate for
+    // `needs_scheduled`).
+    let mut first_unit_at = None;
     for segment in pending {
         // Permits are taken in segment order, so segment 1 starts first. A stopping run starts
         // no new segment.
@@ -771,6 +800,7 @@ async fn load_one(
             stopped_early = Some(why);
             break;
         }
+        first_unit_at.get_or_insert_with(Instant::now);
         if let Some(s) = first_permit.take() {
             let _ = s.send(());
         }
@@ -880,7 +910,9 @@ async fn load_one(
         }
     }
     let outcome = match failure {
-        Some(f) if f.interrupted && needs_scheduled(&ctx.run, started) => {
+        Some(f)
+            if f.interrupted && first_unit_at.is_some_and(|at| needs_scheduled(&ctx.run, at)) =>
+        {
             let budget = ctx
                 .run
                 .deadline()
@@ -1022,7 +1054,7 @@ async fn load_one(
 }
 
 /// Whether a table whose load a serverless invocation's deadline stopped cannot be loaded in
-/// one invocation: it started early in the invocation (within its first tenth), so it had
+/// one invocation: it started early in the invocation (within its first tenth, at least 2 s), so it had
 /// about the whole time and still did not finish. A table that started late is loaded by the
 /// next invocation (where it starts early): every table is loaded or declared too big after a
 /// bounded number of invocations, none is restarted forever.
@@ -1036,7 +1068,7 @@ fn needs_scheduled(run: &RunContext, table_started: Instant) -> bool {
     let budget = deadline.saturating_duration_since(run.started());
     let waited =
         tokio::time::Instant::from_std(table_started).saturating_duration_since(run.started());
-    waited <= budget / 10
+    waited <= (budget / 10).max(std::time::Duration::from_secs(2))
 }
 
 /// How many files are written at once: `load.parallel`, or fewer when there are fewer

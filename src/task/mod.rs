@@ -170,10 +170,15 @@ pub async fn start(p: &Pipeline) -> Result<Started, Error> {
         }
         None => None,
     };
-    let lease = state
-        .acquire_lease(&p.name)
-        .await
-        .map_err(|e| Error::Startup(e.to_string()))?;
+    let lease = state.acquire_lease(&p.name).await.map_err(|e| match e {
+        // Kept as the source: a Lambda invocation answers "already running" with the holder.
+        crate::state::StateError::LeaseHeld { .. } => {
+            crate::error::Failure::new(crate::error::Kind::Startup, e.to_string())
+                .source(e)
+                .into()
+        }
+        e => Error::Startup(e.to_string()),
+    })?;
     // Every write of the target holds only while the lease does.
     let store = FencedStore::wrap(store, lease.fence());
     let previous = match state.load().await {
