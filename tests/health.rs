@@ -7,35 +7,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::process::Output;
-use std::time::{Duration, Instant};
 
+use common::http::{Stopped, free_port, get, wait_for};
 use common::{Killed, Work, pg, text};
-
-/// One HTTP GET of the test's own: (status, body).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -43,25 +18,6 @@ fn stdout(o: &Output) -> String {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-async fn wait_for<F: FnMut() -> bool>(what: &str, secs: u64, mut ok: F) {
-    let until = Instant::now() + Duration::from_secs(secs);
-    while !ok() {
-        assert!(Instant::now() < until, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// A stopped server process, continued however the test ends.
-struct Stopped(i32);
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-CONT", &self.0.to_string()])
-            .status();
-    }
 }
 
 #[tokio::test]
@@ -152,13 +108,7 @@ async fn health_follows_the_running_pipeline() {
         .await
         .unwrap()
         .get(0);
-    let ok = std::process::Command::new("kill")
-        .args(["-STOP", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -STOP {pid}");
-    let stopped = Stopped(pid);
+    let stopped = Stopped::stop(pid);
     let mut last = None;
     wait_for("godwit health exit 1", 30, || {
         let out = w.godwit(&["health", p], &[]);

@@ -7,26 +7,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
+use common::http::{Stopped, free_port, get, wait_for};
 use common::{Killed, Work, pg, text};
-
-/// One HTTP GET: (status, body).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
-}
 
 /// The samples of one scrape: (name, sorted labels without `pipeline`) → value, after
 /// checking that every sample carries `pipeline`.
@@ -71,45 +55,6 @@ fn value(s: &Samples, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .collect();
     want.sort();
     s.get(&(name.to_string(), want)).copied()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_for<F: Fn() -> bool>(what: &str, secs: u64, ok: F) {
-    let until = Instant::now() + Duration::from_secs(secs);
-    while !ok() {
-        assert!(Instant::now() < until, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// A stopped server process, continued however the test ends.
-struct Stopped(i32);
-
-impl Stopped {
-    fn stop(pid: i32) -> Stopped {
-        let ok = std::process::Command::new("kill")
-            .args(["-STOP", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -STOP {pid}");
-        Stopped(pid)
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-CONT", &self.0.to_string()])
-            .status();
-    }
 }
 
 async fn count(db: &tokio_postgres::Client, table: &str) -> f64 {

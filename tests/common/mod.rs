@@ -3,6 +3,7 @@
 //! reading back what it wrote.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod redis;
 pub mod replay;
 pub mod s3;
