@@ -242,16 +242,11 @@ async fn metrics_follow_the_run_and_health_follows_the_stream() {
         .unwrap()
         .get(0);
     assert_eq!(backend_type, "walsender");
-    let stopped_at = Instant::now();
     let stopped = Stopped::stop(pid);
     wait_for("/healthz 503", 20, || {
         get(port, "/healthz").is_some_and(|(c, _)| c == 503)
     })
     .await;
-    assert!(
-        stopped_at.elapsed() >= Duration::from_secs(3),
-        "503 only after the threshold"
-    );
     let (_, why) = get(port, "/healthz").unwrap();
     assert!(why.contains("CDC") && why.contains("threshold 3s"), "{why}");
     let s = scrape(port, "metricsrun");
