@@ -158,7 +158,7 @@ async fn invoke(event: &Event, deadline: SystemTime) -> Result<Value, Error> {
         )
         .for_invocation();
     let changes_before = crate::notify::pulse::totals().1;
-    let outcome = cli::run::run_pipeline(&p, true, run.clone()).await;
+    let outcome = cli::run::run_pipeline(&p, true, None, run.clone()).await;
     let summary = match outcome {
         Ok(s) => s,
         Err(e) => {

@@ -1,7 +1,9 @@
 //! A sharded full load: three processes (`run --shard 1/3`, `2/3`, `3/3`) share the units of
 //! one load through the state store; shard 2 is SIGKILLed while it loads and run again. The
 //! files hold exactly the source's rows — none missing, none twice — as one process would
-//! write them, and every shard did part of the work.
+//! write them, and every shard did part of the work. With CDC, the CDC job is shard 1: the
+//! shards load from its slot's snapshot and it follows the slot after them, with no change
+//! missing or twice.
 
 mod common;
 
@@ -12,13 +14,17 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
+use common::replay::*;
+use common::source::pg_keyed;
 use common::*;
 
-fn start(work: &Work, pipeline: &Path, shard: &str, log: &Path) -> Child {
+/// `godwit run PIPELINE ARGS…`, logging to `log`.
+fn start(work: &Work, pipeline: &Path, args: &[&str], log: &Path) -> Child {
     let out = std::fs::File::create(log).unwrap();
     Command::new(env!("CARGO_BIN_EXE_godwit"))
         .current_dir(work.path())
-        .args(["run", pipeline.to_str().unwrap(), "--shard", shard])
+        .args(["run", pipeline.to_str().unwrap()])
+        .args(args)
         .env("GODWIT_LOG", "info")
         .stdout(Stdio::from(out.try_clone().unwrap()))
         .stderr(Stdio::from(out))
@@ -96,6 +102,49 @@ fn units_done(out: &Path, n: u32) -> usize {
         .unwrap_or(0)
 }
 
+/// Kills shard 2 (`two`) once it has started loading, before its part is done, checks that
+/// the coordinator (`one`) waits for it, and starts it again (log `shard2-again.log`). Returns
+/// the new process and the units shard 2 had completed at the kill.
+fn kill_while_loading(
+    work: &Work,
+    path: &Path,
+    one: &mut Killed,
+    two: &mut Killed,
+    log: &Path,
+) -> (Killed, usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while log_count(log, "loading this shard's part of the full load") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "shard 2 never started loading\n{}\ncoordinator:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default(),
+            std::fs::read_to_string(work.path().join("shard1.log")).unwrap_or_default()
+        );
+        assert!(two.0.try_wait().unwrap().is_none(), "shard 2 ended early");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Stopped at once, so what it completed does not change before the kill.
+    unsafe { libc::kill(two.0.id() as i32, libc::SIGSTOP) };
+    assert!(
+        two.0.try_wait().unwrap().is_none(),
+        "shard 2 ended before the kill"
+    );
+    let done_at_kill = units_done(&work.out(), 2);
+    two.0.kill().unwrap();
+    two.0.wait().unwrap();
+    // The coordinator cannot finish without shard 2's units.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        one.0.try_wait().unwrap().is_none(),
+        "the coordinator ended without shard 2"
+    );
+    let again = work.path().join("shard2-again.log");
+    (
+        Killed(start(work, path, &["--shard", "2/3"], &again)),
+        done_at_kill,
+    )
+}
+
 #[tokio::test]
 async fn three_shards_one_killed_load_exactly_the_source() {
     let pg = pg();
@@ -122,35 +171,17 @@ async fn three_shards_one_killed_load_exactly_the_source() {
     let logs: Vec<_> = (1..=3)
         .map(|n| work.path().join(format!("shard{n}.log")))
         .collect();
-    let mut one = Killed(start(&work, &path, "1/3", &logs[0]));
-    let mut two = Killed(start(&work, &path, "2/3", &logs[1]));
-    let mut three = Killed(start(&work, &path, "3/3", &logs[2]));
+    let mut one = Killed(start(&work, &path, &["--shard", "1/3"], &logs[0]));
+    let mut two = Killed(start(&work, &path, &["--shard", "2/3"], &logs[1]));
+    let mut three = Killed(start(&work, &path, &["--shard", "3/3"], &logs[2]));
 
-    // Shard 2 is killed once it has started loading, before its part is done.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while log_count(&logs[1], "loading this shard's part of the full load") == 0 {
-        assert!(Instant::now() < deadline, "shard 2 never started loading");
-        assert!(two.0.try_wait().unwrap().is_none(), "shard 2 ended early");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        two.0.try_wait().unwrap().is_none(),
-        "shard 2 ended before the kill"
+    let (mut two_again, done_at_kill) =
+        kill_while_loading(&work, &path, &mut one, &mut two, &logs[1]);
+    wait_ok(
+        &mut two_again.0,
+        &work.path().join("shard2-again.log"),
+        "shard 2, run again",
     );
-    two.0.kill().unwrap();
-    two.0.wait().unwrap();
-    let done_at_kill = units_done(&work.out(), 2);
-    // The coordinator cannot finish without shard 2's units.
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(
-        one.0.try_wait().unwrap().is_none(),
-        "the coordinator ended without shard 2"
-    );
-
-    let again = work.path().join("shard2-again.log");
-    let mut two_again = Killed(start(&work, &path, "2/3", &again));
-    wait_ok(&mut two_again.0, &again, "shard 2, run again");
     wait_ok(&mut three.0, &logs[2], "shard 3");
     wait_ok(&mut one.0, &logs[0], "shard 1 (the coordinator)");
 
@@ -168,6 +199,23 @@ async fn three_shards_one_killed_load_exactly_the_source() {
     for t in ["public.orders", "public.small"] {
         assert_eq!(status["tables"][t]["state"], "Table completed", "{status}");
     }
+    // `status` merges the shards' records: every unit once, complete, with its rows.
+    let shards = status["shard_status"].as_array().expect("shard_status");
+    assert_eq!(shards.len(), 3, "{status}");
+    let segments = status["tables"]["public.orders"]["segments"]
+        .as_array()
+        .unwrap()
+        .len() as u64;
+    let sum = |field: &str| -> u64 { shards.iter().map(|v| v[field].as_u64().unwrap()).sum() };
+    assert_eq!(sum("units"), segments + 1, "{status}");
+    assert_eq!(sum("completed"), segments + 1, "{status}");
+    assert_eq!(sum("rows"), 200_500, "{status}");
+    assert!(
+        shards.iter().all(|v| v["units"].as_u64() > Some(0)),
+        "{status}"
+    );
+    let text = assert_ok(&work.godwit(&["status", path.to_str().unwrap()], &[]));
+    assert!(text.contains("shard 2/3: "), "{text}");
     // One table.loaded per table, from the coordinator.
     let events = events(&work.out().join("_godwit/state/events.jsonl"));
     let loaded_events = events
@@ -184,4 +232,103 @@ fn a_shard_outside_its_count_is_exit_2() {
     let o = work.godwit(&["run", path.to_str().unwrap(), "--shard", "4/3"], &[]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("1 ≤ I ≤ N"), "{}", text(&o));
+}
+
+/// The CDC job coordinates a sharded initial load (`--shard 1/3` of a full-load-and-cdc
+/// pipeline): the shards load from the slot's exported snapshot (shard 2 SIGKILLed and run
+/// again), the coordinator then follows the slot. Changes made while the shards load are in
+/// the CDC files exactly once and not in the load; the files replay to what PostgreSQL holds.
+#[tokio::test]
+async fn a_sharded_initial_load_then_cdc_has_no_gap_and_no_overlap() {
+    let pg = pg();
+    let name = "godwit_shard_cdc";
+    let db = pg.fresh_db(name).await;
+    db.batch_execute(
+        "CREATE TABLE orders (id bigint PRIMARY KEY, v text NOT NULL);
+         INSERT INTO orders SELECT i, md5(i::text) FROM generate_series(1, 300000) i;
+         ANALYZE;",
+    )
+    .await
+    .unwrap();
+    let work = Work::new();
+    let path = work.pipeline(&format!(
+        "name = \"sharded-cdc\"\nmode = \"full-load-and-cdc\"\n[source]\nurl = \"{}\"\n\
+         [tables]\ninclude = [\"public.orders\"]\n[tables.\"public.orders\"]\npartitions = 6\n\
+         [load]\nparallel = 1\n\
+         [target]\nurl = \"file://{{out}}\"\ncdc_max_batch_interval = \"1s\"\n",
+        pg.url(name)
+    ));
+    let logs: Vec<_> = (1..=3)
+        .map(|n| work.path().join(format!("shard{n}.log")))
+        .collect();
+    let mut one = Killed(start(&work, &path, &["--shard", "1/3", "--once"], &logs[0]));
+    let mut two = Killed(start(&work, &path, &["--shard", "2/3"], &logs[1]));
+    let mut three = Killed(start(&work, &path, &["--shard", "3/3"], &logs[2]));
+    let (mut two_again, done_at_kill) =
+        kill_while_loading(&work, &path, &mut one, &mut two, &logs[1]);
+    // Changes while the shards load (the coordinator waits for shard 2): after the slot's
+    // snapshot, so in CDC only.
+    db.batch_execute(
+        "INSERT INTO orders SELECT i, 'during ' || i FROM generate_series(400001, 400050) i;
+         UPDATE orders SET v = 'updated during' WHERE id BETWEEN 10 AND 19;
+         DELETE FROM orders WHERE id BETWEEN 30000 AND 30009;",
+    )
+    .await
+    .unwrap();
+    wait_ok(
+        &mut two_again.0,
+        &work.path().join("shard2-again.log"),
+        "shard 2, run again",
+    );
+    wait_ok(&mut three.0, &logs[2], "shard 3");
+    wait_ok(&mut one.0, &logs[0], "shard 1 (the CDC job)");
+    assert!(done_at_kill < units_done(&work.out(), 2));
+    assert!(units_done(&work.out(), 3) > 0);
+
+    // The CDC job goes on after the coordinator's --once run; a shard started now has
+    // nothing left to load.
+    db.batch_execute(
+        "INSERT INTO orders VALUES (400100, 'after'); UPDATE orders SET v = 'later' WHERE id = 11;",
+    )
+    .await
+    .unwrap();
+    assert_ok(&work.godwit(&["run", path.to_str().unwrap(), "--once"], &[]));
+    let late = work.path().join("late-shard.log");
+    let mut late_shard = Killed(start(&work, &path, &["--shard", "3/3"], &late));
+    wait_ok(&mut late_shard.0, &late, "a shard started after the load");
+
+    let dir = work.out().join("public").join("orders");
+    assert_eq!(
+        replay_keyed(&dir, &["id"]),
+        pg_keyed(&db, "orders", &["id"]).await
+    );
+    // No overlap: what changed after the snapshot is not in the load, and each change is in
+    // the CDC files once (cdc_rows panics on a change seen twice).
+    let (load_files, _) = table_files(&dir);
+    let mut loaded_ids = BTreeMap::new();
+    for f in &load_files {
+        for r in render(&read_parquet(f)) {
+            let id: i64 = r["id"].parse().unwrap();
+            assert!(
+                loaded_ids.insert(id, r["v"].clone()).is_none(),
+                "id {id} loaded twice"
+            );
+        }
+    }
+    assert_eq!(loaded_ids.len(), 300000);
+    // The load holds the rows as they were at the snapshot.
+    let md5_15: String = db.query_one("SELECT md5('15')", &[]).await.unwrap().get(0);
+    assert_eq!(loaded_ids[&15], md5_15);
+    assert!(loaded_ids.contains_key(&30005));
+    let changes = cdc_rows(&dir);
+    let inserted: Vec<i64> = changes
+        .iter()
+        .filter(|c| c.2 == "I")
+        .map(|c| c.3["id"].parse().unwrap())
+        .collect();
+    let mut want: Vec<i64> = (400001..=400050).collect();
+    want.push(400100);
+    assert_eq!(inserted, want);
+    assert_eq!(changes.iter().filter(|c| c.2 == "D").count(), 10);
+    assert_eq!(changes.iter().filter(|c| c.2 == "U").count(), 11);
 }

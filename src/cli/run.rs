@@ -26,40 +26,61 @@ pub async fn execute(
     }
     run.watch_signals()?;
     let p = super::load_pipeline(path).await?;
-    let summary = match shard {
-        Some(shard) => run_shard(&p, shard, run).await?,
-        None => run_pipeline(&p, once, run).await?,
-    };
+    let summary = run_pipeline(&p, once, shard, run).await?;
     Ok(if summary.tables_in_error > 0 { 3 } else { 0 })
 }
 
-/// Runs a loaded pipeline under `run` (the CLI's `run`, and a Lambda invocation).
-pub async fn run_pipeline(p: &Pipeline, once: bool, run: RunContext) -> Result<RunSummary, Error> {
+/// Runs a loaded pipeline under `run` (the CLI's `run`, and a Lambda invocation); `shard`:
+/// this process's share of a sharded initial load (`--shard I/N`).
+pub async fn run_pipeline(
+    p: &Pipeline,
+    once: bool,
+    shard: Option<Shard>,
+    run: RunContext,
+) -> Result<RunSummary, Error> {
+    if let Some(shard) = shard {
+        check_shard(p, shard)?;
+    }
     run_context::install(&run);
     // `/metrics` and `/healthz` for as long as the run lasts ([metrics] listen).
     let _metrics = crate::notify::metrics::serve(p).await?;
     // A progress line in the log every 30 s (throughput, CDC lag, memory).
     let pulse = crate::notify::pulse::start();
     let progress = std::io::stderr().is_terminal();
-    let summary = match p.mode {
-        Mode::FullLoad => {
+    let summary = match (p.mode, shard) {
+        // Shards 2..N of a sharded initial load only load their share, whatever the mode:
+        // the coordinator (shard 1) completes the tables and, with CDC, follows the slot.
+        (_, Some(shard)) if !shard.coordinates() => {
+            full_load::run_shard(
+                p,
+                RunOptions {
+                    progress,
+                    run,
+                    shard: Some(shard),
+                },
+                shard,
+            )
+            .await
+        }
+        (Mode::FullLoad, _) => {
             full_load::run(
                 p,
                 RunOptions {
                     progress,
                     run,
-                    shard: None,
+                    shard,
                 },
             )
             .await
         }
-        Mode::Cdc | Mode::FullLoadAndCdc => {
+        (Mode::Cdc | Mode::FullLoadAndCdc, _) => {
             cdc::run(
                 p,
                 CdcOptions {
                     once,
                     progress,
                     run,
+                    shard,
                 },
             )
             .await
@@ -80,16 +101,19 @@ pub async fn run_pipeline(p: &Pipeline, once: bool, run: RunContext) -> Result<R
     summary
 }
 
-/// `run --shard I/N`: this process's share of a sharded full load (see `task::shard`).
-async fn run_shard(p: &Pipeline, shard: Shard, run: RunContext) -> Result<RunSummary, Error> {
-    if p.mode != Mode::FullLoad {
-        return Err(Error::Config(p.error_at(
-            "mode",
-            format!(
-                "--shard {shard} splits a full load, and this pipeline's mode is {}",
-                p.mode.as_str()
+/// `run --shard I/N` is for pipelines with an initial load, without `[cache]` (see
+/// `task::shard`).
+fn check_shard(p: &Pipeline, shard: Shard) -> Result<(), Error> {
+    if p.mode == Mode::Cdc {
+        return Err(Error::Config(
+            p.error_at(
+                "mode",
+                format!("--shard {shard} splits an initial load, and mode \"cdc\" has none"),
+            )
+            .with_hint(
+                "use --shard with mode = \"full-load\" or \"full-load-and-cdc\", or run without it",
             ),
-        ).with_hint("sharded loads are for mode = \"full-load\" for now: load with --shard, then start the CDC pipeline")));
+        ));
     }
     if p.cache.is_some() {
         return Err(Error::Config(
@@ -100,19 +124,5 @@ async fn run_shard(p: &Pipeline, shard: Shard, run: RunContext) -> Result<RunSum
             .with_hint("load without --shard, or leave [cache] out of the sharded load"),
         ));
     }
-    run_context::install(&run);
-    let _metrics = crate::notify::metrics::serve(p).await?;
-    let pulse = crate::notify::pulse::start();
-    let opts = RunOptions {
-        progress: std::io::stderr().is_terminal(),
-        run,
-        shard: Some(shard),
-    };
-    let summary = if shard.coordinates() {
-        full_load::run(p, opts).await
-    } else {
-        full_load::run_shard(p, opts, shard).await
-    };
-    pulse.abort();
-    summary
+    Ok(())
 }

@@ -59,10 +59,20 @@ pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
         }
         return Ok(0);
     };
+    let shards = crate::task::shard::views(&p, &record).await;
     if json {
+        let mut value = serde_json::to_value(&record).unwrap_or_default();
+        if !shards.is_empty()
+            && let Some(o) = value.as_object_mut()
+        {
+            o.insert(
+                "shard_status".into(),
+                serde_json::to_value(&shards).unwrap_or_default(),
+            );
+        }
         outln!(
             "{}",
-            serde_json::to_string_pretty(&record).unwrap_or_default()
+            serde_json::to_string_pretty(&value).unwrap_or_default()
         )?;
         return Ok(0);
     }
@@ -99,6 +109,20 @@ pub async fn execute(path: &str, json: bool) -> Result<i32, Error> {
             cdc.publications.join(", "),
             cdc.confirmed_lsn.as_deref().unwrap_or("-"),
             live_slot(&p, &cdc.slot).await
+        )?;
+    }
+    for v in &shards {
+        outln!(
+            "shard {}: {} of {} units loaded, {} rows; {}{}",
+            v.shard,
+            v.completed,
+            v.units,
+            v.rows,
+            v.state,
+            v.running
+                .as_deref()
+                .map(|h| format!("; running: {h}"))
+                .unwrap_or_default()
         )?;
     }
     let width = record

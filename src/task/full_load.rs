@@ -299,13 +299,22 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunSummary, Error> {
 /// `task::shard`). The coordinator completes the tables.
 pub async fn run_shard(p: &Pipeline, opts: RunOptions, shard: Shard) -> Result<RunSummary, Error> {
     let main = super::state_store(p).await?;
-    let coordinator = super::shard::wait_for_coordinator(
+    let Some(coordinator) = super::shard::wait_for_coordinator(
         &main,
         shard,
         &opts.run,
         std::time::Duration::from_secs(600),
     )
-    .await?;
+    .await?
+    else {
+        tracing::info!(shard = %shard, "the initial load is done and CDC follows the slot: nothing left for this shard");
+        return Ok(RunSummary {
+            tables: 0,
+            tables_in_error: 0,
+            rows: 0,
+            interrupted: None,
+        });
+    };
     let snapshot_id = coordinator.snapshot.clone().unwrap_or_default();
     let state = Arc::new(super::shard::store(p, shard.index).await?);
     let lease = state
@@ -577,7 +586,7 @@ async fn load_numbered(
             .min(p.limits.memory as usize / 4 / writers),
         load_time: chrono::Utc::now().timestamp_micros(),
         shard: opts.shard,
-        first_units: first_units(numbered),
+        first_units: super::shard::first_units(numbered),
         shard_stores: Mutex::new(HashMap::new()),
     });
     let tables = plans.len();
@@ -1455,21 +1464,6 @@ pub(crate) async fn remove_stale_files(
         }
     }
     Ok(())
-}
-
-/// The first unit of every table of a (possibly sharded) load: units are counted over the
-/// record's tables in key order, a table's segments or the whole table, so every shard numbers
-/// them alike.
-fn first_units(tables: &BTreeMap<String, TableRecord>) -> HashMap<String, usize> {
-    let mut next = 0;
-    tables
-        .iter()
-        .map(|(key, r)| {
-            let first = next;
-            next += r.segments.len().max(1);
-            (key.clone(), first)
-        })
-        .collect()
 }
 
 /// A table's units this process loads, and (for the coordinator of a sharded load) the other

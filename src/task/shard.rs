@@ -9,15 +9,22 @@
 //! own lease and record under `<state>/shard-I/`. Unit k (counting tables in plan order, then
 //! their segments) belongs to shard (k mod N) + 1.
 //!
+//! With CDC (`full-load-and-cdc`), the CDC job is shard 1: the snapshot is its new slot's
+//! exported one, and once the tables are complete it follows the slot. A shard started after
+//! the initial load is done has nothing to load and ends at once.
+//!
 //! A shard killed and run again keeps the units its record completed under the same
 //! snapshot. When the coordinator dies, its snapshot is gone: the other shards fail (exit 1)
 //! and everything loads again from the coordinator's next snapshot.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
+
+use serde::Serialize;
 
 use crate::config::{Pipeline, StateUrl};
 use crate::error::Error;
-use crate::state::{StateStore, TaskRecord};
+use crate::state::{StateStore, TableRecord, TableState, TaskRecord};
 
 /// This process's share of a sharded load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,23 +91,25 @@ pub async fn store(p: &Pipeline, index: u32) -> Result<StateStore, Error> {
 }
 
 /// Waits for the coordinator's record of a sharded load with `shard.count` shards (how long:
-/// `patience`); a record of a finished or other load does not count.
+/// `patience`); a record of a finished or other load does not count. `None`: the pipeline's
+/// initial load is done and CDC follows the slot — nothing is left to split.
 pub async fn wait_for_coordinator(
     main: &StateStore,
     shard: Shard,
     run: &super::run_context::RunContext,
     patience: Duration,
-) -> Result<TaskRecord, Error> {
+) -> Result<Option<TaskRecord>, Error> {
     let started = std::time::Instant::now();
     let mut told = std::time::Instant::now();
     loop {
         match main.load().await {
+            Ok(Some(r)) if r.cdc.as_ref().is_some_and(|c| c.full_load_done) => return Ok(None),
             Ok(Some(r))
                 if r.state == "running"
                     && r.shards == Some(shard.count)
                     && r.snapshot.is_some() =>
             {
-                return Ok(r);
+                return Ok(Some(r));
             }
             Ok(_) => {}
             Err(e) => tracing::warn!("reading the coordinator's record: {e}"),
@@ -128,6 +137,102 @@ pub async fn wait_for_coordinator(
             }
         }
     }
+}
+
+/// The first unit of every table of a (possibly sharded) load: units are counted over the
+/// record's tables in key order, a table's segments or the whole table, so every shard numbers
+/// them alike.
+pub(crate) fn first_units(tables: &BTreeMap<String, TableRecord>) -> HashMap<String, usize> {
+    let mut next = 0;
+    tables
+        .iter()
+        .map(|(key, r)| {
+            let first = next;
+            next += r.segments.len().max(1);
+            (key.clone(), first)
+        })
+        .collect()
+}
+
+/// One shard of a sharded load, as `status` shows it: the units it owns, how many of them are
+/// complete (in its own record under the load's snapshot, or taken over by the coordinator),
+/// their rows, its record's state and who holds its lease now.
+#[derive(Debug, Serialize)]
+pub struct ShardView {
+    pub shard: String,
+    pub units: usize,
+    pub completed: usize,
+    pub rows: u64,
+    pub state: String,
+    pub running: Option<String>,
+}
+
+/// Every shard of the sharded load `coordinator` records (shard 1 is the coordinator itself).
+pub async fn views(p: &Pipeline, coordinator: &TaskRecord) -> Vec<ShardView> {
+    let Some(count) = coordinator.shards else {
+        return Vec::new();
+    };
+    let firsts = first_units(&coordinator.tables);
+    let mut views = Vec::new();
+    for index in 1..=count {
+        let shard = Shard { index, count };
+        let (own, running) = if index == 1 {
+            (None, None)
+        } else {
+            match store(p, index).await {
+                Ok(s) => (
+                    s.load()
+                        .await
+                        .ok()
+                        .flatten()
+                        .filter(|r| r.snapshot == coordinator.snapshot),
+                    s.lease_holder().await.ok().flatten(),
+                ),
+                Err(_) => (None, None),
+            }
+        };
+        let mut view = ShardView {
+            shard: shard.to_string(),
+            units: 0,
+            completed: 0,
+            rows: 0,
+            state: match (index, &own) {
+                (1, _) => coordinator.state.clone(),
+                (_, Some(r)) => r.state.clone(),
+                (_, None) => "not started".into(),
+            },
+            running,
+        };
+        for (key, t) in &coordinator.tables {
+            let first = firsts.get(key).copied().unwrap_or(0);
+            let mine = own.as_ref().and_then(|r| r.tables.get(key));
+            // (completed, rows) of unit j in the coordinator's record and in the shard's.
+            let unit = |r: &TableRecord, j: usize| match r.segments.get(j) {
+                Some(s) => (s.state == TableState::Completed, s.rows),
+                None if r.segments.is_empty() => {
+                    (r.state == TableState::Completed, r.full_load_rows)
+                }
+                None => (false, 0),
+            };
+            for j in 0..t.segments.len().max(1) {
+                if !shard.owns(first + j) {
+                    continue;
+                }
+                view.units += 1;
+                let done = [Some(t), mine]
+                    .into_iter()
+                    .flatten()
+                    .map(|r| unit(r, j))
+                    .find(|(done, _)| *done);
+                if let Some((_, rows)) = done {
+                    view.completed += 1;
+                    view.rows += rows;
+                }
+            }
+        }
+        views.push(view);
+    }
+    views
 }
 
 #[cfg(test)]

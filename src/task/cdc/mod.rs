@@ -61,6 +61,10 @@ pub struct CdcOptions {
     pub run: RunContext,
     /// Progress bars for the full load.
     pub progress: bool,
+    /// Shard 1/N of a sharded initial load (`run --shard 1/N`): this run coordinates the load
+    /// from the slot's snapshot, loads its share, waits for the other shards' and then follows
+    /// the slot (see `task::shard`).
+    pub shard: Option<crate::task::shard::Shard>,
 }
 
 /// How much longer than `wal_sender_timeout` a run waits for an earlier session to leave

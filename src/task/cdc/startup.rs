@@ -346,6 +346,9 @@ pub(super) async fn run_started(
         cdc.consistent_point = Some(new.consistent_point.to_string());
         let mut record = full_load::new_record(p, &plans, &BTreeMap::new(), &new.snapshot);
         record.cdc = Some(cdc.clone());
+        // The coordinator of a sharded initial load says so: the other shards wait for this
+        // record and import the slot's snapshot, which stays open until they are done.
+        record.shards = opts.shard.map(|s| s.count);
         task.record = record;
         task.save().await?;
         task.notifier.emit(EventKind::TaskStarted {
@@ -373,7 +376,7 @@ pub(super) async fn run_started(
             &RunOptions {
                 progress: opts.progress,
                 run: opts.run.clone(),
-                shard: None,
+                shard: opts.shard,
             },
             shared,
             &new.snapshot,
@@ -438,6 +441,9 @@ pub(super) async fn run_started(
         let point = new.consistent_point;
         (new.start().await.map_err(session_err)?, point)
     } else {
+        if let Some(shard) = opts.shard {
+            tracing::info!(shard = %shard, "the initial load is done: there is nothing to split, this run follows the slot");
+        }
         for plan in &plans {
             task.record
                 .tables

@@ -1,7 +1,8 @@
 # Every part of the module: the data lake bucket, the events topic with an e-mail
 # subscription, Redis projections, the secrets, the ECS cluster with either the scheduled
-# batch task or the CDC service, the sharded initial load, the Lambda function when a package
-# is given, logs, metric filters and alarms.
+# batch task or the CDC service, the Lambda function when a package is given, logs, metric
+# filters and alarms. The sharded initial load (shard_count) is off: this pipeline warms Redis,
+# which a sharded load does not do yet.
 module "godwit" {
   source = "../../modules/godwit"
 
@@ -40,7 +41,8 @@ module "godwit" {
 
   batch_schedule = var.shape == "batch" ? "rate(1 hour)" : null
   cdc_service    = var.shape == "service"
-  shard_count    = 4
+  # A sharded initial load (shard_count = 2..64) is for pipelines without cache_projections.
+  shard_count = 0
 
   lambda_zip_path = var.lambda_zip_path
   lambda_schedule = "rate(15 minutes)"

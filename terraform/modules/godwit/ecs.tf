@@ -54,7 +54,9 @@ locals {
 }
 
 # The batch shape: `godwit run PIPELINE --once` — the full load where due, CDC up to the WAL
-# position read at start, then exit. Also the task the sharded load overrides.
+# position read at start, then exit. Also the task the sharded load overrides. With a sharded
+# initial load of a full-load-and-cdc pipeline, this task and the CDC service coordinate it
+# (--shard 1/N, see shard.tf).
 resource "aws_ecs_task_definition" "batch" {
   family                   = local.batch_family
   requires_compatibilities = ["FARGATE"]
@@ -74,7 +76,7 @@ resource "aws_ecs_task_definition" "batch" {
   }
 
   container_definitions = jsonencode([merge(local.container_base, {
-    command = ["run", local.pipeline_url, "--once", "--log-format", "json"]
+    command = concat(["run", local.pipeline_url, "--once", "--log-format", "json"], local.shard_args)
   })])
 
   tags = local.tags
@@ -139,7 +141,7 @@ resource "aws_ecs_task_definition" "cdc" {
   }
 
   container_definitions = jsonencode([merge(local.container_base, {
-    command = ["run", local.pipeline_url, "--log-format", "json"]
+    command = concat(["run", local.pipeline_url, "--log-format", "json"], local.shard_args)
     healthCheck = {
       command     = ["CMD", "/usr/local/bin/godwit", "health", "--url", local.health_url]
       interval    = 30

@@ -1,13 +1,23 @@
-# The sharded initial load: a Step Functions Map runs shard_count ECS tasks at once, task I of
-# N running `godwit run PIPELINE --once --shard I/N` (I = 1..N), and waits for all of them.
+# The sharded initial load: a Step Functions Map runs ECS tasks at once, task I of N running
+# `godwit run PIPELINE --once --shard I/N`, and waits for all of them.
+# - mode "full-load": the state machine runs every shard, I = 1..N (shard 1 coordinates).
+# - mode "full-load-and-cdc": the CDC job (the scheduled batch task and the CDC service, which
+#   hold the pipeline's lease) runs with --shard 1/N and coordinates from its slot's snapshot,
+#   then follows the slot; the state machine runs shards 2..N. Once the initial load is done,
+#   --shard 1/N changes nothing and a shard started again ends at once.
 # Start it once: aws stepfunctions start-execution --state-machine-arn <shard_state_machine_arn>
 
 locals {
   shard_on = var.shard_count > 0
-  shards   = [for i in range(var.shard_count) : { shard = "${i + 1}/${var.shard_count}" }]
+  # The CDC job coordinates a sharded initial load of a full-load-and-cdc pipeline.
+  cdc_coordinates = local.shard_on && var.mode == "full-load-and-cdc"
+  shard_args      = local.cdc_coordinates ? ["--shard", "1/${var.shard_count}"] : []
+  shards = [
+    for i in range(local.cdc_coordinates ? 1 : 0, var.shard_count) : { shard = "${i + 1}/${var.shard_count}" }
+  ]
 
   shard_definition = {
-    Comment = "godwit ${var.name}: sharded full load, ${var.shard_count} ECS tasks"
+    Comment = "godwit ${var.name}: sharded initial load, ${length(local.shards)} ECS tasks of ${var.shard_count} shards"
     StartAt = "Shards"
     States = {
       Shards = {
@@ -20,7 +30,7 @@ locals {
       Load = {
         Type           = "Map"
         ItemsPath      = "$.shards"
-        MaxConcurrency = var.shard_count
+        MaxConcurrency = length(local.shards)
         ItemProcessor = {
           ProcessorConfig = { Mode = "INLINE" }
           StartAt         = "RunShard"
@@ -141,8 +151,12 @@ resource "aws_sfn_state_machine" "shards" {
 
   lifecycle {
     precondition {
-      condition     = var.mode == "full-load"
-      error_message = "godwit run --shard splits a full load: the sharded load needs mode = \"full-load\" (a CDC handoff after a sharded load is not built yet)."
+      condition     = var.mode != "cdc"
+      error_message = "godwit run --shard splits an initial load: mode = \"cdc\" has none (use \"full-load\" or \"full-load-and-cdc\")."
+    }
+    precondition {
+      condition     = length(var.cache_projections) == 0
+      error_message = "godwit run --shard does not warm [cache] yet: set shard_count = 0 for a pipeline with cache_projections (the CDC job then loads and warms alone)."
     }
   }
 }

@@ -471,7 +471,7 @@ variable "cdc_service" {
 }
 
 variable "shard_count" {
-  description = "Sharded initial load: a Step Functions state machine runs this many ECS tasks at once, each `godwit run PIPELINE --once --shard I/N` (I = 1..N). 0: no state machine."
+  description = "Sharded initial load in N shards: a Step Functions state machine runs ECS tasks `godwit run PIPELINE --once --shard I/N` at once — I = 1..N for mode full-load; I = 2..N for full-load-and-cdc, where the batch task and the CDC service run as shard 1/N and coordinate. 0: no state machine."
   type        = number
   default     = 0
 
