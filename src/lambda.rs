@@ -8,8 +8,9 @@
 //!
 //! Summary: `{"status": "done" | "stopped at the deadline" | "too little time",
 //! "pipeline", "mode", "more", "seconds", "tables": {name: {state, rows, changes}}, "rows",
-//! "changes", "lag_seconds", "errors": [{table, error, remedy}]}`. `more` is true when work
-//! was left for the next invocation (the deadline came first). Another run holding the lease
+//! "changes", "lag_seconds", "reloads_pending", "errors": [{table, error, remedy}]}`. `more`
+//! is true when work was left for the next invocation: the deadline came first, or a table
+//! reload is still asked for (`reloads_pending`). Another run holding the lease
 //! gives `{"status": "already running", "holder": …}` (no error: the next schedule goes on).
 //! A failed run is an error invocation, with the same message the CLI prints.
 
@@ -199,9 +200,16 @@ async fn invoke(event: &Event, deadline: SystemTime) -> Result<Value, Error> {
             }));
         }
     }
-    let more = summary.interrupted.is_some();
+    let stopped = summary.interrupted.is_some();
+    // A reload still asked for (one that failed and is tried again, one not started) is work
+    // the next invocation does.
+    let reloads = match crate::task::state_store(&p).await {
+        Ok(store) => store.reload_requests().await.unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let more = stopped || !reloads.is_empty();
     Ok(json!({
-        "status": if more { "stopped at the deadline" } else { "done" },
+        "status": if stopped { "stopped at the deadline" } else { "done" },
         "pipeline": p.name,
         "mode": p.mode.as_str(),
         "more": more,
@@ -212,6 +220,7 @@ async fn invoke(event: &Event, deadline: SystemTime) -> Result<Value, Error> {
         "changes": changes,
         "lag_seconds": if changes > 0 { lag } else { None },
         "task_state": record.as_ref().map(|r| r.state.clone()),
+        "reloads_pending": reloads,
         "errors": errors,
     }))
 }

@@ -66,8 +66,7 @@ pub(crate) async fn load_from_temporary_slot(
     plans: Vec<TablePlan>,
     record: TaskRecord,
 ) -> Result<Attempt, Error> {
-    let mut name = format!("{}_reload_{}", p.source.slot, std::process::id());
-    name.truncate(63);
+    let name = temporary_slot_name(&p.source.slot);
     // The slot is temporary: a creation given up (its session closed) leaves nothing.
     let created = tokio::select! {
         created = NewSlot::create(endpoint, &name, publications, true) => created,
@@ -108,6 +107,18 @@ pub(crate) async fn load_from_temporary_slot(
             interrupted: outcome.summary.interrupted.is_some(),
         }),
     }
+}
+
+/// A name for a reload's temporary slot that no other attempt uses: an attempt given up while
+/// its slot was being created (a deadline) can still hold its name on the server for a moment,
+/// and a long-lived process (a Lambda function) makes many attempts.
+fn temporary_slot_name(slot: &str) -> String {
+    static ATTEMPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = ATTEMPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let suffix = format!("_reload_{}_{n}", std::process::id());
+    // Slot names have at most 63 characters (and are ASCII): the suffix always stays whole.
+    let keep = 63usize.saturating_sub(suffix.len()).min(slot.len());
+    format!("{}{suffix}", &slot[..keep])
 }
 
 /// Puts a complete staged load of `table` in place (see the module comment): `files` are the
@@ -236,6 +247,15 @@ mod tests {
             rows: 1,
             bytes: 1,
         }
+    }
+
+    #[test]
+    fn temporary_slot_names_differ_and_fit() {
+        let long = "s".repeat(63);
+        let (a, b) = (temporary_slot_name(&long), temporary_slot_name(&long));
+        assert_ne!(a, b);
+        assert!(a.len() <= 63 && b.len() <= 63, "{a}");
+        assert!(temporary_slot_name("godwit").starts_with("godwit_reload_"));
     }
 
     #[tokio::test]
