@@ -79,6 +79,7 @@ ensure_tools() {
     command -v python3 >/dev/null || apt_install python3
     ensure_moto
     ensure_duckdb
+    ensure_cargo_lambda
 }
 
 ensure_moto() {
@@ -104,6 +105,15 @@ ensure_duckdb() {
     log "pip install duckdb (into $VENV)"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check duckdb >&2 \
         || die "pip install duckdb failed"
+}
+
+# cargo-lambda (PyPI; pulls ziglang) in the same venv: its Lambda runtime emulator
+# (`cargo lambda watch`) and `cargo lambda invoke`, for tests/lambda.rs and the README.
+ensure_cargo_lambda() {
+    [ -x "$VENV/bin/cargo-lambda" ] && return 0
+    log "pip install cargo-lambda (into $VENV)"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check cargo-lambda >&2 \
+        || die "pip install cargo-lambda failed"
 }
 
 # ---------------------------------------------------------------- helpers
@@ -580,6 +590,8 @@ write_env() {
         echo "export AWS_EC2_METADATA_DISABLED=$(q true)"
         # A Python with the duckdb module (tests/lake_sql.rs).
         echo "export GODWIT_PYTHON=$(q "$VENV/bin/python")"
+        # cargo-lambda's runtime emulator and invoke (tests/lambda.rs).
+        echo "export GODWIT_CARGO_LAMBDA=$(q "$VENV/bin/cargo-lambda")"
     } >"$ENV_FILE.tmp"
     chmod 600 "$ENV_FILE.tmp"
     mv "$ENV_FILE.tmp" "$ENV_FILE"
@@ -598,6 +610,7 @@ cmd_start() {
     if [ "${#need[@]}" = 0 ] && [ -s "$ENV_FILE" ]; then
         log "reusing the running services in $DIR"
         ensure_duckdb
+        ensure_cargo_lambda
         write_env
     else
         ensure_tools

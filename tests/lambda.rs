@@ -5,7 +5,8 @@
 //! goes on from there, the files replaying to exactly what PostgreSQL holds; of two
 //! overlapping invocations one answers "already running" naming the holder; a table whose load
 //! does not fit in one invocation is a table error (`needs the scheduled shape`), not retried
-//! by every invocation.
+//! by every invocation. And once under cargo-lambda's own runtime emulator (`cargo lambda
+//! watch --only-lambda-apis`, events sent with `cargo lambda invoke`), as a user tries it.
 
 mod common;
 
@@ -16,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use common::http::{free_port, wait_for};
 use common::replay::*;
 use common::source::pg_keyed;
 use common::*;
@@ -150,11 +152,16 @@ fn uuid_like() -> String {
 
 /// The function's process, pointed at the stub on `port`, working in `dir`.
 fn start_function(dir: &Path, port: u16, log: &Path) -> Killed {
+    start_function_at(dir, &format!("127.0.0.1:{port}"), log)
+}
+
+/// The function's process with runtime API `api` (`AWS_LAMBDA_RUNTIME_API`), working in `dir`.
+fn start_function_at(dir: &Path, api: &str, log: &Path) -> Killed {
     let out = std::fs::File::create(log).unwrap();
     Killed(
         std::process::Command::new(env!("CARGO_BIN_EXE_bootstrap"))
             .current_dir(dir)
-            .env("AWS_LAMBDA_RUNTIME_API", format!("127.0.0.1:{port}"))
+            .env("AWS_LAMBDA_RUNTIME_API", api)
             .env("AWS_LAMBDA_FUNCTION_NAME", "godwit")
             .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
             .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
@@ -411,4 +418,106 @@ async fn overlapping_invocations_and_a_table_too_big_for_one() {
     ));
     assert_ok(&w.godwit(&["run", &ps], &[]));
     assert_replays_to_source(&db, &w.out(), "a_big").await;
+}
+
+/// `cargo lambda …` through the cargo-lambda of the services' venv (`GODWIT_CARGO_LAMBDA`).
+fn cargo_lambda() -> std::process::Command {
+    let bin = std::env::var("GODWIT_CARGO_LAMBDA")
+        .expect("GODWIT_CARGO_LAMBDA (scripts/services.sh installs cargo-lambda and sets it)");
+    let mut c = std::process::Command::new(bin);
+    c.arg("lambda").current_dir(env!("CARGO_MANIFEST_DIR"));
+    c
+}
+
+/// Under cargo-lambda's runtime emulator, with the events `cargo lambda invoke` sends: the
+/// first invocation loads and follows, the next applies the changes made in between; each
+/// answers its summary and the files replay to what PostgreSQL holds. (The emulator's
+/// deadline header is already past, so the function runs on its fallback budget; the
+/// deadline logic is tested against the stub above.)
+#[tokio::test]
+async fn under_cargo_lambda_s_emulator() {
+    let pg = pg();
+    let name = "godwit_lambda_emulator";
+    let db = pg.fresh_db(name).await;
+    db.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v text, n numeric(10,2));
+         INSERT INTO t SELECT i, 'v' || i, i / 4.0 FROM generate_series(1, 2000) i;",
+    )
+    .await
+    .unwrap();
+    let w = Work::new();
+    let p = w.pipeline(&format!(
+        "name = \"lambda-emulated\"\nmode = \"full-load-and-cdc\"\n[source]\nurl = \"{}\"\n[target]\nurl = \"file://{{out}}\"\n",
+        pg.url(name)
+    ));
+    let port = free_port();
+    let watch_log = w.path().join("watch.log");
+    let _watch = Killed(
+        cargo_lambda()
+            .args(["watch", "--only-lambda-apis", "-P", &port.to_string()])
+            .stdout(std::fs::File::create(&watch_log).unwrap())
+            .stderr(std::fs::File::create(w.path().join("watch.err")).unwrap())
+            .spawn()
+            .expect("cargo lambda watch"),
+    );
+    wait_for("the emulator to listen", 60, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    let log = w.path().join("function.log");
+    let _function = start_function_at(w.path(), &format!("http://127.0.0.1:{port}/.rt"), &log);
+    let invoke = |event: Value| {
+        let out = cargo_lambda()
+            .args([
+                "invoke",
+                "-P",
+                &port.to_string(),
+                "--data-ascii",
+                &event.to_string(),
+            ])
+            .output()
+            .expect("cargo lambda invoke");
+        assert!(
+            out.status.success(),
+            "{}\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        serde_json::from_str::<Value>(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
+    };
+    let event = json!({"pipeline": p.to_str().unwrap()});
+
+    let s = invoke(event.clone());
+    assert_eq!(
+        (s["status"].as_str(), s["more"].as_bool()),
+        (Some("done"), Some(false)),
+        "{s}"
+    );
+    assert_eq!(s["tables"]["public.t"]["rows"], 2000, "{s}");
+    assert_eq!(s["tables"]["public.t"]["state"], "CDC", "{s}");
+    assert_replays_to_source(&db, &w.out(), "t").await;
+
+    db.batch_execute(
+        "UPDATE t SET v = 'changed' WHERE id <= 5; DELETE FROM t WHERE id = 7;
+         INSERT INTO t VALUES (3001, 'new', 0.25);",
+    )
+    .await
+    .unwrap();
+    let s = invoke(event);
+    assert_eq!(
+        (s["status"].as_str(), s["more"].as_bool()),
+        (Some("done"), Some(false)),
+        "{s}"
+    );
+    assert_eq!(s["changes"], 7, "{s}");
+    assert_eq!(s["errors"], json!([]), "{s}");
+    assert_replays_to_source(&db, &w.out(), "t").await;
+    assert!(
+        log_count(&log, "already past on arrival") >= 2,
+        "the emulator's deadline header: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_ok(&w.godwit(&["drop", p.to_str().unwrap(), "--yes"], &[]));
 }
