@@ -161,7 +161,7 @@ fn minimal_file_gets_the_documented_defaults() {
     let s = p.table_settings("public", "orders");
     assert_eq!(s.where_clause, None);
     assert!(s.exclude_columns.is_empty());
-    assert_eq!(s.partitions, 1);
+    assert_eq!(s.partitions, None);
     assert_eq!(s.cdc, CdcMode::All);
     assert_eq!(s.numeric, NumericMode::Decimal);
 }
@@ -294,7 +294,7 @@ url = ""
     );
     assert!(p.tables.selects("public", "orders"));
     assert!(!p.tables.selects("public", "audit_log"));
-    assert_eq!(p.table_settings("public", "orders").partitions, 8);
+    assert_eq!(p.table_settings("public", "orders").partitions, Some(8));
     assert_eq!(
         p.target.url,
         TargetUrl::S3 {
@@ -507,11 +507,11 @@ numeric = "text"
         Some("created_at >= '2024-01-01'")
     );
     assert_eq!(s.exclude_columns, ["internal_note", "secret"]);
-    assert_eq!(s.partitions, 8);
+    assert_eq!(s.partitions, Some(8));
     assert_eq!(s.cdc, CdcMode::InsertsOnly);
     assert_eq!(s.numeric, NumericMode::Text);
     // Other tables keep the defaults.
-    assert_eq!(p.table_settings("public", "customers").partitions, 1);
+    assert_eq!(p.table_settings("public", "customers").partitions, None);
     assert_eq!(p.table_settings("public", "customers").cdc, CdcMode::All);
 }
 
@@ -521,9 +521,9 @@ fn per_table_settings_first_match_in_file_order() {
     let p = ok(&with(
         "[tables.\"public.zz\"]\npartitions = 3\n[tables.\"public.*\"]\npartitions = 2\n",
     ));
-    assert_eq!(p.table_settings("public", "zz").partitions, 3);
-    assert_eq!(p.table_settings("public", "other").partitions, 2);
-    assert_eq!(p.table_settings("sales", "zz").partitions, 1);
+    assert_eq!(p.table_settings("public", "zz").partitions, Some(3));
+    assert_eq!(p.table_settings("public", "other").partitions, Some(2));
+    assert_eq!(p.table_settings("sales", "zz").partitions, None);
     assert_eq!(
         p.tables.settings_key("public", "zz").as_deref(),
         Some("tables.\"public.zz\"")
@@ -540,7 +540,7 @@ fn per_table_settings_first_match_in_file_order() {
     let p = ok(&with(
         "[tables.\"public.*\"]\npartitions = 2\n[tables.\"public.zz\"]\npartitions = 3\n",
     ));
-    assert_eq!(p.table_settings("public", "zz").partitions, 2);
+    assert_eq!(p.table_settings("public", "zz").partitions, Some(2));
 }
 
 #[test]

@@ -371,3 +371,64 @@ async fn tls_modes_connect_as_libpq_would() {
         }
     }
 }
+
+/// Dictionary encoding only where ANALYZE says it pays: a low-cardinality column keeps its
+/// dictionary, unique keys and text are written plain, a table never analysed keeps the
+/// writer's default; the values are PostgreSQL's either way.
+#[tokio::test]
+async fn dictionaries_only_for_columns_with_few_distinct_values() {
+    let pg = pg();
+    let db = pg.fresh_db("godwit_dictionary").await;
+    db.batch_execute(
+        "CREATE TABLE analysed (id bigint PRIMARY KEY, status text, note text);
+         INSERT INTO analysed SELECT i, 'status ' || (i % 4), md5(i::text)
+           FROM generate_series(1, 50000) i;
+         ANALYZE analysed;
+         CREATE TABLE unanalysed (id bigint PRIMARY KEY, note text);
+         INSERT INTO unanalysed SELECT i, md5(i::text) FROM generate_series(1, 50000) i;",
+    )
+    .await
+    .unwrap();
+    let w = Work::new();
+    let p = w.pipeline(&pipeline_text(
+        &pg.url("godwit_dictionary"),
+        "[\"public.analysed\", \"public.unanalysed\"]",
+        "",
+    ));
+    assert_ok(&w.godwit(&["run", p.to_str().unwrap()], &[]));
+    let dictionary = |table: &str| -> Vec<(String, bool)> {
+        let file = &parquet_files(&w.out().join("public").join(table))[0];
+        let reader =
+            parquet::file::reader::SerializedFileReader::new(std::fs::File::open(file).unwrap())
+                .unwrap();
+        let meta = parquet::file::reader::FileReader::metadata(&reader);
+        meta.row_group(0)
+            .columns()
+            .iter()
+            .map(|c| {
+                (
+                    c.column_path().string(),
+                    c.dictionary_page_offset().is_some(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        dictionary("analysed"),
+        [
+            ("id".to_string(), false),
+            ("status".to_string(), true),
+            ("note".to_string(), false)
+        ]
+    );
+    assert!(dictionary("unanalysed").iter().all(|(_, d)| *d));
+    for table in ["analysed", "unanalysed"] {
+        let got = common::replay::render(&read_table(&w.out(), "public", table));
+        let mut want = common::source::pg_sorted(&db, table).await;
+        let mut got = got;
+        got.sort_by_key(|r| r["id"].parse::<i64>().unwrap());
+        want.sort_by_key(|r| r["id"].parse::<i64>().unwrap());
+        assert_eq!(got.len(), 50000, "{table}");
+        assert_eq!(got, want, "{table}");
+    }
+}

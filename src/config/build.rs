@@ -390,7 +390,7 @@ fn table_entry(
         s.exclude_columns = seen;
     }
     if let Some(p) = sec.get("partitions") {
-        s.partitions = p.int_in(ctx, 1, 1024)? as u32;
+        s.partitions = Some(p.int_in(ctx, 1, 1024)? as u32);
     }
     if let Some(c) = sec.get("cdc") {
         s.cdc = c.one_of(ctx, CdcMode::parse, CdcMode::VALUES)?;

@@ -303,8 +303,9 @@ pub struct TableSettings {
     /// expression when the file is read. Key `where` in the file.
     pub where_clause: Option<crate::pg::filter::Filter>,
     pub exclude_columns: Vec<String>,
-    /// Parallel full-load segments, 1..=1024, default 1.
-    pub partitions: u32,
+    /// Parallel full-load segments, 1..=1024; `None` (not set): chosen from the table's size
+    /// and the machine's cores (`task::plan::auto_segments`). 1 forces one stream.
+    pub partitions: Option<u32>,
     pub cdc: CdcMode,
     pub numeric: NumericMode,
 }
@@ -314,7 +315,7 @@ impl Default for TableSettings {
         TableSettings {
             where_clause: None,
             exclude_columns: Vec::new(),
-            partitions: 1,
+            partitions: None,
             cdc: CdcMode::All,
             numeric: NumericMode::Decimal,
         }

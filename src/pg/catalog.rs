@@ -54,6 +54,31 @@ pub struct Column {
     /// The column can hold no NULL: a validated `NOT NULL` (primary-key columns have one).
     /// A partitioned root's own constraint counts, whatever its partitions add.
     pub not_null: bool,
+    /// `pg_stats.n_distinct` (ANALYZE's estimate: a count when positive, minus a fraction of
+    /// the rows when negative); `None` while the column was never analysed.
+    pub distinct: Option<f32>,
+}
+
+impl Column {
+    /// Whether Parquet dictionary encoding is worth its CPU for this column in a table of
+    /// `rows` rows: not for columns ANALYZE found mostly distinct (keys, UUIDs, unique text),
+    /// whose dictionary would only grow until the writer falls back to plain encoding. Unknown
+    /// statistics keep the dictionary (the writer's own fallback still applies).
+    pub fn dictionary_pays(&self, rows: Option<u64>) -> bool {
+        let Some(d) = self.distinct else {
+            return true;
+        };
+        let distinct = if d < 0.0 {
+            match rows {
+                Some(r) => f64::from(-d) * r as f64,
+                None => return true,
+            }
+        } else {
+            f64::from(d)
+        };
+        let rows = rows.unwrap_or(0) as f64;
+        distinct <= 10_000.0 || distinct <= rows / 20.0
+    }
 }
 
 /// One table (or partitioned root) of the source.
@@ -163,7 +188,12 @@ pub async fn discover(
                     a.attnotnull AND NOT EXISTS (
                         SELECT 1 FROM pg_constraint n
                         WHERE n.contype = 'n' AND n.conrelid = a.attrelid
-                          AND n.conkey = ARRAY[a.attnum] AND NOT n.convalidated)
+                          AND n.conkey = ARRAY[a.attnum] AND NOT n.convalidated),
+                    (SELECT s.n_distinct FROM pg_stats s
+                     JOIN pg_class c ON c.relname = s.tablename
+                     JOIN pg_namespace ns ON ns.oid = c.relnamespace AND ns.nspname = s.schemaname
+                     WHERE c.oid = a.attrelid AND s.attname = a.attname
+                     ORDER BY s.inherited DESC LIMIT 1)
              FROM pg_attribute a
              WHERE a.attrelid = ANY($1) AND a.attnum > 0 AND NOT a.attisdropped
              ORDER BY a.attrelid, a.attnum",
@@ -190,6 +220,7 @@ pub async fn discover(
             ndims: r.get(4),
             type_name: r.get(5),
             not_null: r.get(6),
+            distinct: r.get(7),
         });
     }
     for r in keys {

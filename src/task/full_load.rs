@@ -1087,13 +1087,19 @@ fn concurrent_writers(p: &Pipeline, plans: &[TablePlan]) -> usize {
     p.load.parallel.min(units).max(1)
 }
 
-/// The target's file format, with Parquet row groups cut at `row_group_bytes`.
-pub(crate) fn file_format(p: &Pipeline, row_group_bytes: usize) -> FileFormat {
+/// The target's file format, with Parquet row groups cut at `row_group_bytes` and the `plain`
+/// columns written without a dictionary.
+pub(crate) fn file_format(
+    p: &Pipeline,
+    row_group_bytes: usize,
+    plain: Arc<[String]>,
+) -> FileFormat {
     let target = &p.target;
     match target.format {
         Format::Parquet => FileFormat::Parquet {
             codec: codec(target.compression),
             row_group_bytes,
+            plain,
         },
         Format::Csv => FileFormat::Csv(CsvOptions {
             delimiter: target.csv_delimiter,
@@ -1223,7 +1229,7 @@ async fn load_table(
 
     let target = &ctx.pipeline.target;
     let settings = FileSettings {
-        format: file_format(&ctx.pipeline, ctx.row_group_bytes),
+        format: file_format(&ctx.pipeline, ctx.row_group_bytes, plan.plain_columns()),
         max_file_size: target.max_file_size,
         include_op: target.include_op_for_full_load,
         timestamp_column: target.timestamp_column.clone(),

@@ -35,6 +35,17 @@ pub struct Segment {
 }
 
 impl TablePlan {
+    /// The columns whose values ANALYZE found mostly distinct: their Parquet chunks are
+    /// written without a dictionary (see `Column::dictionary_pays`).
+    pub fn plain_columns(&self) -> std::sync::Arc<[String]> {
+        self.table
+            .columns
+            .iter()
+            .filter(|c| !c.dictionary_pays(self.table.estimated_rows))
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
     /// `schema.table`, the table's name in state, events and logs.
     pub fn key(&self) -> String {
         self.table.name.to_string()
@@ -78,6 +89,19 @@ pub fn segments(pages: u64, n: u32) -> Vec<Segment> {
             end: (i + 1 < n).then_some(per * (i as u64 + 1)),
         })
         .collect()
+}
+
+/// Heap pages per segment below which a table is not split by default (64 MiB).
+const AUTO_SEGMENT_PAGES: u64 = 8192;
+
+/// The segments of a table whose `partitions` is not set: one per core, as long as each
+/// reads at least 64 MiB of heap; a smaller table is one stream. Reading several ctid ranges
+/// at once keeps both PostgreSQL and godwit busy on every core (what DuckDB's scanner does);
+/// the plan is recorded with the table, so a shard or a resumed load of the same snapshot
+/// uses the same segments wherever it runs.
+pub fn auto_segments(pages: u64) -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    (pages / AUTO_SEGMENT_PAGES).clamp(1, cores.max(1)) as u32
 }
 
 /// Plans one table. Errors are problems of the pipeline file (an excluded column that does
@@ -141,7 +165,12 @@ pub fn plan_table(p: &Pipeline, table: Table, types_: &Types) -> Result<TablePla
         .filter_map(|k| columns.iter().position(|c| &c.name == k))
         .collect();
     Ok(TablePlan {
-        segments: segments(table.pages, settings.partitions),
+        segments: segments(
+            table.pages,
+            settings
+                .partitions
+                .unwrap_or_else(|| auto_segments(table.pages)),
+        ),
         from,
         select,
         filter,
@@ -160,6 +189,15 @@ pub fn plan_table(p: &Pipeline, table: Table, types_: &Types) -> Result<TablePla
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn big_tables_get_a_segment_per_core() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        assert_eq!(auto_segments(0), 1);
+        assert_eq!(auto_segments(AUTO_SEGMENT_PAGES - 1), 1);
+        assert_eq!(auto_segments(AUTO_SEGMENT_PAGES * 2), 2.min(cores));
+        assert_eq!(auto_segments(u64::MAX / 2), cores);
+    }
 
     #[test]
     fn segments_cover_every_block_once() {

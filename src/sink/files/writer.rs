@@ -28,6 +28,9 @@ pub enum FileFormat {
     Parquet {
         codec: Codec,
         row_group_bytes: usize,
+        /// Columns written without a dictionary (mostly distinct values, see
+        /// `Column::dictionary_pays`).
+        plain: Arc<[String]>,
     },
     Csv(CsvOptions),
 }
@@ -166,8 +169,10 @@ pub(crate) fn open_encoder(
         FileFormat::Parquet {
             codec,
             row_group_bytes,
+            plain,
         } => Box::new(
-            ParquetEncoder::new(object, schema, *codec, *row_group_bytes).map_err(|e| e.at(key))?,
+            ParquetEncoder::new(object, schema, *codec, *row_group_bytes, plain)
+                .map_err(|e| e.at(key))?,
         ),
         FileFormat::Csv(options) => Box::new(CsvEncoder::new(
             object,

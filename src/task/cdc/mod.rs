@@ -345,9 +345,12 @@ fn sinks(
     store: &Arc<dyn ObjectStore>,
     cache: Option<&Arc<CacheTarget>>,
 ) -> Vec<Box<dyn ChangeSink>> {
+    // CDC files are small and their columns mixed (before images, ops): the writer's own
+    // dictionary fallback is enough.
     let format = full_load::file_format(
         p,
         (p.target.row_group_bytes as usize).min(p.limits.memory as usize / 4),
+        Arc::from(Vec::<String>::new()),
     );
     let mut sinks: Vec<Box<dyn ChangeSink>> = Vec::new();
     if p.target.url != TargetUrl::None {
