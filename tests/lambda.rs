@@ -175,6 +175,34 @@ fn start_function_at(dir: &Path, api: &str, log: &Path) -> Killed {
     )
 }
 
+/// A fresh database `name` with table `t (id, v, n)` of `rows` rows (and the SQL `extra`), and
+/// a full-load-and-cdc pipeline of it writing files (`tables` and `target` add lines to those
+/// sections).
+async fn table_t(
+    name: &str,
+    rows: u32,
+    extra: &str,
+    tables: &str,
+    target: &str,
+) -> (tokio_postgres::Client, Work, std::path::PathBuf) {
+    let pg = pg();
+    let db = pg.fresh_db(name).await;
+    db.batch_execute(&format!(
+        "CREATE TABLE t (id int PRIMARY KEY, v text, n numeric(10,2));
+         INSERT INTO t SELECT i, 'v' || i, i / 4.0 FROM generate_series(1, {rows}) i;
+         {extra}"
+    ))
+    .await
+    .unwrap();
+    let w = Work::new();
+    let p = w.pipeline(&format!(
+        "name = \"{}\"\nmode = \"full-load-and-cdc\"\n[source]\nurl = \"{}\"\n{tables}[target]\nurl = \"file://{{out}}\"\n{target}",
+        name.replace('_', "-"),
+        pg.url(name)
+    ));
+    (db, w, p)
+}
+
 async fn assert_replays_to_source(db: &tokio_postgres::Client, out: &Path, table: &str) {
     let got = replay_keyed(&out.join("public").join(table), &["id"]);
     let want = pg_keyed(db, table, &["id"]).await;
@@ -192,19 +220,14 @@ async fn assert_replays_to_source(db: &tokio_postgres::Client, out: &Path, table
 async fn invocations_load_follow_stop_at_the_deadline_and_go_on() {
     let pg = pg();
     let name = "godwit_lambda_cdc";
-    let db = pg.fresh_db(name).await;
-    db.batch_execute(
-        "CREATE TABLE t (id int PRIMARY KEY, v text, n numeric(10,2));
-         INSERT INTO t SELECT i, 'v' || i, i / 4.0 FROM generate_series(1, 3000) i;
-         CREATE TABLE unselected (id int);",
+    let (db, w, p) = table_t(
+        name,
+        3000,
+        "CREATE TABLE unselected (id int);",
+        "[tables]\ninclude = [\"public.t\"]\n",
+        "cdc_max_batch_interval = \"1s\"\n",
     )
-    .await
-    .unwrap();
-    let w = Work::new();
-    let p = w.pipeline(&format!(
-        "name = \"lambda-cdc\"\nmode = \"full-load-and-cdc\"\n[source]\nurl = \"{}\"\n[tables]\ninclude = [\"public.t\"]\n[target]\nurl = \"file://{{out}}\"\ncdc_max_batch_interval = \"1s\"\n",
-        pg.url(name)
-    ));
+    .await;
     let ps = p.to_str().unwrap().to_string();
     let (stub, port) = Stub::start().await;
     let log = w.path().join("function.log");
@@ -436,20 +459,7 @@ fn cargo_lambda() -> std::process::Command {
 /// deadline logic is tested against the stub above.)
 #[tokio::test]
 async fn under_cargo_lambda_s_emulator() {
-    let pg = pg();
-    let name = "godwit_lambda_emulator";
-    let db = pg.fresh_db(name).await;
-    db.batch_execute(
-        "CREATE TABLE t (id int PRIMARY KEY, v text, n numeric(10,2));
-         INSERT INTO t SELECT i, 'v' || i, i / 4.0 FROM generate_series(1, 2000) i;",
-    )
-    .await
-    .unwrap();
-    let w = Work::new();
-    let p = w.pipeline(&format!(
-        "name = \"lambda-emulated\"\nmode = \"full-load-and-cdc\"\n[source]\nurl = \"{}\"\n[target]\nurl = \"file://{{out}}\"\n",
-        pg.url(name)
-    ));
+    let (db, w, p) = table_t("godwit_lambda_emulator", 2000, "", "", "").await;
     let port = free_port();
     let watch_log = w.path().join("watch.log");
     let _watch = Killed(
