@@ -332,3 +332,47 @@ async fn a_sharded_initial_load_then_cdc_has_no_gap_and_no_overlap() {
     assert_eq!(changes.iter().filter(|c| c.2 == "D").count(), 10);
     assert_eq!(changes.iter().filter(|c| c.2 == "U").count(), 11);
 }
+
+/// A shard that never comes cannot hold the load: with no sign of it (its lease free, nothing
+/// completed) for `GODWIT_SHARD_PATIENCE`, the coordinator fails the tables it waits for (exit
+/// 3, `Table error` with the shard named) and loads the rest.
+#[tokio::test]
+async fn a_shard_that_never_comes_fails_its_tables_after_the_patience() {
+    let pg = pg();
+    let db = pg.fresh_db("godwit_shard_absent").await;
+    db.batch_execute(
+        "CREATE TABLE a (id bigint PRIMARY KEY, v text NOT NULL);
+         INSERT INTO a SELECT i, 'a' || i FROM generate_series(1, 100) i;
+         CREATE TABLE b (id bigint PRIMARY KEY, v text NOT NULL);
+         INSERT INTO b SELECT i, 'b' || i FROM generate_series(1, 100) i;",
+    )
+    .await
+    .unwrap();
+    let work = Work::new();
+    let path = work.pipeline(&format!(
+        "name = \"absent\"\nmode = \"full-load\"\n[source]\nurl = \"{}\"\n[tables]\n\
+         include = [\"public.a\", \"public.b\"]\n[target]\nurl = \"file://{{out}}\"\n",
+        pg.url("godwit_shard_absent")
+    ));
+    let started = Instant::now();
+    let o = work.godwit(
+        &["run", path.to_str().unwrap(), "--shard", "1/2"],
+        &[("GODWIT_SHARD_PATIENCE", "3")],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let status = assert_ok(&work.godwit(&["status", path.to_str().unwrap(), "--json"], &[]));
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    // Unit 0 (a) is shard 1's, unit 1 (b) shard 2's.
+    assert_eq!(
+        status["tables"]["public.a"]["state"], "Table completed",
+        "{status}"
+    );
+    assert_eq!(
+        status["tables"]["public.b"]["state"], "Table error",
+        "{status}"
+    );
+    let error = status["tables"]["public.b"]["last_error"].as_str().unwrap();
+    assert!(error.contains("shard(s) 2 did not load"), "{error}");
+    assert_eq!(loaded(&work.out(), "a"), source(&db, "a").await);
+}

@@ -1505,9 +1505,23 @@ fn split_units(
     (mine, others)
 }
 
+/// How long the coordinator of a sharded load waits for another shard's units while there is
+/// no sign of that shard (its lease free, none of its units completed), before the table
+/// fails: 10 minutes, or `GODWIT_SHARD_PATIENCE` seconds.
+fn shard_patience() -> std::time::Duration {
+    let secs = std::env::var("GODWIT_SHARD_PATIENCE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600);
+    std::time::Duration::from_secs(secs)
+}
+
 /// The coordinator of a sharded load: waits until the other shards completed `units` of
 /// `table` under this load's snapshot and takes their files into the table's record. A shard
-/// that put the table in error fails it here too.
+/// that put the table in error fails it here too. Waiting is progress (`/healthz` stays
+/// fine) as long as a shard shows signs of life — its lease held, a unit completed — and the
+/// table fails once none did for [`shard_patience`], so a shard that never comes cannot hold
+/// the load (and a CDC job's slot) forever: the table is then reloaded like any table in error.
 async fn from_other_shards(
     ctx: &Ctx,
     table: &str,
@@ -1515,7 +1529,11 @@ async fn from_other_shards(
 ) -> Result<Vec<Loaded>, TableFailure> {
     let mut found: Vec<Option<Loaded>> = units.iter().map(|_| None).collect();
     let mut told = Instant::now();
+    let mut alive = Instant::now();
+    let mut leases_read = Instant::now();
+    let patience = shard_patience();
     loop {
+        let before = found.iter().filter(|f| f.is_some()).count();
         for (i, (owner, segment)) in units.iter().enumerate() {
             if found[i].is_some() {
                 continue;
@@ -1570,6 +1588,39 @@ async fn from_other_shards(
         if found.iter().all(Option::is_some) {
             return Ok(found.into_iter().flatten().collect());
         }
+        let waiting_for: std::collections::BTreeSet<u32> = units
+            .iter()
+            .zip(&found)
+            .filter(|(_, f)| f.is_none())
+            .map(|((owner, _), _)| *owner)
+            .collect();
+        if found.iter().filter(|f| f.is_some()).count() > before {
+            alive = Instant::now();
+        } else if leases_read.elapsed() > std::time::Duration::from_secs(15) {
+            leases_read = Instant::now();
+            for owner in &waiting_for {
+                if shard_running(ctx, *owner).await {
+                    alive = Instant::now();
+                }
+            }
+        }
+        if alive.elapsed() > patience {
+            let shards: Vec<String> = waiting_for.iter().map(u32::to_string).collect();
+            return Err(TableFailure::from(
+                Failure::new(
+                    Kind::Table,
+                    format!(
+                        "shard(s) {} did not load their part of {table}: not running and nothing \
+                         completed for {} s",
+                        shards.join(", "),
+                        patience.as_secs()
+                    ),
+                )
+                .table(table)
+                .remedy(reload_remedy(table)),
+            ));
+        }
+        crate::notify::metrics::progress(crate::notify::metrics::Activity::FullLoad);
         if told.elapsed() > std::time::Duration::from_secs(15) {
             told = Instant::now();
             let waiting = found.iter().filter(|f| f.is_none()).count();
@@ -1585,20 +1636,31 @@ async fn from_other_shards(
     }
 }
 
+/// Whether shard `index` runs now (its lease is held); false when that cannot be read.
+async fn shard_running(ctx: &Ctx, index: u32) -> bool {
+    match shard_store(ctx, index).await {
+        Ok(store) => store.lease_holder().await.ok().flatten().is_some(),
+        Err(_) => false,
+    }
+}
+
+/// Shard `index`'s state store (opened once).
+async fn shard_store(ctx: &Ctx, index: u32) -> Result<Arc<StateStore>, Error> {
+    let mut stores = ctx.shard_stores.lock().await;
+    match stores.get(&index) {
+        Some(s) => Ok(s.clone()),
+        None => {
+            let s = Arc::new(super::shard::store(&ctx.pipeline, index).await?);
+            stores.insert(index, s.clone());
+            Ok(s)
+        }
+    }
+}
+
 /// Shard `index`'s record, read from its own state store.
 async fn shard_record(ctx: &Ctx, index: u32) -> Result<Option<TaskRecord>, Error> {
-    let store = {
-        let mut stores = ctx.shard_stores.lock().await;
-        match stores.get(&index) {
-            Some(s) => s.clone(),
-            None => {
-                let s = Arc::new(super::shard::store(&ctx.pipeline, index).await?);
-                stores.insert(index, s.clone());
-                s
-            }
-        }
-    };
-    store
+    shard_store(ctx, index)
+        .await?
         .load()
         .await
         .map_err(|e| Error::Runtime(e.to_string()))

@@ -111,11 +111,14 @@ pub(crate) async fn load_from_temporary_slot(
 
 /// A name for a reload's temporary slot that no other attempt uses: an attempt given up while
 /// its slot was being created (a deadline) can still hold its name on the server for a moment,
-/// and a long-lived process (a Lambda function) makes many attempts.
+/// a long-lived process (a Lambda function) makes many attempts, and a crashed container's
+/// session may still hold the name the next container (also pid 1) would pick.
 fn temporary_slot_name(slot: &str) -> String {
     static ATTEMPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = ATTEMPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let suffix = format!("_reload_{}_{n}", std::process::id());
+    // The pid alone is not enough: in a container every process is pid 1.
+    let random = &uuid::Uuid::new_v4().simple().to_string()[..6];
+    let suffix = format!("_reload_{}_{n}_{random}", std::process::id());
     // Slot names have at most 63 characters (and are ASCII): the suffix always stays whole.
     let keep = 63usize.saturating_sub(suffix.len()).min(slot.len());
     format!("{}{suffix}", &slot[..keep])

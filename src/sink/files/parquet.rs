@@ -28,6 +28,10 @@ use crate::batch::budget::{self, Reservation};
 /// cost more than they save.
 const PARALLEL_MIN_ROWS: usize = 1024;
 
+/// A row group is cut once it holds this many rows (the parquet crate's own default), whatever
+/// its bytes: narrow tables keep row groups readers can skip.
+const ROW_GROUP_MAX_ROWS: usize = 1024 * 1024;
+
 /// One Parquet file being written into an object.
 pub struct ParquetEncoder {
     file: SerializedFileWriter<Box<dyn ObjectWriter>>,
@@ -42,6 +46,8 @@ pub struct ParquetEncoder {
     row_group_bytes: usize,
     /// Arrow bytes written into the row group in progress.
     row_group_input: usize,
+    /// Rows in the row group in progress.
+    row_group_rows: usize,
     /// The row group in progress, held against the memory budget.
     held: Reservation,
 }
@@ -115,6 +121,7 @@ impl ParquetEncoder {
             failed,
             row_group_bytes,
             row_group_input: 0,
+            row_group_rows: 0,
             held: budget::global().take(0),
         })
     }
@@ -238,8 +245,11 @@ impl FileEncoder for ParquetEncoder {
         }
         self.encode(batch).map_err(|e| why(&self.failed, e))?;
         self.row_group_input += input_bytes;
+        self.row_group_rows += batch.num_rows();
         let (memory, encoded) = self.in_progress();
-        let full = self.row_group_input >= self.row_group_bytes || encoded >= self.row_group_bytes;
+        let full = self.row_group_input >= self.row_group_bytes
+            || encoded >= self.row_group_bytes
+            || self.row_group_rows >= ROW_GROUP_MAX_ROWS;
         // The row group grows only while the budget has room: otherwise it is cut early.
         let grows = (memory as u64).saturating_sub(self.held.bytes());
         let cut_early = !full && grows > 0 && !budget::global().fits(grows);
@@ -249,6 +259,7 @@ impl FileEncoder for ParquetEncoder {
         if full || cut_early {
             self.flush_row_group().map_err(|e| why(&self.failed, e))?;
             self.row_group_input = 0;
+            self.row_group_rows = 0;
         }
         self.held.set(self.in_progress().0 as u64);
         Ok(())

@@ -339,6 +339,10 @@ pub(super) async fn run_started(
                 .await
                 .map_err(|e| Error::Runtime(format!("dropping slot {}: {e}", p.source.slot)))?;
         }
+        // An earlier sharded load's snapshot is gone with its slot: shards must not find it
+        // while the new slot is being created.
+        task.record.shards = None;
+        task.record.snapshot = None;
         record_slot_intent(task, &mut cdc).await?;
         let new = NewSlot::create(&endpoint, &p.source.slot, &cdc.publications, false)
             .await
@@ -410,6 +414,8 @@ pub(super) async fn run_started(
             })?;
         }
         cdc.full_load_done = true;
+        // A sharded initial load is over: its shards have nothing more to do.
+        task.record.shards = None;
         task.record.cdc = Some(cdc.clone());
         task.save().await?;
         // Every table was just loaded: older reload requests are done.
