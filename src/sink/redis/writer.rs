@@ -14,6 +14,7 @@ use arrow::array::RecordBatch;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
+use tokio::task::JoinSet;
 
 use super::APPLY_SCRIPT;
 use super::conn::{LuaScript, Redis, RedisError, Routed};
@@ -209,7 +210,8 @@ impl CacheTarget {
         let ver = super::projection::version(mark);
         let own = format!("{}godwit:", self.key_prefix).into_bytes();
         let mut ops = self.guarded_ops();
-        let mut done = 0;
+        // Full rounds of removals run while the next keys are listed.
+        let mut rounds = Rounds::default();
         for p in projectors {
             let c = &p.config;
             if !entries && !c.kind.warmed() {
@@ -242,18 +244,18 @@ impl CacheTarget {
             let mut scanner = match &literal {
                 Some(_) => None,
                 None => Some(
-                    self.redis
-                        .scanner(&pattern)
-                        .await
+                    rounds
+                        .beside(self.redis.scanner(&pattern))
+                        .await?
                         .map_err(|e| failed("listing the keys of a table", e))?,
                 ),
             };
             let mut single = literal.clone().map(|k| vec![k]);
             loop {
                 let keys = match scanner.as_mut() {
-                    Some(s) => match s
-                        .next_page()
-                        .await
+                    Some(s) => match rounds
+                        .beside(s.next_page())
+                        .await?
                         .map_err(|e| failed("listing the keys of a table", e))?
                     {
                         Some(page) => page,
@@ -265,16 +267,23 @@ impl CacheTarget {
                     },
                 };
                 for k in keys.iter().filter(|k| !k.starts_with(&own)) {
-                    self.remove_key(c.kind, k, &ver, &mut ops).await?;
+                    if c.kind.has_members() {
+                        // Reads the key's members first.
+                        rounds
+                            .beside(self.remove_key(c.kind, k, &ver, &mut ops))
+                            .await??;
+                    } else {
+                        self.remove_key(c.kind, k, &ver, &mut ops).await?;
+                    }
                 }
                 if ops.operations >= REMOVALS_PER_ROUND {
                     let full = std::mem::replace(&mut ops, self.guarded_ops());
-                    done += self.run_removals(full).await?;
+                    rounds.push(Box::pin(self.run_removals(full))).await?;
                 }
             }
         }
-        done += self.run_removals(ops).await?;
-        Ok(done)
+        rounds.push(Box::pin(self.run_removals(ops))).await?;
+        rounds.finish().await
     }
 
     fn guarded_ops(&self) -> Ops {
@@ -566,7 +575,50 @@ pub(crate) fn key_pattern(prefix: &str, template: &str) -> (Vec<u8>, Option<Vec<
 }
 
 /// Guarded removals sent to Redis at once while sweeping.
-const REMOVALS_PER_ROUND: u64 = 20_000;
+const REMOVALS_PER_ROUND: u64 = 4096;
+/// Rounds of removals in flight while the sweep lists the next keys.
+const REMOVAL_ROUNDS_IN_FLIGHT: usize = 4;
+
+/// Rounds of guarded removals in flight (each answers how many took effect), so that Redis
+/// removes keys while the next page of keys is listed and turned into operations.
+#[derive(Default)]
+struct Rounds<'a> {
+    pending: FuturesUnordered<BoxFuture<'a, Result<u64, Error>>>,
+    done: u64,
+}
+
+impl<'a> Rounds<'a> {
+    /// Runs `work` while the rounds in flight go on (a round's failure ends it).
+    async fn beside<T>(&mut self, work: impl Future<Output = T>) -> Result<T, Error> {
+        let mut work = std::pin::pin!(work);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut work => return Ok(out),
+                Some(r) = self.pending.next(), if !self.pending.is_empty() => self.done += r?,
+            }
+        }
+    }
+
+    /// Starts `round`, first waiting while [`REMOVAL_ROUNDS_IN_FLIGHT`] are.
+    async fn push(&mut self, round: BoxFuture<'a, Result<u64, Error>>) -> Result<(), Error> {
+        while self.pending.len() >= REMOVAL_ROUNDS_IN_FLIGHT {
+            if let Some(r) = self.pending.next().await {
+                self.done += r?;
+            }
+        }
+        self.pending.push(round);
+        Ok(())
+    }
+
+    /// Waits for every round; how many removals took effect in all.
+    async fn finish(mut self) -> Result<u64, Error> {
+        while let Some(r) = self.pending.next().await {
+            self.done += r?;
+        }
+        Ok(self.done)
+    }
+}
 
 /// A version (32 hex digits) back to a mark.
 fn parse_version(b: &[u8]) -> Option<Mark> {
@@ -740,16 +792,17 @@ impl ChangeSink for CacheChanges {
 }
 
 /// Warms the projections of one table (or segment) from the full load's batches, at the
-/// snapshot's version. A chunk's commands are sent while the next chunks are encoded: up to
+/// snapshot's version. Each chunk's commands are sent by a task of their own, which goes on
+/// while the next chunks are encoded and while the load waits for its next batch: up to
 /// [`LOAD_CHUNKS_IN_FLIGHT`] at once (a load writes each row's keys once, so their order does
-/// not matter).
+/// not matter). Dropping the warm (a stopped load) stops its tasks.
 pub struct CacheLoad {
     target: Arc<CacheTarget>,
     table: String,
     projectors: Vec<Projector>,
     at: Mark,
     guarded: bool,
-    in_flight: FuturesUnordered<BoxFuture<'static, Result<(), Error>>>,
+    in_flight: JoinSet<Result<(), Error>>,
 }
 
 /// Rows of a load encoded into one set of commands.
@@ -772,7 +825,7 @@ impl CacheLoad {
             projectors: target.projectors(table),
             at,
             guarded,
-            in_flight: FuturesUnordered::new(),
+            in_flight: JoinSet::new(),
         })
     }
 
@@ -796,22 +849,21 @@ impl CacheLoad {
                 continue;
             }
             while self.in_flight.len() >= LOAD_CHUNKS_IN_FLIGHT {
-                if let Some(r) = self.in_flight.next().await {
-                    r?;
+                if let Some(r) = self.in_flight.join_next().await {
+                    chunk_written(r)?;
                 }
             }
             let target = self.target.clone();
-            self.in_flight.push(Box::pin(async move {
-                target.exec(commands, "warming the cache").await.map(|_| ())
-            }));
+            self.in_flight
+                .spawn(async move { target.exec(commands, "warming the cache").await.map(|_| ()) });
         }
         Ok(())
     }
 
     /// Waits for every chunk sent; returns what each projection was sent.
     pub async fn finish(&mut self) -> Result<Vec<ProjectionCounts>, Error> {
-        while let Some(r) = self.in_flight.next().await {
-            r?;
+        while let Some(r) = self.in_flight.join_next().await {
+            chunk_written(r)?;
         }
         Ok(self
             .projectors
@@ -819,4 +871,15 @@ impl CacheLoad {
             .map(|p| p.recorded_counts())
             .collect())
     }
+}
+
+/// A chunk's task ended: its own result, or the task's panic as a failure.
+fn chunk_written(r: Result<Result<(), Error>, tokio::task::JoinError>) -> Result<(), Error> {
+    r.unwrap_or_else(|e| {
+        Err(crate::error::Failure::new(
+            crate::error::Kind::Table,
+            format!("a cache writer task crashed: {e}"),
+        )
+        .into())
+    })
 }
