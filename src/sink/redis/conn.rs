@@ -71,6 +71,7 @@ pub const ACL_COMMANDS: &[&str] = &[
     "WAIT",
     "MULTI",
     "EXEC",
+    "RESTORE",
 ];
 
 // ---------------------------------------------------------------- slots
@@ -1042,7 +1043,7 @@ impl Scanner<'_> {
     }
 }
 
-fn config_value(v: &Value) -> Option<String> {
+pub(crate) fn config_value(v: &Value) -> Option<String> {
     let s = |v: &Value| match v {
         Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
         Value::SimpleString(s) => Some(s.clone()),

@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 
 use super::conn::{Grouping, Routed, slot};
+use super::dump::Listpack;
 use super::keys::{Companion, Companions};
 use crate::state::Mark;
 
@@ -125,6 +126,8 @@ impl Call {
 pub struct Ops {
     /// Guarded writes through the script; false only for the first warm of an empty keyspace.
     guarded: bool,
+    /// Unguarded: a hash that fits the server's listpack goes whole (`RESTORE`), not by `HSET`.
+    restore: Option<Listpack>,
     tombstone_ms: i64,
     grouping: Grouping,
     calls: BTreeMap<u16, Vec<Call>>,
@@ -138,6 +141,7 @@ impl Ops {
     pub fn new(guarded: bool, tombstone_ms: i64, grouping: Grouping) -> Ops {
         Ops {
             guarded,
+            restore: None,
             tombstone_ms,
             grouping,
             calls: BTreeMap::new(),
@@ -145,6 +149,13 @@ impl Ops {
             operations: 0,
             removals: 0,
         }
+    }
+
+    /// Unguarded hashes that fit `limits` become `RESTORE`s of their serialized form (the server
+    /// proved it reads that back; see `CacheTarget::restore_limits`).
+    pub fn restoring(mut self, limits: Option<Listpack>) -> Ops {
+        self.restore = limits;
+        self
     }
 
     pub fn is_empty(&self) -> bool {
@@ -183,6 +194,17 @@ impl Ops {
         scratch: &mut Vec<u8>,
     ) {
         self.operations += 1;
+        if !self.guarded
+            && let Some(limits) = self.restore
+            && let Some(ttl) = match expire {
+                Expire::Never => Some(0),
+                Expire::After(ms) => Some(ms),
+                _ => None,
+            }
+            && self.restore_hash(key, ver, sets, ttl, limits, scratch)
+        {
+            return;
+        }
         if !self.guarded {
             // Sized once: no reallocation while the arguments go in.
             let bytes = key.len()
@@ -244,6 +266,32 @@ impl Ops {
         }
         c.args.push(&mode);
         c.args.push(&value);
+    }
+
+    /// The first warm's hash row as `RESTORE key ttl payload` (its fields, then the version
+    /// field, as `HSET` would write them), when it fits `limits`; false: it does not (the caller
+    /// writes it with `HSET`). The field names are unique (a projection names a column once)
+    /// and none is the version field. Without `REPLACE`: a key that exists already fails with
+    /// BUSYKEY (see `CacheLoad`).
+    fn restore_hash(
+        &mut self,
+        key: &[u8],
+        ver: &[u8; 32],
+        sets: &[(&[u8], &[u8])],
+        ttl: i64,
+        limits: Listpack,
+        scratch: &mut Vec<u8>,
+    ) -> bool {
+        if !limits.fits(sets, ver.len().max(VERSION_FIELD.len()))
+            || sets.iter().any(|(f, _)| *f == VERSION_FIELD.as_bytes())
+        {
+            return false;
+        }
+        super::dump::hash(sets, Some((VERSION_FIELD.as_bytes(), &ver[..])), scratch);
+        let mut restore = redis::Cmd::with_capacity(4, key.len() + scratch.len() + 32);
+        restore.arg("RESTORE").arg(key).arg(ttl).arg(&scratch[..]);
+        self.plain(key, restore);
+        true
     }
 
     /// A `string` or `json` value.

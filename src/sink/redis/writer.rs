@@ -17,7 +17,8 @@ use futures_util::stream::FuturesUnordered;
 use tokio::task::JoinSet;
 
 use super::APPLY_SCRIPT;
-use super::conn::{LuaScript, Redis, RedisError, Routed};
+use super::conn::{Grouping, LuaScript, Redis, RedisError, Routed};
+use super::dump::Listpack;
 use super::keys::{Companion, Companions};
 use super::ops::Ops;
 use super::projection::{Origin, Projector};
@@ -48,6 +49,9 @@ pub struct CacheTarget {
     /// The name of the hashes that hold, per table, the last version applied: one per primary
     /// (see [`CacheTarget::markers`]).
     marker: String,
+    /// Whether the first warm may send hashes serialized (asked once, see
+    /// [`CacheTarget::restore_limits`]).
+    restore: tokio::sync::OnceCell<Option<Listpack>>,
 }
 
 /// A Redis failure as the pipeline reports it: retryable ones are recoverable.
@@ -95,7 +99,104 @@ impl CacheTarget {
             retries: p.errors.recoverable_retries,
             pipeline: p.name.clone(),
             marker: format!("{}godwit:applied:", cache.key_prefix),
+            restore: tokio::sync::OnceCell::new(),
         }))
+    }
+
+    /// Whether the first warm of an untouched keyspace may hand Redis each hash whole
+    /// (`RESTORE` of its serialized form, about half the server's work of an `HSET` into a new
+    /// key), and up to what size the server keeps a hash as a listpack. Asked once, of a
+    /// standalone server only (a cluster's primaries could differ): the server must give its
+    /// listpack sizes (Redis 7.0 or later) and read a probe hash back exactly as written (a
+    /// server without listpack hashes refuses the payload; an ACL without `restore`, the
+    /// command). Otherwise `None`: the warm writes with `HSET`.
+    pub async fn restore_limits(&self) -> Option<Listpack> {
+        *self.restore.get_or_init(|| self.probe_restore()).await
+    }
+
+    async fn probe_restore(&self) -> Option<Listpack> {
+        if self.redis.grouping() != Grouping::ByLane {
+            return None;
+        }
+        let config =
+            |name: &str| Routed::new(b"", redis::cmd("CONFIG").arg("GET").arg(name).clone());
+        let sizes = self
+            .redis
+            .exec(vec![
+                config("hash-max-listpack-entries"),
+                config("hash-max-listpack-value"),
+            ])
+            .await;
+        let number =
+            |v: &redis::Value| -> Option<usize> { super::conn::config_value(v)?.parse().ok() };
+        let limits = match sizes.as_deref() {
+            Ok([entries, value]) => match (number(entries), number(value)) {
+                (Some(entries), Some(value)) => Listpack { entries, value },
+                _ => {
+                    tracing::debug!(
+                        "the server has no listpack hashes: the first warm writes hashes with HSET"
+                    );
+                    return None;
+                }
+            },
+            Ok(_) => return None,
+            Err(e) => {
+                tracing::debug!(error = %e, "the first warm writes hashes with HSET");
+                return None;
+            }
+        };
+        let key = format!("{}godwit:probe:{{{}}}", self.key_prefix, self.pipeline).into_bytes();
+        let fields: [(&[u8], &[u8]); 2] = [(b"f", b"1"), (b"g", b"two")];
+        let mut payload = Vec::new();
+        super::dump::hash(&fields, None, &mut payload);
+        let restore = redis::cmd("RESTORE")
+            .arg(&key)
+            .arg(60_000)
+            .arg(&payload)
+            .arg("REPLACE")
+            .clone();
+        let read = redis::cmd("HGETALL").arg(&key).clone();
+        let got = self
+            .redis
+            .exec(vec![Routed::new(&key, restore), Routed::new(&key, read)])
+            .await;
+        let _ = self
+            .redis
+            .exec(vec![Routed::new(&key, redis::cmd("DEL").arg(&key).clone())])
+            .await;
+        let back: Vec<Vec<u8>> = match got.as_deref() {
+            Ok([_, redis::Value::Array(items)]) => items
+                .iter()
+                .filter_map(|v| match v {
+                    redis::Value::BulkString(b) => Some(b.clone()),
+                    _ => None,
+                })
+                .collect(),
+            Ok([_, redis::Value::Map(pairs)]) => pairs
+                .iter()
+                .flat_map(|(k, v)| [k, v])
+                .filter_map(|v| match v {
+                    redis::Value::BulkString(b) => Some(b.clone()),
+                    _ => None,
+                })
+                .collect(),
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                tracing::debug!(error = %e, "RESTORE refused: the first warm writes hashes with HSET");
+                return None;
+            }
+        };
+        let want: Vec<Vec<u8>> = fields
+            .iter()
+            .flat_map(|(f, v)| [f.to_vec(), v.to_vec()])
+            .collect();
+        if back != want {
+            tracing::debug!(
+                "a restored hash did not read back as written: the first warm writes hashes with HSET"
+            );
+            return None;
+        }
+        Some(limits)
     }
 
     /// Whether any projection reads `table`.
@@ -366,7 +467,8 @@ impl CacheTarget {
         table: &str,
         guarded: bool,
     ) -> Result<u64, Error> {
-        let (commands, count) = self.encode(projectors, batch, images, origin, table, guarded)?;
+        let (commands, count) =
+            self.encode(projectors, batch, images, origin, table, guarded, None)?;
         if !commands.is_empty() {
             self.exec(commands, "writing to the cache").await?;
         }
@@ -375,6 +477,7 @@ impl CacheTarget {
 
     /// The commands of rows (no TRUNCATE among them) through `projectors`, and how many
     /// operations they hold.
+    #[allow(clippy::too_many_arguments)]
     fn encode(
         &self,
         projectors: &mut [Projector],
@@ -383,12 +486,14 @@ impl CacheTarget {
         origin: Origin,
         table: &str,
         guarded: bool,
+        restore: Option<Listpack>,
     ) -> Result<(Vec<Routed>, u64), Error> {
         let mut ops = Ops::new(
             guarded,
             TOMBSTONE_TTL.as_millis() as i64,
             self.redis.grouping(),
-        );
+        )
+        .restoring(restore);
         for p in projectors.iter_mut() {
             let skipped = p
                 .encode_with_before(batch, images, origin, &self.companions, &mut ops)
@@ -802,6 +907,10 @@ pub struct CacheLoad {
     projectors: Vec<Projector>,
     at: Mark,
     guarded: bool,
+    /// Unguarded: whether hashes go serialized (`None` until the first batch asks).
+    restore: Option<Option<Listpack>>,
+    /// A key existed already (BUSYKEY): the rest of the load writes with `HSET`.
+    busy: Arc<std::sync::atomic::AtomicBool>,
     in_flight: JoinSet<Result<(), Error>>,
 }
 
@@ -825,6 +934,8 @@ impl CacheLoad {
             projectors: target.projectors(table),
             at,
             guarded,
+            restore: None,
+            busy: Arc::default(),
             in_flight: JoinSet::new(),
         })
     }
@@ -832,6 +943,19 @@ impl CacheLoad {
     /// Encodes `batch` in chunks of [`LOAD_CHUNK_ROWS`] and starts sending each; waits while
     /// too many chunks are in flight (memory stays bounded whatever the batch size).
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), Error> {
+        let restore = match self.restore {
+            Some(r) => r,
+            None => {
+                let r = if self.guarded {
+                    None
+                } else {
+                    self.target.restore_limits().await
+                };
+                self.restore = Some(r);
+                r
+            }
+        }
+        .filter(|_| !self.busy.load(std::sync::atomic::Ordering::Relaxed));
         let mut offset = 0;
         while offset < batch.num_rows() {
             let len = LOAD_CHUNK_ROWS.min(batch.num_rows() - offset);
@@ -844,6 +968,7 @@ impl CacheLoad {
                 Origin::Load(self.at),
                 &self.table,
                 self.guarded,
+                restore,
             )?;
             if commands.is_empty() {
                 continue;
@@ -854,8 +979,40 @@ impl CacheLoad {
                 }
             }
             let target = self.target.clone();
-            self.in_flight
-                .spawn(async move { target.exec(commands, "warming the cache").await.map(|_| ()) });
+            let (table, at, busy) = (self.table.clone(), self.at, self.busy.clone());
+            self.in_flight.spawn(async move {
+                let doing = "warming the cache";
+                if restore.is_none() {
+                    return target.exec(commands, doing).await.map(|_| ());
+                }
+                let sent = target
+                    .redis
+                    .exec_retrying(commands, target.retries, || {
+                        crate::task::run_context::current().is_hard_stopped()
+                    })
+                    .await;
+                match sent {
+                    // A key exists already (another projection wrote it, or someone else since
+                    // the warm began): the chunk again with HSET, which adds its fields to the
+                    // key (and writes those it restored again, the same); so does the rest of
+                    // the load.
+                    Err(e) if e.code() == Some("BUSYKEY") => {
+                        busy.store(true, std::sync::atomic::Ordering::Relaxed);
+                        let mut projectors = target.projectors(&table);
+                        let (commands, _) = target.encode(
+                            &mut projectors,
+                            &chunk,
+                            None,
+                            Origin::Load(at),
+                            &table,
+                            false,
+                            None,
+                        )?;
+                        target.exec(commands, doing).await.map(|_| ())
+                    }
+                    other => other.map(|_| ()).map_err(|e| failed(doing, e)),
+                }
+            });
         }
         Ok(())
     }
