@@ -164,7 +164,11 @@ impl Ops {
 
     /// The script call of `key`'s group with room for one more operation.
     fn call(&mut self, key: &[u8]) -> &mut Call {
-        let s = slot(key);
+        self.call_in(slot(key))
+    }
+
+    /// [`Ops::call`] for a key of slot `s`.
+    fn call_in(&mut self, s: u16) -> &mut Call {
         let calls = self.calls.entry(self.grouping.group(s)).or_default();
         if calls.last().is_none_or(|c| c.ops >= OPS_PER_CALL) {
             calls.push(Call {
@@ -226,12 +230,12 @@ impl Ops {
             }
             return;
         }
-        scratch.clear();
-        companions.name(Companion::Tombstone, key, None, scratch);
+        let s = slot(key);
+        companions.name_in(s, Companion::Tombstone, key, None, scratch);
         if dels.is_empty() && !sets.is_empty() && expire == Expire::Never {
             // The frequent case: every field has a value, no expiry. The field names go once
             // per call (`F`), each row sends its values only (`f`).
-            let c = self.call(key);
+            let c = self.call_in(s);
             c.keys.push(key);
             c.keys.push(scratch);
             if !c.declares(sets) {
@@ -250,7 +254,7 @@ impl Ops {
             return;
         }
         let [mode, value] = expire.script_args();
-        let c = self.call(key);
+        let c = self.call_in(s);
         c.keys.push(key);
         c.keys.push(scratch);
         c.args.push(b"H");
@@ -374,11 +378,12 @@ impl Ops {
     ) {
         self.operations += 1;
         self.removals += 1;
+        let s = slot(key);
         let mut tomb = Vec::new();
-        companions.name(Companion::Tombstone, key, None, &mut tomb);
+        companions.name_in(s, Companion::Tombstone, key, None, &mut tomb);
         let Some(what) = version else {
             // A hash holds its own version.
-            let c = self.call(key);
+            let c = self.call_in(s);
             c.keys.push(key);
             c.keys.push(tomb);
             c.args.push(b"d");
