@@ -202,7 +202,8 @@ impl Ops {
             && let Some(limits) = self.restore
             && let Some(ttl) = match expire {
                 Expire::Never => Some(0),
-                Expire::After(ms) => Some(ms),
+                // (RESTORE's 0 would mean no expiry)
+                Expire::After(ms) if ms > 0 => Some(ms),
                 _ => None,
             }
             && self.restore_hash(key, ver, sets, ttl, limits, scratch)
