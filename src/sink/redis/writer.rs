@@ -367,7 +367,16 @@ impl CacheTarget {
                         None => break,
                     },
                 };
-                for k in keys.iter().filter(|k| !k.starts_with(&own)) {
+                let mut keys: Vec<Vec<u8>> =
+                    keys.into_iter().filter(|k| !k.starts_with(&own)).collect();
+                if matches!(
+                    c.kind,
+                    ProjectionKind::Hash | ProjectionKind::String | ProjectionKind::Json
+                ) && !keys.is_empty()
+                {
+                    keys = rounds.beside(self.older_than(c.kind, keys, &ver)).await??;
+                }
+                for k in &keys {
                     if c.kind.has_members() {
                         // Reads the key's members first.
                         rounds
@@ -385,6 +394,46 @@ impl CacheTarget {
         }
         rounds.push(Box::pin(self.run_removals(ops))).await?;
         rounds.finish().await
+    }
+
+    /// Of `keys` (of a projection of `kind`: hash, string or json), those whose version is
+    /// older than `ver`, or absent, or not one of ours: the others the guarded delete would
+    /// refuse anyway, and a plain read of a version costs Redis less than an operation of the
+    /// script (which reads it again before it deletes anything).
+    async fn older_than(
+        &self,
+        kind: ProjectionKind,
+        keys: Vec<Vec<u8>>,
+        ver: &[u8; 32],
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        let mut vkey = Vec::new();
+        let reads = keys
+            .iter()
+            .map(|k| {
+                let mut read;
+                if kind == ProjectionKind::Hash {
+                    read = redis::cmd("HGET");
+                    read.arg(k).arg(super::ops::VERSION_FIELD);
+                } else {
+                    self.companions.name(Companion::Version, k, None, &mut vkey);
+                    read = redis::cmd("GET");
+                    read.arg(&vkey);
+                }
+                Routed::new(k, read)
+            })
+            .collect();
+        let versions = self
+            .exec(reads, "reading the versions of a table's keys")
+            .await?;
+        Ok(keys
+            .into_iter()
+            .zip(versions)
+            .filter(|(_, v)| match v {
+                redis::Value::BulkString(b) => b.len() != ver.len() || b.as_slice() < &ver[..],
+                _ => true,
+            })
+            .map(|(k, _)| k)
+            .collect())
     }
 
     fn guarded_ops(&self) -> Ops {
