@@ -1125,3 +1125,132 @@ ttl_column = "exp"
     }
     r.delete_matching(&format!("{prefix}*")).await;
 }
+
+/// `cmdstat_restore` calls of the shared standalone Redis so far.
+async fn restores(r: &mut TestRedis) -> i64 {
+    let Value::BulkString(info) = r.query(redis::cmd("INFO").arg("commandstats")).await else {
+        panic!("INFO is text");
+    };
+    String::from_utf8_lossy(&info)
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_restore:calls="))
+        .and_then(|l| l.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The hashes of `rows` (id, a, b, c) under `prefix`: `s:{id}`, and with `shared` `r:{id}`
+/// (written by two projections), each with the warm's version.
+async fn check_restored(
+    r: &mut TestRedis,
+    rows: &[(i32, String, Option<String>, i32)],
+    prefix: &str,
+    shared: bool,
+) {
+    for (id, a, b, c) in rows {
+        let mut want: BTreeMap<String, String> = BTreeMap::new();
+        want.insert("a".into(), a.clone());
+        if let Some(b) = b {
+            want.insert("b".into(), b.clone());
+        }
+        want.insert("c".into(), c.to_string());
+        let keys: &[&str] = if shared { &["r", "s"] } else { &["s"] };
+        for k in keys {
+            let key = format!("{prefix}{k}:{id}");
+            let KeyValue::Hash(mut h) = r.read_key(key.as_bytes()).await.value else {
+                panic!("{key} is not a hash");
+            };
+            let v = h.remove("_v").unwrap_or_default();
+            assert_eq!(v.len(), 32, "{key}: the warm's version");
+            assert_eq!(h, want, "{key}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_first_warm_restores_hashes_whole_or_falls_back_to_hset() {
+    let pg = pg();
+    let name = "godwit_kinds_restore";
+    let db = pg.fresh_db(name).await;
+    // 20,000 rows: three chunks of a load. Some NULLs, and values too long for a listpack.
+    db.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, a text NOT NULL, b text, c int);
+         INSERT INTO t SELECT i,
+             CASE WHEN i % 1000 = 0 THEN repeat('long ', 20) || i ELSE 'a' || i END,
+             CASE WHEN i % 3 = 0 THEN NULL ELSE 'b' || i END,
+             i % 7
+         FROM generate_series(1, 20000) i;",
+    )
+    .await
+    .unwrap();
+    let rows: Vec<(i32, String, Option<String>, i32)> = db
+        .query("SELECT id, a, b, c FROM t", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    // Two projections share the keys `r:{id}` (RESTORE finds the key there: HSET adds the
+    // fields), `s:{id}` is the projection's own.
+    let projections = r#"[[cache.projections]]
+table = "public.t"
+type = "hash"
+key = "r:{id}"
+fields = ["a", "b"]
+[[cache.projections]]
+table = "public.t"
+type = "hash"
+key = "r:{id}"
+fields = ["c"]
+[[cache.projections]]
+table = "public.t"
+type = "hash"
+key = "s:{id}"
+fields = ["a", "b", "c"]
+"#;
+    let (prefix, mut r) = standalone_for(name).await;
+    let before = restores(&mut r).await;
+    let work = Work::new();
+    let path = standalone_pipeline(&work, &pg.url(name), name, &["public.t"], projections);
+    run_once(&work, &path);
+    check_restored(&mut r, &rows, &prefix, true).await;
+    assert!(
+        restores(&mut r).await - before >= 19_000,
+        "the hashes of s:{{id}} that fit a listpack went whole"
+    );
+    assert!(
+        r.scan(&format!("{prefix}godwit:probe:*")).await.is_empty(),
+        "the probe key is gone"
+    );
+    r.delete_matching(&format!("{prefix}*")).await;
+
+    // A user whose ACL lacks `restore`: the probe is refused, the warm writes with HSET.
+    let user = "godwit_kinds_norestore";
+    let password = "Kinds-norestore-pw-41c2";
+    r.query(redis::cmd("ACL").arg("DELUSER").arg(user)).await;
+    let mut setuser = redis::cmd("ACL");
+    setuser.arg("SETUSER");
+    for w in readme_acl(user, password, &prefix) {
+        if w != "+restore" {
+            setuser.arg(w);
+        }
+    }
+    r.query(&setuser).await;
+    let url = common::redis::with_user(&common::redis::standalone_url(), user, password);
+    let work = Work::new();
+    let path = work.pipeline(&pipeline(
+        "kinds_norestore",
+        &pg.url(name),
+        &["public.t"],
+        &format!("url = \"{url}\"\nkey_prefix = \"{prefix}\""),
+        r#"[[cache.projections]]
+table = "public.t"
+type = "hash"
+key = "s:{id}"
+fields = ["a", "b", "c"]
+"#,
+    ));
+    run_once(&work, &path);
+    check_restored(&mut r, &rows, &prefix, false).await;
+    r.query(redis::cmd("ACL").arg("DELUSER").arg(user)).await;
+    r.delete_matching(&format!("{prefix}*")).await;
+}

@@ -13,6 +13,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use common::redis::{KeyValue, TestRedis};
 use godwit::pg::types::PgType;
+use godwit::sink::redis::dump::Listpack;
 use godwit::sink::redis::keys::Companions;
 use godwit::sink::redis::ops::Ops;
 use godwit::sink::redis::projection::{Origin, Projector};
@@ -134,7 +135,18 @@ impl Sink {
 
     /// Writes `b`; returns how many operations the guard refused.
     async fn write(&mut self, b: &RecordBatch, origin: Origin, guarded: bool) -> i64 {
-        let mut ops = Ops::new(guarded, 60_000, self.redis.grouping());
+        self.write_restoring(b, origin, guarded, None).await
+    }
+
+    /// [`Sink::write`], unguarded hashes that fit `restore` going whole (`RESTORE`).
+    async fn write_restoring(
+        &mut self,
+        b: &RecordBatch,
+        origin: Origin,
+        guarded: bool,
+        restore: Option<Listpack>,
+    ) -> i64 {
+        let mut ops = Ops::new(guarded, 60_000, self.redis.grouping()).restoring(restore);
         for p in &mut self.projectors {
             p.encode(b, origin, &self.companions, &mut ops).unwrap();
         }
@@ -197,17 +209,52 @@ fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 async fn scenario(url: &str, cluster: bool, mut r: TestRedis) {
     r.delete_matching("g:*").await;
     let mut sink = Sink::new(url, cluster).await;
-    // The first warm of an empty keyspace: plain writes at the snapshot's version.
+    // The first warm of an empty keyspace: plain writes at the snapshot's version (the hashes
+    // whole, by RESTORE; one too large for the listpack sizes given here by HSET).
     let load = batch(&[
         ("I", 1, Some("ann"), Some(10.0), 0, 0),
         ("I", 2, Some("bob"), Some(20.0), 0, 0),
     ]);
+    let long = Some("a name longer than the listpack's values");
+    let first = batch(&[
+        ("I", 1, Some("ann"), Some(10.0), 0, 0),
+        ("I", 2, Some("bob"), Some(20.0), 0, 0),
+        ("I", 4, long, Some(1.0), 0, 0),
+    ]);
     let at = Mark { lsn: 100, seq: 0 };
-    assert_eq!(sink.write(&load, Origin::Load(at), false).await, 0);
+    let limits = Listpack {
+        entries: 128,
+        value: 32,
+    };
+    assert_eq!(
+        sink.write_restoring(&first, Origin::Load(at), false, Some(limits))
+            .await,
+        0
+    );
     assert_eq!(
         hash(&mut r, "g:user:1").await,
         map(&[("name", "ann"), ("score", "10")])
     );
+    assert_eq!(
+        hash(&mut r, "g:user:4").await,
+        map(&[
+            ("name", "a name longer than the listpack's values"),
+            ("score", "1")
+        ])
+    );
+    for key in ["g:user:1", "g:user:2", "g:user:4"] {
+        assert_eq!(
+            r.query(redis::cmd("HGET").arg(key).arg("_v")).await,
+            redis::Value::BulkString(b"00000000000000640000000000000000".to_vec()),
+            "{key}: the warm's version"
+        );
+    }
+    // Row 4 (only in the first warm) served its purpose: gone again (unguarded, it left no
+    // companions).
+    for key in ["g:user:4", "g:name:{4}:n"] {
+        r.query(redis::cmd("DEL").arg(key)).await;
+    }
+    r.query(redis::cmd("ZREM").arg("g:board").arg("4")).await;
     assert_eq!(string(&mut r, "g:name:{2}:n").await.as_deref(), Some("bob"));
     assert_eq!(
         board(&mut r).await,

@@ -5,7 +5,8 @@
 -- nor resurrect anything.
 --
 -- ARGV[1]: tombstone lifetime in ms; ARGV[2]: version field name inside hashes.
--- Then one operation after another: ARGV opcode, version, arguments; KEYS in order of use.
+-- Then one operation after another: ARGV opcode, version, arguments; KEYS in order of use
+-- (`F` only declares the field names of the `f` operations after it: no version, no key).
 -- Returns the number of operations refused as older.
 
 local tomb_ms = tonumber(ARGV[1])
@@ -81,14 +82,47 @@ local ki, ai, refused = 1, 3, 0
 local function key() ki = ki + 1; return KEYS[ki - 1] end
 local function arg() ai = ai + 1; return ARGV[ai - 1] end
 
+local call = redis.call
+
+-- `f`: the declared field names, each followed by the value of the operation being applied; the
+-- version field and the version lead (HSET's arguments, one table used for every operation).
+local row, nfields = {vfield, false}, 0
+
 local nargs = #ARGV
 while ai <= nargs do
   local op, ver = ARGV[ai], ARGV[ai + 1]
   ai = ai + 2
-  if op == 'H' then
-    -- hash: KEYS key, tombstone; ARGV nset, field, value… (the last pair is the version field
-    -- and the version), ndel, field…, expire mode, value. The most frequent operation: read in
-    -- place, no tables built, the guard inlined.
+  if op == 'f' then
+    -- hash row with a value for every declared field and no expiry: KEYS key, tombstone;
+    -- ARGV value… (one per field of the last `F`). The most frequent operation: read in place,
+    -- one table for every row, the guard inlined (as in `H`; see `allowed`).
+    local k = KEYS[ki]
+    local cur, gone, ok = call('HGET', k, vfield), false, false
+    if cur then
+      ok = ver > cur
+    else
+      gone = call('GET', KEYS[ki + 1])
+      ok = (not gone) or ver > gone
+    end
+    if ok then
+      if gone then call('DEL', KEYS[ki + 1]) end
+      row[2] = ver
+      for i = 1, nfields do row[2 + 2 * i] = ARGV[ai + i - 1] end
+      call('HSET', k, unpack(row, 1, 2 + 2 * nfields))
+    else
+      refused = refused + 1
+    end
+    ki = ki + 2
+    ai = ai + nfields
+  elseif op == 'F' then
+    -- the field names of the `f` operations that follow: ARGV (in the version's place) their
+    -- number, then the names.
+    nfields = tonumber(ver)
+    for i = 1, nfields do row[1 + 2 * i] = ARGV[ai + i - 1] end
+    ai = ai + nfields
+  elseif op == 'H' then
+    -- any hash row: KEYS key, tombstone; ARGV nset, field, value…, ndel, field…, expire mode,
+    -- value. Read in place, no tables built; the version field is written with the fields.
     local k, t = KEYS[ki], KEYS[ki + 1]
     ki = ki + 2
     local nset = tonumber(ARGV[ai])
@@ -99,17 +133,17 @@ while ai <= nargs do
     ai = d + ndel
     local mode, value = ARGV[ai], ARGV[ai + 1]
     ai = ai + 2
-    local cur, gone, ok = redis.call('HGET', k, vfield), false, false
+    local cur, gone, ok = call('HGET', k, vfield), false, false
     if cur then
       ok = ver > cur
     else
-      gone = redis.call('GET', t)
+      gone = call('GET', t)
       ok = (not gone) or ver > gone
     end
     if ok then
-      if gone then redis.call('DEL', t) end
-      if ndel > 0 then redis.call('HDEL', k, unpack(ARGV, d, d + ndel - 1)) end
-      redis.call('HSET', k, unpack(ARGV, s, s + nset * 2 - 1))
+      if gone then call('DEL', t) end
+      if ndel > 0 then call('HDEL', k, unpack(ARGV, d, d + ndel - 1)) end
+      call('HSET', k, vfield, ver, unpack(ARGV, s, s + nset * 2 - 1))
       if mode ~= '' then expire(k, mode, value) end
     else
       refused = refused + 1
@@ -155,14 +189,21 @@ while ai <= nargs do
     else
       refused = refused + 1
     end
+  elseif op == 'd' then
+    -- delete a hash (it holds its version): KEYS key, tombstone
+    local k, t = key(), key()
+    if allowed(ver, call('HGET', k, vfield), t) then
+      call('DEL', k)
+      call('SET', t, ver, 'PX', tomb_ms)
+    else
+      refused = refused + 1
+    end
   elseif op == 'D' then
-    -- delete a whole key: KEYS key, version key (or the key again for a hash), tombstone
+    -- delete a whole key: KEYS key, version key, tombstone
     local k, v, t = key(), key(), key()
-    local cur
-    if v == k then cur = redis.call('HGET', k, vfield) else cur = redis.call('GET', v) end
-    if allowed(ver, cur, t) then
+    if allowed(ver, redis.call('GET', v), t) then
       redis.call('DEL', k)
-      if v ~= k then redis.call('DEL', v) end
+      redis.call('DEL', v)
       redis.call('SET', t, ver, 'PX', tomb_ms)
     else
       refused = refused + 1

@@ -71,6 +71,7 @@ pub const ACL_COMMANDS: &[&str] = &[
     "WAIT",
     "MULTI",
     "EXEC",
+    "RESTORE",
 ];
 
 // ---------------------------------------------------------------- slots
@@ -505,32 +506,31 @@ impl Redis {
     fn prepare(&self, cmds: Vec<Routed>) -> Prepared {
         let n = cmds.len();
         let grouping = self.grouping();
-        // Per group: input positions, the first command's slot (routes the group), commands.
-        let mut groups: BTreeMap<u16, (Vec<usize>, u16, Vec<Cmd>)> = BTreeMap::new();
+        // Per group: input positions, the first command's slot (routes the group), pipelines.
+        let mut groups: BTreeMap<u16, PreparedGroup> = BTreeMap::new();
+        // The slots written to matter on a cluster only (`WAIT` goes to their primaries).
+        let cluster = grouping == Grouping::BySlot;
         let mut slots = BTreeSet::new();
         for (i, r) in cmds.into_iter().enumerate() {
-            slots.insert(r.slot);
+            if cluster {
+                slots.insert(r.slot);
+            }
             let g = groups
                 .entry(grouping.group(r.slot))
-                .or_insert_with(|| (Vec::new(), r.slot, Vec::new()));
-            g.0.push(i);
-            g.2.push(r.cmd);
+                .or_insert_with(|| PreparedGroup {
+                    idx: Vec::new(),
+                    slot: r.slot,
+                    pipes: Vec::new(),
+                });
+            if g.idx.len().is_multiple_of(PIPELINE_COMMANDS) {
+                let mut p = ::redis::Pipeline::with_capacity(PIPELINE_COMMANDS.min(n - i));
+                p.ignore_errors();
+                g.pipes.push(p);
+            }
+            g.idx.push(i);
+            g.pipes.last_mut().expect("a pipeline").add_command(r.cmd);
         }
-        let groups = groups
-            .into_values()
-            .map(|(idx, slot, cmds)| {
-                let mut pipes: Vec<Pipeline> = Vec::new();
-                for (k, cmd) in cmds.into_iter().enumerate() {
-                    if k % PIPELINE_COMMANDS == 0 {
-                        let mut p = ::redis::pipe();
-                        p.ignore_errors();
-                        pipes.push(p);
-                    }
-                    pipes.last_mut().expect("a pipeline").add_command(cmd);
-                }
-                PreparedGroup { idx, slot, pipes }
-            })
-            .collect();
+        let groups = groups.into_values().collect();
         Prepared { n, slots, groups }
     }
 
@@ -1043,7 +1043,7 @@ impl Scanner<'_> {
     }
 }
 
-fn config_value(v: &Value) -> Option<String> {
+pub(crate) fn config_value(v: &Value) -> Option<String> {
     let s = |v: &Value| match v {
         Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
         Value::SimpleString(s) => Some(s.clone()),

@@ -125,12 +125,24 @@ impl Companions {
     /// The companion `what` of `key` (a whole key, prefix included), into `out`; for a
     /// member tombstone `member` is appended after a NUL.
     pub fn name(&self, what: Companion, key: &[u8], member: Option<&[u8]>, out: &mut Vec<u8>) {
+        self.name_in(slot(key), what, key, member, out);
+    }
+
+    /// [`Companions::name`] when the key's slot is known already.
+    pub fn name_in(
+        &self,
+        slot: u16,
+        what: Companion,
+        key: &[u8],
+        member: Option<&[u8]>,
+        out: &mut Vec<u8>,
+    ) {
         out.clear();
         out.extend_from_slice(&self.prefix);
         out.extend_from_slice(b"godwit:");
         out.extend_from_slice(what.word());
         out.extend_from_slice(b":{");
-        out.extend_from_slice(&self.tags[slot(key) as usize]);
+        out.extend_from_slice(&self.tags[slot as usize]);
         out.extend_from_slice(b"}:");
         out.extend_from_slice(key.strip_prefix(&self.prefix[..]).unwrap_or(key));
         if let Some(m) = member {

@@ -4,10 +4,12 @@
 //! - `keys`: key/member/channel templates bound to a batch, and the keys godwit keeps beside a
 //!   user's key (version, tombstone, member versions) in that key's own hash slot;
 //! - `projection`: one projection's rows → operations; `ops`: operations → commands (guarded
-//!   script calls grouped by slot, or plain commands); `apply.lua`: the guarded writes.
+//!   script calls grouped by slot, or plain commands); `apply.lua`: the guarded writes;
+//! - `dump`: a hash serialized for `RESTORE` (the first warm of an empty keyspace).
 
 pub mod check;
 pub mod conn;
+pub mod dump;
 pub mod inspect;
 pub mod keys;
 pub mod ops;

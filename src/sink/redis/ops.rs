@@ -4,12 +4,15 @@
 //! or none (publish, invalidate).
 //!
 //! Unguarded writes (the first warm of an untouched keyspace, where no newer version can exist)
-//! are plain commands that write no version at all: a key without a version counts as older
-//! than any change, and every change that can still come is newer than the warm's snapshot.
+//! are plain commands. A hash gets its version with its fields (one more field in the same
+//! command, so that a later guarded write over it reads the version and never the tombstone);
+//! other kinds get none: a key without a version counts as older than any change, and every
+//! change that can still come is newer than the warm's snapshot.
 
 use std::collections::BTreeMap;
 
 use super::conn::{Grouping, Routed, slot};
+use super::dump::Listpack;
 use super::keys::{Companion, Companions};
 use crate::state::Mark;
 
@@ -103,12 +106,28 @@ struct Call {
     keys: Strings,
     args: Strings,
     ops: usize,
+    /// The field names the last `F` declared (the `f` operations after it write those).
+    fields: Vec<Vec<u8>>,
+}
+
+impl Call {
+    /// Whether the `f` operations of this call write exactly `sets`' fields, in order.
+    fn declares(&self, sets: &[(&[u8], &[u8])]) -> bool {
+        self.fields.len() == sets.len()
+            && self
+                .fields
+                .iter()
+                .zip(sets)
+                .all(|(a, (b, _))| a.as_slice() == *b)
+    }
 }
 
 /// Operations of one write, ready to become commands.
 pub struct Ops {
     /// Guarded writes through the script; false only for the first warm of an empty keyspace.
     guarded: bool,
+    /// Unguarded: a hash that fits the server's listpack goes whole (`RESTORE`), not by `HSET`.
+    restore: Option<Listpack>,
     tombstone_ms: i64,
     grouping: Grouping,
     calls: BTreeMap<u16, Vec<Call>>,
@@ -122,6 +141,7 @@ impl Ops {
     pub fn new(guarded: bool, tombstone_ms: i64, grouping: Grouping) -> Ops {
         Ops {
             guarded,
+            restore: None,
             tombstone_ms,
             grouping,
             calls: BTreeMap::new(),
@@ -131,13 +151,24 @@ impl Ops {
         }
     }
 
+    /// Unguarded hashes that fit `limits` become `RESTORE`s of their serialized form (the server
+    /// proved it reads that back; see `CacheTarget::restore_limits`).
+    pub fn restoring(mut self, limits: Option<Listpack>) -> Ops {
+        self.restore = limits;
+        self
+    }
+
     pub fn is_empty(&self) -> bool {
         self.calls.is_empty() && self.plain.is_empty()
     }
 
     /// The script call of `key`'s group with room for one more operation.
     fn call(&mut self, key: &[u8]) -> &mut Call {
-        let s = slot(key);
+        self.call_in(slot(key))
+    }
+
+    /// [`Ops::call`] for a key of slot `s`.
+    fn call_in(&mut self, s: u16) -> &mut Call {
         let calls = self.calls.entry(self.grouping.group(s)).or_default();
         if calls.last().is_none_or(|c| c.ops >= OPS_PER_CALL) {
             calls.push(Call {
@@ -167,43 +198,105 @@ impl Ops {
         scratch: &mut Vec<u8>,
     ) {
         self.operations += 1;
+        if !self.guarded
+            && let Some(limits) = self.restore
+            && let Some(ttl) = match expire {
+                Expire::Never => Some(0),
+                // (RESTORE's 0 would mean no expiry)
+                Expire::After(ms) if ms > 0 => Some(ms),
+                _ => None,
+            }
+            && self.restore_hash(key, ver, sets, ttl, limits, scratch)
+        {
+            return;
+        }
         if !self.guarded {
-            let mut hset = redis::cmd("HSET");
-            hset.arg(key);
+            // Sized once: no reallocation while the arguments go in.
+            let bytes = key.len()
+                + sets.iter().map(|(f, v)| f.len() + v.len()).sum::<usize>()
+                + VERSION_FIELD.len()
+                + ver.len()
+                + 4;
+            let mut hset = redis::Cmd::with_capacity(4 + 2 * sets.len(), bytes);
+            hset.arg("HSET").arg(key);
             for (f, v) in sets {
                 hset.arg(*f).arg(*v);
             }
-            if sets.is_empty() {
-                // Every field NULL: the version alone keeps the key, as a guarded write does.
-                hset.arg(VERSION_FIELD).arg(&ver[..]);
-            }
+            // The version too: a guarded write over this key (a re-warm, a change) then reads
+            // it and no tombstone; with every field NULL, it alone keeps the key.
+            hset.arg(VERSION_FIELD).arg(&ver[..]);
             self.plain(key, hset);
             if let Some(c) = expire.command(key) {
                 self.plain(key, c);
             }
             return;
         }
-        scratch.clear();
-        companions.name(Companion::Tombstone, key, None, scratch);
+        let s = slot(key);
+        companions.name_in(s, Companion::Tombstone, key, None, scratch);
+        if dels.is_empty() && !sets.is_empty() && expire == Expire::Never {
+            // The frequent case: every field has a value, no expiry. The field names go once
+            // per call (`F`), each row sends its values only (`f`).
+            let c = self.call_in(s);
+            c.keys.push(key);
+            c.keys.push(scratch);
+            if !c.declares(sets) {
+                c.args.push(b"F");
+                c.args.push(sets.len().to_string().as_bytes());
+                for (f, _) in sets {
+                    c.args.push(f);
+                }
+                c.fields = sets.iter().map(|(f, _)| f.to_vec()).collect();
+            }
+            c.args.push(b"f");
+            c.args.push(ver);
+            for (_, v) in sets {
+                c.args.push(v);
+            }
+            return;
+        }
         let [mode, value] = expire.script_args();
-        let c = self.call(key);
+        let c = self.call_in(s);
         c.keys.push(key);
         c.keys.push(scratch);
         c.args.push(b"H");
         c.args.push(ver);
-        c.args.push((sets.len() + 1).to_string().as_bytes());
+        c.args.push(sets.len().to_string().as_bytes());
         for (f, v) in sets {
             c.args.push(f);
             c.args.push(v);
         }
-        c.args.push(VERSION_FIELD);
-        c.args.push(ver);
         c.args.push(dels.len().to_string().as_bytes());
         for d in dels {
             c.args.push(d);
         }
         c.args.push(&mode);
         c.args.push(&value);
+    }
+
+    /// The first warm's hash row as `RESTORE key ttl payload` (its fields, then the version
+    /// field, as `HSET` would write them), when it fits `limits`; false: it does not (the caller
+    /// writes it with `HSET`). The field names are unique (a projection names a column once)
+    /// and none is the version field. Without `REPLACE`: a key that exists already fails with
+    /// BUSYKEY (see `CacheLoad`).
+    fn restore_hash(
+        &mut self,
+        key: &[u8],
+        ver: &[u8; 32],
+        sets: &[(&[u8], &[u8])],
+        ttl: i64,
+        limits: Listpack,
+        scratch: &mut Vec<u8>,
+    ) -> bool {
+        if !limits.fits(sets, ver.len().max(VERSION_FIELD.len()))
+            || sets.iter().any(|(f, _)| *f == VERSION_FIELD.as_bytes())
+        {
+            return false;
+        }
+        super::dump::hash(sets, Some((VERSION_FIELD.as_bytes(), &ver[..])), scratch);
+        let mut restore = redis::Cmd::with_capacity(4, key.len() + scratch.len() + 32);
+        restore.arg("RESTORE").arg(key).arg(ttl).arg(&scratch[..]);
+        self.plain(key, restore);
+        true
     }
 
     /// A `string` or `json` value.
@@ -286,12 +379,20 @@ impl Ops {
     ) {
         self.operations += 1;
         self.removals += 1;
-        let mut vkey = key.to_vec();
-        if let Some(what) = version {
-            companions.name(what, key, None, &mut vkey);
-        }
+        let s = slot(key);
         let mut tomb = Vec::new();
-        companions.name(Companion::Tombstone, key, None, &mut tomb);
+        companions.name_in(s, Companion::Tombstone, key, None, &mut tomb);
+        let Some(what) = version else {
+            // A hash holds its own version.
+            let c = self.call_in(s);
+            c.keys.push(key);
+            c.keys.push(tomb);
+            c.args.push(b"d");
+            c.args.push(ver);
+            return;
+        };
+        let mut vkey = Vec::new();
+        companions.name(what, key, None, &mut vkey);
         let c = self.call(key);
         c.keys.extend([key.to_vec(), vkey, tomb]);
         c.args.extend([b"D".to_vec(), ver.to_vec()]);
@@ -413,8 +514,11 @@ impl Ops {
                 if c.keys.len() == 0 {
                     continue;
                 }
-                let mut cmd = redis::cmd("EVALSHA");
-                cmd.arg(sha).arg(c.keys.len());
+                let mut cmd = redis::Cmd::with_capacity(
+                    5 + c.keys.len() + c.args.len(),
+                    sha.len() + c.keys.bytes.len() + c.args.bytes.len() + 40,
+                );
+                cmd.arg("EVALSHA").arg(sha).arg(c.keys.len());
                 for k in c.keys.iter() {
                     cmd.arg(k);
                 }
@@ -428,5 +532,133 @@ impl Ops {
         let calls = out.len();
         out.extend(self.plain);
         (out, calls)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A command's arguments as text.
+    fn words(c: &redis::Cmd) -> Vec<String> {
+        c.args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+                _ => "<cursor>".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn hash_rows_declare_their_fields_once_per_call() {
+        let companions = Companions::new("");
+        let ver = [b'0'; 32];
+        let mut ops = Ops::new(true, 1000, Grouping::ByLane);
+        let mut scratch = Vec::new();
+        let full: &[(&[u8], &[u8])] = &[(b"a", b"1"), (b"b", b"2")];
+        // Keys of one lane (`{x}`), so that all go into one call.
+        ops.hash(
+            b"{x}1",
+            &ver,
+            full,
+            &[],
+            Expire::Never,
+            &companions,
+            &mut scratch,
+        );
+        ops.hash(
+            b"{x}2",
+            &ver,
+            full,
+            &[],
+            Expire::Never,
+            &companions,
+            &mut scratch,
+        );
+        // A NULL field, an expiry: the general operation.
+        let part: &[(&[u8], &[u8])] = &[(b"a", b"3")];
+        let null: &[&[u8]] = &[b"b"];
+        ops.hash(
+            b"{x}3",
+            &ver,
+            part,
+            null,
+            Expire::Never,
+            &companions,
+            &mut scratch,
+        );
+        ops.hash(
+            b"{x}4",
+            &ver,
+            full,
+            &[],
+            Expire::After(5),
+            &companions,
+            &mut scratch,
+        );
+        // Other fields: declared again.
+        ops.hash(
+            b"{x}5",
+            &ver,
+            part,
+            &[],
+            Expire::Never,
+            &companions,
+            &mut scratch,
+        );
+        let (cmds, calls) = ops.commands("sha");
+        assert_eq!((cmds.len(), calls), (1, 1));
+        let w = words(&cmds[0].cmd);
+        let v = "0".repeat(32);
+        let mut want: Vec<String> = ["EVALSHA", "sha", "10"].map(String::from).to_vec();
+        for k in 1..=5 {
+            want.push(format!("{{x}}{k}"));
+            let mut tomb = Vec::new();
+            companions.name(
+                Companion::Tombstone,
+                format!("{{x}}{k}").as_bytes(),
+                None,
+                &mut tomb,
+            );
+            want.push(String::from_utf8(tomb).unwrap());
+        }
+        want.extend(["1000", VERSION_FIELD].map(String::from));
+        for a in [
+            "F", "2", "a", "b", "f", &v, "1", "2", "f", &v, "1", "2", // two full rows
+            "H", &v, "1", "a", "3", "1", "b", "", "", // a NULL
+            "H", &v, "2", "a", "1", "b", "2", "0", "px", "5", // an expiry
+            "F", "1", "a", "f", &v, "3", // other fields
+        ] {
+            want.push(a.to_string());
+        }
+        assert_eq!(w, want);
+    }
+
+    #[test]
+    fn the_first_warm_writes_a_hash_with_its_version() {
+        let companions = Companions::new("");
+        let ver = [b'7'; 32];
+        let mut ops = Ops::new(false, 1000, Grouping::ByLane);
+        let mut scratch = Vec::new();
+        let sets: &[(&[u8], &[u8])] = &[(b"a", b"1")];
+        let (b, a): (&[&[u8]], &[&[u8]]) = (&[b"b"], &[b"a"]);
+        ops.hash(
+            b"k",
+            &ver,
+            sets,
+            b,
+            Expire::Never,
+            &companions,
+            &mut scratch,
+        );
+        ops.hash(b"e", &ver, &[], a, Expire::Never, &companions, &mut scratch);
+        let (cmds, calls) = ops.commands("sha");
+        assert_eq!(calls, 0);
+        let v = "7".repeat(32);
+        assert_eq!(
+            words(&cmds[0].cmd),
+            ["HSET", "k", "a", "1", VERSION_FIELD, &v]
+        );
+        assert_eq!(words(&cmds[1].cmd), ["HSET", "e", VERSION_FIELD, &v]);
     }
 }

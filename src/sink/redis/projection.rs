@@ -214,6 +214,8 @@ impl Projector {
         let mut buf = Vec::new();
         let mut spans: Vec<(usize, Option<(usize, usize)>)> = Vec::new();
         let mut scratch = Vec::new();
+        let mut sets_kept: Vec<(&[u8], &[u8])> = Vec::new();
+        let mut dels_kept: Vec<&[u8]> = Vec::new();
         let mut skipped = 0;
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -281,16 +283,23 @@ impl Projector {
                         }
                     }
                     let name = |f: usize| b.fields[f].0.as_bytes();
-                    let sets: Vec<(&[u8], &[u8])> = spans
-                        .iter()
-                        .filter_map(|&(f, v)| v.map(|(a, z)| (name(f), &buf[a..z])))
-                        .collect();
-                    let dels: Vec<&[u8]> = spans
-                        .iter()
-                        .filter(|(_, v)| v.is_none())
-                        .map(|&(f, _)| name(f))
-                        .collect();
+                    // The lists reuse one allocation from row to row.
+                    let mut sets = recycle_pairs(std::mem::take(&mut sets_kept));
+                    sets.extend(
+                        spans
+                            .iter()
+                            .filter_map(|&(f, v)| v.map(|(a, z)| (name(f), &buf[a..z]))),
+                    );
+                    let mut dels = recycle_names(std::mem::take(&mut dels_kept));
+                    dels.extend(
+                        spans
+                            .iter()
+                            .filter(|(_, v)| v.is_none())
+                            .map(|&(f, _)| name(f)),
+                    );
                     ops.hash(&key, &ver, &sets, &dels, expire, companions, &mut scratch);
+                    sets_kept = recycle_pairs(sets);
+                    dels_kept = recycle_names(dels);
                 }
                 ProjectionKind::String | ProjectionKind::Json => {
                     if deleting {
@@ -428,6 +437,19 @@ impl Projector {
         }
         Ok(skipped)
     }
+}
+
+/// `v` emptied, its allocation kept for pairs that borrow something else (a collect into the
+/// same layout reuses it).
+fn recycle_pairs<'b>(mut v: Vec<(&[u8], &[u8])>) -> Vec<(&'b [u8], &'b [u8])> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("emptied")).collect()
+}
+
+/// [`recycle_pairs`] for a list of names.
+fn recycle_names<'b>(mut v: Vec<&[u8]>) -> Vec<&'b [u8]> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("emptied")).collect()
 }
 
 /// The command that removes a member of a `set` (`SREM`) or a `zset`/`geo` (`ZREM`).

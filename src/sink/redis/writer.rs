@@ -14,9 +14,11 @@ use arrow::array::RecordBatch;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
+use tokio::task::JoinSet;
 
 use super::APPLY_SCRIPT;
-use super::conn::{LuaScript, Redis, RedisError, Routed};
+use super::conn::{Grouping, LuaScript, Redis, RedisError, Routed};
+use super::dump::Listpack;
 use super::keys::{Companion, Companions};
 use super::ops::Ops;
 use super::projection::{Origin, Projector};
@@ -47,6 +49,9 @@ pub struct CacheTarget {
     /// The name of the hashes that hold, per table, the last version applied: one per primary
     /// (see [`CacheTarget::markers`]).
     marker: String,
+    /// Whether the first warm may send hashes serialized (asked once, see
+    /// [`CacheTarget::restore_limits`]).
+    restore: tokio::sync::OnceCell<Option<Listpack>>,
 }
 
 /// A Redis failure as the pipeline reports it: retryable ones are recoverable.
@@ -94,7 +99,104 @@ impl CacheTarget {
             retries: p.errors.recoverable_retries,
             pipeline: p.name.clone(),
             marker: format!("{}godwit:applied:", cache.key_prefix),
+            restore: tokio::sync::OnceCell::new(),
         }))
+    }
+
+    /// Whether the first warm of an untouched keyspace may hand Redis each hash whole
+    /// (`RESTORE` of its serialized form, about half the server's work of an `HSET` into a new
+    /// key), and up to what size the server keeps a hash as a listpack. Asked once, of a
+    /// standalone server only (a cluster's primaries could differ): the server must give its
+    /// listpack sizes (Redis 7.0 or later) and read a probe hash back exactly as written (a
+    /// server without listpack hashes refuses the payload; an ACL without `restore`, the
+    /// command). Otherwise `None`: the warm writes with `HSET`.
+    pub async fn restore_limits(&self) -> Option<Listpack> {
+        *self.restore.get_or_init(|| self.probe_restore()).await
+    }
+
+    async fn probe_restore(&self) -> Option<Listpack> {
+        if self.redis.grouping() != Grouping::ByLane {
+            return None;
+        }
+        let config =
+            |name: &str| Routed::new(b"", redis::cmd("CONFIG").arg("GET").arg(name).clone());
+        let sizes = self
+            .redis
+            .exec(vec![
+                config("hash-max-listpack-entries"),
+                config("hash-max-listpack-value"),
+            ])
+            .await;
+        let number =
+            |v: &redis::Value| -> Option<usize> { super::conn::config_value(v)?.parse().ok() };
+        let limits = match sizes.as_deref() {
+            Ok([entries, value]) => match (number(entries), number(value)) {
+                (Some(entries), Some(value)) => Listpack { entries, value },
+                _ => {
+                    tracing::debug!(
+                        "the server has no listpack hashes: the first warm writes hashes with HSET"
+                    );
+                    return None;
+                }
+            },
+            Ok(_) => return None,
+            Err(e) => {
+                tracing::debug!(error = %e, "the first warm writes hashes with HSET");
+                return None;
+            }
+        };
+        let key = format!("{}godwit:probe:{{{}}}", self.key_prefix, self.pipeline).into_bytes();
+        let fields: [(&[u8], &[u8]); 2] = [(b"f", b"1"), (b"g", b"two")];
+        let mut payload = Vec::new();
+        super::dump::hash(&fields, None, &mut payload);
+        let restore = redis::cmd("RESTORE")
+            .arg(&key)
+            .arg(60_000)
+            .arg(&payload)
+            .arg("REPLACE")
+            .clone();
+        let read = redis::cmd("HGETALL").arg(&key).clone();
+        let got = self
+            .redis
+            .exec(vec![Routed::new(&key, restore), Routed::new(&key, read)])
+            .await;
+        let _ = self
+            .redis
+            .exec(vec![Routed::new(&key, redis::cmd("DEL").arg(&key).clone())])
+            .await;
+        let back: Vec<Vec<u8>> = match got.as_deref() {
+            Ok([_, redis::Value::Array(items)]) => items
+                .iter()
+                .filter_map(|v| match v {
+                    redis::Value::BulkString(b) => Some(b.clone()),
+                    _ => None,
+                })
+                .collect(),
+            Ok([_, redis::Value::Map(pairs)]) => pairs
+                .iter()
+                .flat_map(|(k, v)| [k, v])
+                .filter_map(|v| match v {
+                    redis::Value::BulkString(b) => Some(b.clone()),
+                    _ => None,
+                })
+                .collect(),
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                tracing::debug!(error = %e, "RESTORE refused: the first warm writes hashes with HSET");
+                return None;
+            }
+        };
+        let want: Vec<Vec<u8>> = fields
+            .iter()
+            .flat_map(|(f, v)| [f.to_vec(), v.to_vec()])
+            .collect();
+        if back != want {
+            tracing::debug!(
+                "a restored hash did not read back as written: the first warm writes hashes with HSET"
+            );
+            return None;
+        }
+        Some(limits)
     }
 
     /// Whether any projection reads `table`.
@@ -209,7 +311,8 @@ impl CacheTarget {
         let ver = super::projection::version(mark);
         let own = format!("{}godwit:", self.key_prefix).into_bytes();
         let mut ops = self.guarded_ops();
-        let mut done = 0;
+        // Full rounds of removals run while the next keys are listed.
+        let mut rounds = Rounds::default();
         for p in projectors {
             let c = &p.config;
             if !entries && !c.kind.warmed() {
@@ -242,18 +345,18 @@ impl CacheTarget {
             let mut scanner = match &literal {
                 Some(_) => None,
                 None => Some(
-                    self.redis
-                        .scanner(&pattern)
-                        .await
+                    rounds
+                        .beside(self.redis.scanner(&pattern))
+                        .await?
                         .map_err(|e| failed("listing the keys of a table", e))?,
                 ),
             };
             let mut single = literal.clone().map(|k| vec![k]);
             loop {
                 let keys = match scanner.as_mut() {
-                    Some(s) => match s
-                        .next_page()
-                        .await
+                    Some(s) => match rounds
+                        .beside(s.next_page())
+                        .await?
                         .map_err(|e| failed("listing the keys of a table", e))?
                     {
                         Some(page) => page,
@@ -264,17 +367,73 @@ impl CacheTarget {
                         None => break,
                     },
                 };
-                for k in keys.iter().filter(|k| !k.starts_with(&own)) {
-                    self.remove_key(c.kind, k, &ver, &mut ops).await?;
+                let mut keys: Vec<Vec<u8>> =
+                    keys.into_iter().filter(|k| !k.starts_with(&own)).collect();
+                if matches!(
+                    c.kind,
+                    ProjectionKind::Hash | ProjectionKind::String | ProjectionKind::Json
+                ) && !keys.is_empty()
+                {
+                    keys = rounds.beside(self.older_than(c.kind, keys, &ver)).await??;
+                }
+                for k in &keys {
+                    if c.kind.has_members() {
+                        // Reads the key's members first.
+                        rounds
+                            .beside(self.remove_key(c.kind, k, &ver, &mut ops))
+                            .await??;
+                    } else {
+                        self.remove_key(c.kind, k, &ver, &mut ops).await?;
+                    }
                 }
                 if ops.operations >= REMOVALS_PER_ROUND {
                     let full = std::mem::replace(&mut ops, self.guarded_ops());
-                    done += self.run_removals(full).await?;
+                    rounds.push(Box::pin(self.run_removals(full))).await?;
                 }
             }
         }
-        done += self.run_removals(ops).await?;
-        Ok(done)
+        rounds.push(Box::pin(self.run_removals(ops))).await?;
+        rounds.finish().await
+    }
+
+    /// Of `keys` (of a projection of `kind`: hash, string or json), those whose version is
+    /// older than `ver`, or absent, or not one of ours: the others the guarded delete would
+    /// refuse anyway, and a plain read of a version costs Redis less than an operation of the
+    /// script (which reads it again before it deletes anything).
+    async fn older_than(
+        &self,
+        kind: ProjectionKind,
+        keys: Vec<Vec<u8>>,
+        ver: &[u8; 32],
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        let mut vkey = Vec::new();
+        let reads = keys
+            .iter()
+            .map(|k| {
+                let mut read;
+                if kind == ProjectionKind::Hash {
+                    read = redis::cmd("HGET");
+                    read.arg(k).arg(super::ops::VERSION_FIELD);
+                } else {
+                    self.companions.name(Companion::Version, k, None, &mut vkey);
+                    read = redis::cmd("GET");
+                    read.arg(&vkey);
+                }
+                Routed::new(k, read)
+            })
+            .collect();
+        let versions = self
+            .exec(reads, "reading the versions of a table's keys")
+            .await?;
+        Ok(keys
+            .into_iter()
+            .zip(versions)
+            .filter(|(_, v)| match v {
+                redis::Value::BulkString(b) => b.len() != ver.len() || b.as_slice() < &ver[..],
+                _ => true,
+            })
+            .map(|(k, _)| k)
+            .collect())
     }
 
     fn guarded_ops(&self) -> Ops {
@@ -357,7 +516,8 @@ impl CacheTarget {
         table: &str,
         guarded: bool,
     ) -> Result<u64, Error> {
-        let (commands, count) = self.encode(projectors, batch, images, origin, table, guarded)?;
+        let (commands, count) =
+            self.encode(projectors, batch, images, origin, table, guarded, None)?;
         if !commands.is_empty() {
             self.exec(commands, "writing to the cache").await?;
         }
@@ -366,6 +526,7 @@ impl CacheTarget {
 
     /// The commands of rows (no TRUNCATE among them) through `projectors`, and how many
     /// operations they hold.
+    #[allow(clippy::too_many_arguments)]
     fn encode(
         &self,
         projectors: &mut [Projector],
@@ -374,12 +535,14 @@ impl CacheTarget {
         origin: Origin,
         table: &str,
         guarded: bool,
+        restore: Option<Listpack>,
     ) -> Result<(Vec<Routed>, u64), Error> {
         let mut ops = Ops::new(
             guarded,
             TOMBSTONE_TTL.as_millis() as i64,
             self.redis.grouping(),
-        );
+        )
+        .restoring(restore);
         for p in projectors.iter_mut() {
             let skipped = p
                 .encode_with_before(batch, images, origin, &self.companions, &mut ops)
@@ -566,7 +729,50 @@ pub(crate) fn key_pattern(prefix: &str, template: &str) -> (Vec<u8>, Option<Vec<
 }
 
 /// Guarded removals sent to Redis at once while sweeping.
-const REMOVALS_PER_ROUND: u64 = 20_000;
+const REMOVALS_PER_ROUND: u64 = 4096;
+/// Rounds of removals in flight while the sweep lists the next keys.
+const REMOVAL_ROUNDS_IN_FLIGHT: usize = 4;
+
+/// Rounds of guarded removals in flight (each answers how many took effect), so that Redis
+/// removes keys while the next page of keys is listed and turned into operations.
+#[derive(Default)]
+struct Rounds<'a> {
+    pending: FuturesUnordered<BoxFuture<'a, Result<u64, Error>>>,
+    done: u64,
+}
+
+impl<'a> Rounds<'a> {
+    /// Runs `work` while the rounds in flight go on (a round's failure ends it).
+    async fn beside<T>(&mut self, work: impl Future<Output = T>) -> Result<T, Error> {
+        let mut work = std::pin::pin!(work);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut work => return Ok(out),
+                Some(r) = self.pending.next(), if !self.pending.is_empty() => self.done += r?,
+            }
+        }
+    }
+
+    /// Starts `round`, first waiting while [`REMOVAL_ROUNDS_IN_FLIGHT`] are.
+    async fn push(&mut self, round: BoxFuture<'a, Result<u64, Error>>) -> Result<(), Error> {
+        while self.pending.len() >= REMOVAL_ROUNDS_IN_FLIGHT {
+            if let Some(r) = self.pending.next().await {
+                self.done += r?;
+            }
+        }
+        self.pending.push(round);
+        Ok(())
+    }
+
+    /// Waits for every round; how many removals took effect in all.
+    async fn finish(mut self) -> Result<u64, Error> {
+        while let Some(r) = self.pending.next().await {
+            self.done += r?;
+        }
+        Ok(self.done)
+    }
+}
 
 /// A version (32 hex digits) back to a mark.
 fn parse_version(b: &[u8]) -> Option<Mark> {
@@ -740,16 +946,21 @@ impl ChangeSink for CacheChanges {
 }
 
 /// Warms the projections of one table (or segment) from the full load's batches, at the
-/// snapshot's version. A chunk's commands are sent while the next chunks are encoded: up to
+/// snapshot's version. Each chunk's commands are sent by a task of their own, which goes on
+/// while the next chunks are encoded and while the load waits for its next batch: up to
 /// [`LOAD_CHUNKS_IN_FLIGHT`] at once (a load writes each row's keys once, so their order does
-/// not matter).
+/// not matter). Dropping the warm (a stopped load) stops its tasks.
 pub struct CacheLoad {
     target: Arc<CacheTarget>,
     table: String,
     projectors: Vec<Projector>,
     at: Mark,
     guarded: bool,
-    in_flight: FuturesUnordered<BoxFuture<'static, Result<(), Error>>>,
+    /// Unguarded: whether hashes go serialized (`None` until the first batch asks).
+    restore: Option<Option<Listpack>>,
+    /// A key existed already (BUSYKEY): the rest of the load writes with `HSET`.
+    busy: Arc<std::sync::atomic::AtomicBool>,
+    in_flight: JoinSet<Result<(), Error>>,
 }
 
 /// Rows of a load encoded into one set of commands.
@@ -772,13 +983,28 @@ impl CacheLoad {
             projectors: target.projectors(table),
             at,
             guarded,
-            in_flight: FuturesUnordered::new(),
+            restore: None,
+            busy: Arc::default(),
+            in_flight: JoinSet::new(),
         })
     }
 
     /// Encodes `batch` in chunks of [`LOAD_CHUNK_ROWS`] and starts sending each; waits while
     /// too many chunks are in flight (memory stays bounded whatever the batch size).
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), Error> {
+        let restore = match self.restore {
+            Some(r) => r,
+            None => {
+                let r = if self.guarded {
+                    None
+                } else {
+                    self.target.restore_limits().await
+                };
+                self.restore = Some(r);
+                r
+            }
+        }
+        .filter(|_| !self.busy.load(std::sync::atomic::Ordering::Relaxed));
         let mut offset = 0;
         while offset < batch.num_rows() {
             let len = LOAD_CHUNK_ROWS.min(batch.num_rows() - offset);
@@ -791,27 +1017,59 @@ impl CacheLoad {
                 Origin::Load(self.at),
                 &self.table,
                 self.guarded,
+                restore,
             )?;
             if commands.is_empty() {
                 continue;
             }
             while self.in_flight.len() >= LOAD_CHUNKS_IN_FLIGHT {
-                if let Some(r) = self.in_flight.next().await {
-                    r?;
+                if let Some(r) = self.in_flight.join_next().await {
+                    chunk_written(r)?;
                 }
             }
             let target = self.target.clone();
-            self.in_flight.push(Box::pin(async move {
-                target.exec(commands, "warming the cache").await.map(|_| ())
-            }));
+            let (table, at, busy) = (self.table.clone(), self.at, self.busy.clone());
+            self.in_flight.spawn(async move {
+                let doing = "warming the cache";
+                if restore.is_none() {
+                    return target.exec(commands, doing).await.map(|_| ());
+                }
+                let sent = target
+                    .redis
+                    .exec_retrying(commands, target.retries, || {
+                        crate::task::run_context::current().is_hard_stopped()
+                    })
+                    .await;
+                match sent {
+                    // A key exists already (another projection wrote it, or someone else since
+                    // the warm began): the chunk again with HSET, which adds its fields to the
+                    // key (and writes those it restored again, the same); so does the rest of
+                    // the load.
+                    Err(e) if e.code() == Some("BUSYKEY") => {
+                        busy.store(true, std::sync::atomic::Ordering::Relaxed);
+                        let mut projectors = target.projectors(&table);
+                        let (commands, _) = target.encode(
+                            &mut projectors,
+                            &chunk,
+                            None,
+                            Origin::Load(at),
+                            &table,
+                            false,
+                            None,
+                        )?;
+                        target.exec(commands, doing).await.map(|_| ())
+                    }
+                    other => other.map(|_| ()).map_err(|e| failed(doing, e)),
+                }
+            });
         }
         Ok(())
     }
 
     /// Waits for every chunk sent; returns what each projection was sent.
     pub async fn finish(&mut self) -> Result<Vec<ProjectionCounts>, Error> {
-        while let Some(r) = self.in_flight.next().await {
-            r?;
+        while let Some(r) = self.in_flight.join_next().await {
+            chunk_written(r)?;
         }
         Ok(self
             .projectors
@@ -819,4 +1077,15 @@ impl CacheLoad {
             .map(|p| p.recorded_counts())
             .collect())
     }
+}
+
+/// A chunk's task ended: its own result, or the task's panic as a failure.
+fn chunk_written(r: Result<Result<(), Error>, tokio::task::JoinError>) -> Result<(), Error> {
+    r.unwrap_or_else(|e| {
+        Err(crate::error::Failure::new(
+            crate::error::Kind::Table,
+            format!("a cache writer task crashed: {e}"),
+        )
+        .into())
+    })
 }
