@@ -102,6 +102,14 @@ fn units_done(out: &Path, n: u32) -> usize {
         .unwrap_or(0)
 }
 
+/// Waits for shard 2 run again, shard 3 and shard 1, each to end with success.
+fn wait_all(work: &Work, [two, three, one]: [&mut Killed; 3], logs: &[std::path::PathBuf]) {
+    let again = work.path().join("shard2-again.log");
+    wait_ok(&mut two.0, &again, "shard 2, run again");
+    wait_ok(&mut three.0, &logs[2], "shard 3");
+    wait_ok(&mut one.0, &logs[0], "shard 1 (the coordinator)");
+}
+
 /// Kills shard 2 (`two`) once it has started loading, before its part is done, checks that
 /// the coordinator (`one`) waits for it, and starts it again (log `shard2-again.log`). Returns
 /// the new process and the units shard 2 had completed at the kill.
@@ -177,13 +185,7 @@ async fn three_shards_one_killed_load_exactly_the_source() {
 
     let (mut two_again, done_at_kill) =
         kill_while_loading(&work, &path, &mut one, &mut two, &logs[1]);
-    wait_ok(
-        &mut two_again.0,
-        &work.path().join("shard2-again.log"),
-        "shard 2, run again",
-    );
-    wait_ok(&mut three.0, &logs[2], "shard 3");
-    wait_ok(&mut one.0, &logs[0], "shard 1 (the coordinator)");
+    wait_all(&work, [&mut two_again, &mut three, &mut one], &logs);
 
     // Shard 2's kill landed before its part was done; shards 2 and 3 did part of the work.
     let done = units_done(&work.out(), 2);
@@ -275,13 +277,7 @@ async fn a_sharded_initial_load_then_cdc_has_no_gap_and_no_overlap() {
     )
     .await
     .unwrap();
-    wait_ok(
-        &mut two_again.0,
-        &work.path().join("shard2-again.log"),
-        "shard 2, run again",
-    );
-    wait_ok(&mut three.0, &logs[2], "shard 3");
-    wait_ok(&mut one.0, &logs[0], "shard 1 (the CDC job)");
+    wait_all(&work, [&mut two_again, &mut three, &mut one], &logs);
     assert!(done_at_kill < units_done(&work.out(), 2));
     assert!(units_done(&work.out(), 3) > 0);
 
