@@ -177,9 +177,14 @@ async fn invoke(event: &Event, deadline: SystemTime) -> Result<Value, Error> {
     };
     let (_, changes_after, lag) = crate::notify::pulse::totals();
     let changes = changes_after.saturating_sub(changes_before);
-    let record = match crate::task::state_store(&p).await {
-        Ok(store) => store.load().await.ok().flatten(),
-        Err(_) => None,
+    // The task record, and the reloads still asked for (one that failed and is tried again,
+    // one not started): work the next invocation does.
+    let (record, reloads) = match crate::task::state_store(&p).await {
+        Ok(store) => (
+            store.load().await.ok().flatten(),
+            store.reload_requests().await.unwrap_or_default(),
+        ),
+        Err(_) => (None, Vec::new()),
     };
     let mut tables = serde_json::Map::new();
     let mut errors = Vec::new();
@@ -201,12 +206,6 @@ async fn invoke(event: &Event, deadline: SystemTime) -> Result<Value, Error> {
         }
     }
     let stopped = summary.interrupted.is_some();
-    // A reload still asked for (one that failed and is tried again, one not started) is work
-    // the next invocation does.
-    let reloads = match crate::task::state_store(&p).await {
-        Ok(store) => store.reload_requests().await.unwrap_or_default(),
-        Err(_) => Vec::new(),
-    };
     let more = stopped || !reloads.is_empty();
     Ok(json!({
         "status": if stopped { "stopped at the deadline" } else { "done" },
