@@ -100,6 +100,8 @@ struct Sink {
     sha: String,
     projectors: Vec<Projector>,
     companions: Companions,
+    /// The lanes' high-water keys (standalone only), raised by changes.
+    high_water: Option<Arc<[Vec<u8>]>>,
 }
 
 impl Sink {
@@ -125,12 +127,54 @@ impl Sink {
             .into_iter()
             .map(|c| Projector::new(c, &cache.key_prefix, columns.clone()))
             .collect();
+        let companions = Companions::new(&cache.key_prefix);
+        let high_water = (!cluster).then(|| {
+            (0..godwit::sink::redis::conn::STANDALONE_LANES)
+                .map(|lane| companions.high_water(lane, "guard"))
+                .collect::<Vec<_>>()
+                .into()
+        });
         Sink {
             redis,
             sha,
             projectors,
-            companions: Companions::new(&cache.key_prefix),
+            companions,
+            high_water,
         }
+    }
+
+    /// Sets every lane's high-water key to `at` (as a load that no change races does).
+    async fn set_high_water(&mut self, at: Mark) {
+        let names = self.high_water.clone().expect("standalone");
+        let mut ops = Ops::new(true, 60_000, self.redis.grouping()).high_water(Some(names.clone()));
+        for lane in 0..names.len() as u16 {
+            ops.raise_high_water(lane, &godwit::sink::redis::projection::version(at), true);
+        }
+        let (commands, _) = ops.commands(&self.sha);
+        self.redis.exec(commands).await.unwrap();
+    }
+
+    /// A load's rows at `at` as bulk writes in one transaction that checks the high-water keys
+    /// of their lanes: whether it ran.
+    async fn bulk_load(&mut self, b: &RecordBatch, at: Mark) -> bool {
+        let mut ops = Ops::new(true, 60_000, self.redis.grouping()).bulk();
+        for p in &mut self.projectors {
+            p.encode(b, Origin::Load(at), &self.companions, &mut ops)
+                .unwrap();
+        }
+        let names = self.high_water.clone().unwrap_or_else(|| Vec::new().into());
+        let watch: Vec<Vec<u8>> = ops
+            .groups()
+            .filter_map(|g| names.get(g as usize).cloned())
+            .collect();
+        let (commands, calls) = ops.commands(&self.sha);
+        assert_eq!(calls, 0, "a load's bulk writes are plain commands");
+        let ver = godwit::sink::redis::projection::version(at);
+        self.redis
+            .exec_if_newer(&watch, &ver, commands)
+            .await
+            .unwrap()
+            .is_some()
     }
 
     /// Writes `b`; returns how many operations the guard refused.
@@ -146,7 +190,13 @@ impl Sink {
         guarded: bool,
         restore: Option<Listpack>,
     ) -> i64 {
-        let mut ops = Ops::new(guarded, 60_000, self.redis.grouping()).restoring(restore);
+        let high_water = match origin {
+            Origin::Changes => self.high_water.clone(),
+            Origin::Load(_) => None,
+        };
+        let mut ops = Ops::new(guarded, 60_000, self.redis.grouping())
+            .restoring(restore)
+            .high_water(high_water);
         for p in &mut self.projectors {
             p.encode(b, origin, &self.companions, &mut ops).unwrap();
         }
@@ -197,6 +247,48 @@ async fn stream_ids(r: &mut TestRedis) -> Vec<String> {
         KeyValue::None => Vec::new(),
         other => panic!("changes: {other:?}"),
     }
+}
+
+/// Everything the scenario's projections hold.
+type State = (
+    BTreeMap<String, String>,
+    BTreeMap<String, String>,
+    BTreeMap<String, String>,
+    Option<String>,
+    Option<String>,
+    Vec<(String, f64)>,
+    Vec<String>,
+);
+
+async fn state(r: &mut TestRedis) -> State {
+    (
+        hash(r, "g:user:1").await,
+        hash(r, "g:user:2").await,
+        hash(r, "g:user:3").await,
+        string(r, "g:name:{1}:n").await,
+        string(r, "g:name:{2}:n").await,
+        board(r).await,
+        stream_ids(r).await,
+    )
+}
+
+/// Users 1 and 2 as a re-warm leaves them.
+type Rewarmed = (
+    BTreeMap<String, String>,
+    BTreeMap<String, String>,
+    Option<String>,
+    Option<String>,
+    Vec<(String, f64)>,
+);
+
+async fn rewarmed(r: &mut TestRedis) -> Rewarmed {
+    (
+        hash(r, "g:user:1").await,
+        hash(r, "g:user:2").await,
+        string(r, "g:name:{1}:n").await,
+        string(r, "g:name:{2}:n").await,
+        board(r).await,
+    )
 }
 
 fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -265,6 +357,12 @@ async fn scenario(url: &str, cluster: bool, mut r: TestRedis) {
         "a load writes no stream entries"
     );
 
+    if !cluster {
+        // The load's end leaves the high-water keys below the snapshot (as the next load's
+        // start would).
+        sink.set_high_water(Mark { lsn: 99, seq: 0 }).await;
+    }
+
     // Changes after the snapshot: an update, a delete, a new row, a NULL score.
     let changes = batch(&[
         ("U", 1, Some("anne"), Some(11.5), 200, 2),
@@ -272,15 +370,7 @@ async fn scenario(url: &str, cluster: bool, mut r: TestRedis) {
         ("I", 3, Some("cy"), None, 300, 2),
     ]);
     assert_eq!(sink.write(&changes, Origin::Changes, true).await, 0);
-    let after = (
-        hash(&mut r, "g:user:1").await,
-        hash(&mut r, "g:user:2").await,
-        hash(&mut r, "g:user:3").await,
-        string(&mut r, "g:name:{1}:n").await,
-        string(&mut r, "g:name:{2}:n").await,
-        board(&mut r).await,
-        stream_ids(&mut r).await,
-    );
+    let after = state(&mut r).await;
     assert_eq!(after.0, map(&[("name", "anne"), ("score", "11.5")]));
     assert!(after.1.is_empty(), "deleted");
     assert_eq!(after.2, map(&[("name", "cy")]), "a NULL field is absent");
@@ -293,6 +383,35 @@ async fn scenario(url: &str, cluster: bool, mut r: TestRedis) {
     );
     assert_eq!(after.6, ["200-2", "200-4", "300-2"]);
 
+    if cluster {
+        assert!(
+            !sink.bulk_load(&load, Mark { lsn: 400, seq: 0 }).await,
+            "no bulk writes on a cluster"
+        );
+    } else {
+        // The changes raised the high-water keys of their lanes: bulk writes of an older load
+        // are refused whole, nothing written; a racing load goes key by key (below).
+        let hw: Vec<redis::Value> = {
+            let mut got = Vec::new();
+            for name in sink.high_water.clone().unwrap().iter() {
+                got.push(r.query(redis::cmd("GET").arg(&name[..])).await);
+            }
+            got
+        };
+        assert!(
+            hw.contains(&redis::Value::BulkString(
+                b"000000000000012C0000000000000002".to_vec()
+            )),
+            "the newest change (300/2) raised its lane's high-water key: {hw:?}"
+        );
+        assert!(
+            !sink.bulk_load(&load, Mark { lsn: 150, seq: 0 }).await,
+            "an older load's bulk writes are refused"
+        );
+        let untouched = state(&mut r).await;
+        assert_eq!(untouched, after, "a refused transaction writes nothing");
+    }
+
     // A replay of the same changes and a load racing them (older version): nothing moves back,
     // the deleted row does not come back, the stream gets no second copy.
     let refused = sink.write(&changes, Origin::Changes, true).await;
@@ -301,28 +420,46 @@ async fn scenario(url: &str, cluster: bool, mut r: TestRedis) {
         .write(&load, Origin::Load(Mark { lsn: 150, seq: 0 }), true)
         .await;
     assert!(refused >= 6, "older load refused: {refused}");
-    let again = (
-        hash(&mut r, "g:user:1").await,
-        hash(&mut r, "g:user:2").await,
-        hash(&mut r, "g:user:3").await,
-        string(&mut r, "g:name:{1}:n").await,
-        string(&mut r, "g:name:{2}:n").await,
-        board(&mut r).await,
-        stream_ids(&mut r).await,
-    );
+    let again = state(&mut r).await;
     assert_eq!(again, after);
 
-    // A load newer than the delete writes the row again (a re-warm after the fact).
+    // A load newer than the delete writes the row again (a re-warm after the fact): key by
+    // key, and (standalone) as bulk writes once the high-water keys are below it.
     sink.write(&load, Origin::Load(Mark { lsn: 400, seq: 0 }), true)
         .await;
-    assert_eq!(
-        hash(&mut r, "g:user:2").await,
-        map(&[("name", "bob"), ("score", "20")])
+    let want = (
+        map(&[("name", "ann"), ("score", "10")]),
+        map(&[("name", "bob"), ("score", "20")]),
+        Some("ann".to_string()),
+        Some("bob".to_string()),
+        vec![("1".to_string(), 10.0), ("2".to_string(), 20.0)],
     );
-    assert_eq!(
-        hash(&mut r, "g:user:1").await,
-        map(&[("name", "ann"), ("score", "10")])
-    );
+    assert_eq!(rewarmed(&mut r).await, want);
+    if !cluster {
+        // Changes again (user 1 renamed, user 2 deleted), then a newer load in bulk: it writes
+        // every key, and its versions, as the script would have.
+        let changes = batch(&[
+            ("U", 1, Some("zed"), Some(1.0), 500, 1),
+            ("D", 2, None, None, 500, 2),
+        ]);
+        sink.write(&changes, Origin::Changes, true).await;
+        assert!(hash(&mut r, "g:user:2").await.is_empty());
+        assert!(
+            !sink.bulk_load(&load, Mark { lsn: 450, seq: 0 }).await,
+            "older than the changes: refused"
+        );
+        sink.set_high_water(Mark { lsn: 599, seq: 0 }).await;
+        assert!(sink.bulk_load(&load, Mark { lsn: 600, seq: 0 }).await);
+        assert_eq!(rewarmed(&mut r).await, want);
+        assert_eq!(
+            r.query(redis::cmd("HGET").arg("g:user:2").arg("_v")).await,
+            redis::Value::BulkString(b"00000000000002580000000000000000".to_vec()),
+            "the bulk write's version"
+        );
+        // …so that a replay of the changes after it is refused, key by key.
+        assert!(sink.write(&changes, Origin::Changes, true).await >= 2);
+        assert_eq!(rewarmed(&mut r).await, want);
+    }
     r.delete_matching("g:*").await;
 }
 

@@ -4,10 +4,16 @@
 -- after it. So a replay after a crash, or a re-warm racing newer changes, can neither regress
 -- nor resurrect anything.
 --
--- ARGV[1]: tombstone lifetime in ms; ARGV[2]: version field name inside hashes.
+-- ARGV[1]: tombstone lifetime in ms; ARGV[2]: version field name inside hashes; ARGV[3]: '1'
+-- when KEYS[1] is the high-water key of the call's group of keys, '' without one.
 -- Then one operation after another: ARGV opcode, version, arguments; KEYS in order of use
 -- (`F` only declares the field names of the `f` operations after it: no version, no key).
 -- Returns the number of operations refused as older.
+--
+-- The high-water key holds the newest version any change wrote to the group: at its end, a call
+-- raises it to the newest version it wrote. A load's bulk writes check it (WATCH, GET, MULTI …
+-- EXEC): below their version, no key of the group can hold a newer one. It is only raised where
+-- it exists; `W` sets it (a load's start, see the writer).
 
 local tomb_ms = tonumber(ARGV[1])
 local vfield = ARGV[2]
@@ -78,7 +84,17 @@ local function members(doc)
   return out
 end
 
-local ki, ai, refused = 1, 3, 0
+local ki, ai, refused = 1, 4, 0
+-- The high-water key, its version (false when absent), and the newest version written.
+local hwkey, hw, top = false, false, false
+if ARGV[3] == '1' then
+  hwkey = KEYS[1]
+  ki = 2
+  hw = redis.call('GET', hwkey)
+end
+local function wrote(ver)
+  if not top or ver > top then top = ver end
+end
 local function key() ki = ki + 1; return KEYS[ki - 1] end
 local function arg() ai = ai + 1; return ARGV[ai - 1] end
 
@@ -109,6 +125,7 @@ while ai <= nargs do
       row[2] = ver
       for i = 1, nfields do row[2 + 2 * i] = ARGV[ai + i - 1] end
       call('HSET', k, unpack(row, 1, 2 + 2 * nfields))
+      wrote(ver)
     else
       refused = refused + 1
     end
@@ -145,6 +162,7 @@ while ai <= nargs do
       if ndel > 0 then call('HDEL', k, unpack(ARGV, d, d + ndel - 1)) end
       call('HSET', k, vfield, ver, unpack(ARGV, s, s + nset * 2 - 1))
       if mode ~= '' then expire(k, mode, value) end
+      wrote(ver)
     else
       refused = refused + 1
     end
@@ -159,6 +177,7 @@ while ai <= nargs do
       redis.call('SET', v, ver)
       expire(k, mode, value)
       expire(v, mode, value)
+      wrote(ver)
     else
       refused = refused + 1
     end
@@ -186,6 +205,7 @@ while ai <= nargs do
       redis.call('SET', v, ver)
       expire(k, mode, value)
       expire(v, mode, value)
+      wrote(ver)
     else
       refused = refused + 1
     end
@@ -195,6 +215,7 @@ while ai <= nargs do
     if allowed(ver, call('HGET', k, vfield), t) then
       call('DEL', k)
       call('SET', t, ver, 'PX', tomb_ms)
+      wrote(ver)
     else
       refused = refused + 1
     end
@@ -205,6 +226,7 @@ while ai <= nargs do
       redis.call('DEL', k)
       redis.call('DEL', v)
       redis.call('SET', t, ver, 'PX', tomb_ms)
+      wrote(ver)
     else
       refused = refused + 1
     end
@@ -222,6 +244,7 @@ while ai <= nargs do
       values[#values + 1] = member
       redis.call(cmd, k, unpack(values))
       redis.call('HSET', m, member, ver)
+      wrote(ver)
     else
       refused = refused + 1
     end
@@ -233,6 +256,7 @@ while ai <= nargs do
       redis.call(cmd, k, member)
       redis.call('HDEL', m, member)
       redis.call('SET', t, ver, 'PX', tomb_ms)
+      wrote(ver)
     else
       refused = refused + 1
     end
@@ -249,8 +273,18 @@ while ai <= nargs do
     -- an id at or below the stream's last is a replay: Redis refuses it, the stream stays as it is
     local ok = redis.pcall('XADD', unpack(args))
     if type(ok) == 'table' and ok.err then refused = refused + 1 end
+  elseif op == 'W' then
+    -- raise the high-water key to the version; ARGV '1': create it when absent (a load that no
+    -- change can race: every version written so far is older than its snapshot), '': only raise
+    -- one that exists (an absent one says nothing)
+    local create = arg()
+    if hwkey and ((hw and ver > hw) or (not hw and create == '1')) then
+      redis.call('SET', hwkey, ver)
+      hw = ver
+    end
   else
     return redis.error_reply('godwit: unknown operation ' .. tostring(op))
   end
 end
+if hw and top and top > hw then redis.call('SET', hwkey, top) end
 return refused

@@ -16,11 +16,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use ::redis::cluster::ClusterClientBuilder;
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use ::redis::{Client, Cmd, ErrorKind, Pipeline, ServerError, TlsCertificates, Value};
+use ::redis::{
+    AsyncConnectionConfig, Client, Cmd, ErrorKind, Pipeline, ServerError, TlsCertificates, Value,
+};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
 /// Number of hash slots in a Redis Cluster.
@@ -30,7 +32,7 @@ pub const PIPELINE_COMMANDS: usize = 1000;
 /// Groups (slot groups in cluster mode, lanes in standalone mode) in flight at once.
 pub const GROUPS_IN_FLIGHT: usize = 32;
 /// Standalone mode: slots are folded into this many lanes that run in parallel.
-const STANDALONE_LANES: u16 = 8;
+pub const STANDALONE_LANES: u16 = 8;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -71,6 +73,8 @@ pub const ACL_COMMANDS: &[&str] = &[
     "WAIT",
     "MULTI",
     "EXEC",
+    "WATCH",
+    "UNWATCH",
     "RESTORE",
 ];
 
@@ -381,6 +385,11 @@ pub struct Redis {
     scripts: Mutex<Vec<LuaScript>>,
     /// Slots written since the last [`Redis::wait_replicas`] (standalone: slot 0 stands for all).
     written: Mutex<BTreeSet<u16>>,
+    /// Standalone: the client, for connections of [`Redis::exec_if_newer`]'s own.
+    client: Option<Client>,
+    /// Idle connections for [`Redis::exec_if_newer`] (a WATCH holds a connection: one that
+    /// other writers share cannot carry it).
+    watching: tokio::sync::Mutex<Vec<MultiplexedConnection>>,
 }
 
 static CRYPTO: Once = Once::new();
@@ -435,6 +444,7 @@ impl Redis {
             }),
             None => None,
         };
+        let mut own = None;
         let conn = if cache.cluster {
             let mut b = ClusterClientBuilder::new(vec![url])
                 .connection_timeout(CONNECT_TIMEOUT)
@@ -460,9 +470,10 @@ impl Redis {
                 .set_connection_timeout(Some(CONNECT_TIMEOUT))
                 .set_response_timeout(Some(RESPONSE_TIMEOUT))
                 .set_number_of_retries(2);
-            let c = ConnectionManager::new_with_config(client, config)
+            let c = ConnectionManager::new_with_config(client.clone(), config)
                 .await
                 .map_err(|e| RedisError::from_redis(&server, "connecting", &e))?;
+            own = Some(client);
             Conn::Single(c)
         };
         let redis = Redis {
@@ -471,6 +482,8 @@ impl Redis {
             address,
             scripts: Mutex::new(Vec::new()),
             written: Mutex::new(BTreeSet::new()),
+            client: own,
+            watching: tokio::sync::Mutex::new(Vec::new()),
         };
         // A first round trip: a wrong password or a refused ACL shows here, not mid-load.
         redis
@@ -643,6 +656,130 @@ impl Redis {
             });
         }
         Ok(values)
+    }
+
+    /// Whether [`Redis::exec_if_newer`] can run here (a standalone server).
+    pub fn transactions(&self) -> bool {
+        self.client.is_some()
+    }
+
+    /// Runs `cmds` as one transaction (`MULTI` … `EXEC`) if every key of `watch` holds a
+    /// version below `ver`, checked and kept so by `WATCH`: `Ok(None)` when one is absent or not
+    /// below, or changed before the transaction ran — then nothing was written. A standalone
+    /// server only (`Ok(None)` on a cluster). Not retried: the caller falls back to other writes.
+    pub async fn exec_if_newer(
+        &self,
+        watch: &[Vec<u8>],
+        ver: &[u8],
+        cmds: Vec<Routed>,
+    ) -> Result<Option<Vec<Value>>, RedisError> {
+        let Some(client) = &self.client else {
+            return Ok(None);
+        };
+        let idle = self.watching.lock().await.pop();
+        let mut conn = match idle {
+            Some(c) => c,
+            None => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT));
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map_err(|e| RedisError::from_redis(&self.server, "connecting", &e))?
+            }
+        };
+        self.written.lock().expect("lock").insert(0);
+        // A failed connection is dropped (a new one carries no WATCH of the old).
+        let out = self.watched(&mut conn, watch, ver, cmds).await?;
+        self.watching.lock().await.push(conn);
+        Ok(out)
+    }
+
+    async fn watched(
+        &self,
+        conn: &mut MultiplexedConnection,
+        watch: &[Vec<u8>],
+        ver: &[u8],
+        cmds: Vec<Routed>,
+    ) -> Result<Option<Vec<Value>>, RedisError> {
+        let sending = |e: ::redis::RedisError| {
+            RedisError::from_redis(&self.server, "sending a transaction", &e)
+        };
+        let mut check = Pipeline::with_capacity(1 + watch.len());
+        let mut w = ::redis::cmd("WATCH");
+        for k in watch {
+            w.arg(k);
+        }
+        check.add_command(w);
+        for k in watch {
+            check.add_command(::redis::cmd("GET").arg(k).clone());
+        }
+        let got = conn
+            .send_packed_commands(&check, 0, 1 + watch.len())
+            .await
+            .map_err(sending)?;
+        if let Some(Value::ServerError(e)) = got.first() {
+            return Err(RedisError::from_server(&self.server, "WATCH", e));
+        }
+        let below = got.len() == 1 + watch.len()
+            && got[1..]
+                .iter()
+                .all(|v| matches!(v, Value::BulkString(b) if b.as_slice() < ver));
+        if !below {
+            conn.send_packed_command(&::redis::cmd("UNWATCH"))
+                .await
+                .map_err(sending)?;
+            return Ok(None);
+        }
+        let n = cmds.len();
+        let mut tx = Pipeline::with_capacity(n + 2);
+        tx.add_command(::redis::cmd("MULTI"));
+        for r in cmds {
+            tx.add_command(r.cmd);
+        }
+        tx.add_command(::redis::cmd("EXEC"));
+        let got = conn
+            .send_packed_commands(&tx, 0, n + 2)
+            .await
+            .map_err(sending)?;
+        // The name of the transaction's command `i` (from 0), for errors.
+        let name = |i: usize| tx.cmd_iter().nth(i + 1).map(cmd_name).unwrap_or_default();
+        // A command refused while queued (EXECABORT) says which one.
+        if let Some((i, Value::ServerError(e))) = got
+            .iter()
+            .enumerate()
+            .find(|(_, v)| matches!(v, Value::ServerError(_)))
+        {
+            let what = match i.checked_sub(1).filter(|&i| i < n) {
+                Some(i) => format!("command {} ({}) of a transaction", i + 1, name(i)),
+                None => "a transaction".to_string(),
+            };
+            return Err(RedisError::from_server(&self.server, &what, e));
+        }
+        match got.into_iter().last() {
+            Some(Value::Nil) => Ok(None),
+            Some(Value::Array(values)) if values.len() == n => {
+                if let Some((i, Value::ServerError(e))) = values
+                    .iter()
+                    .enumerate()
+                    .find(|(_, v)| matches!(v, Value::ServerError(_)))
+                {
+                    let what = format!("command {} ({}) of a transaction", i + 1, name(i));
+                    return Err(RedisError::from_server(&self.server, &what, e));
+                }
+                Ok(Some(values))
+            }
+            _ => Err(RedisError {
+                message: format!(
+                    "a transaction of {n} commands to Redis {} did not answer with {n} results; \
+                     this is a bug in godwit, please report it",
+                    self.server.shown
+                ),
+                class: ErrorClass::Command,
+                code: None,
+            }),
+        }
     }
 
     /// [`Redis::exec`], retrying retryable failures: waits [`retry_delay`] (100 ms doubling to

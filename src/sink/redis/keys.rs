@@ -152,6 +152,19 @@ impl Companions {
     }
 }
 
+impl Companions {
+    /// The high-water key of group `group` (a lane of a standalone server) of `pipeline`: the
+    /// newest version the pipeline's changes wrote to keys of that group (see `apply.lua`).
+    pub fn high_water(&self, group: u16, pipeline: &str) -> Vec<u8> {
+        let mut out = self.prefix.clone();
+        out.extend_from_slice(b"godwit:w:{");
+        out.extend_from_slice(&self.tags[group as usize]);
+        out.extend_from_slice(b"}:");
+        out.extend_from_slice(pipeline.as_bytes());
+        out
+    }
+}
+
 /// One tag per hash slot: the first of `0`…`z`, `00`…`zz`, `000`…`zzzz` that hashes there. Every
 /// slot is covered within four characters.
 fn slot_tags() -> Vec<Box<[u8]>> {

@@ -3,13 +3,18 @@
 //! on a standalone server), plain commands where the structure has its own guard (stream ids)
 //! or none (publish, invalidate).
 //!
+//! Bulk writes (a load whose version is above its groups' high-water keys, sent as one
+//! transaction that checks them: `Redis::exec_if_newer`) are plain commands that write the
+//! versions too, as the script would.
+//!
 //! Unguarded writes (the first warm of an untouched keyspace, where no newer version can exist)
 //! are plain commands. A hash gets its version with its fields (one more field in the same
 //! command, so that a later guarded write over it reads the version and never the tombstone);
 //! other kinds get none: a key without a version counts as older than any change, and every
 //! change that can still come is newer than the warm's snapshot.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use super::conn::{Grouping, Routed, slot};
 use super::dump::Listpack;
@@ -126,6 +131,14 @@ impl Call {
 pub struct Ops {
     /// Guarded writes through the script; false only for the first warm of an empty keyspace.
     guarded: bool,
+    /// Guarded writes as plain commands with their versions, for a transaction that checks the
+    /// high-water keys of [`Ops::groups`] first.
+    bulk: bool,
+    /// The groups bulk writes went to.
+    touched: BTreeSet<u16>,
+    /// The high-water key of each group, which script calls raise (changes only; see
+    /// `apply.lua`).
+    high_water: Option<Arc<[Vec<u8>]>>,
     /// Unguarded: a hash that fits the server's listpack goes whole (`RESTORE`), not by `HSET`.
     restore: Option<Listpack>,
     tombstone_ms: i64,
@@ -141,6 +154,9 @@ impl Ops {
     pub fn new(guarded: bool, tombstone_ms: i64, grouping: Grouping) -> Ops {
         Ops {
             guarded,
+            bulk: false,
+            touched: BTreeSet::new(),
+            high_water: None,
             restore: None,
             tombstone_ms,
             grouping,
@@ -156,6 +172,49 @@ impl Ops {
     pub fn restoring(mut self, limits: Option<Listpack>) -> Ops {
         self.restore = limits;
         self
+    }
+
+    /// Guarded writes become plain commands with their versions (see [`Ops::groups`]).
+    pub fn bulk(mut self) -> Ops {
+        self.bulk = self.guarded;
+        self
+    }
+
+    /// Script calls raise the high-water key of their group, `names` by group.
+    pub fn high_water(mut self, names: Option<Arc<[Vec<u8>]>>) -> Ops {
+        self.high_water = names;
+        self
+    }
+
+    /// The groups bulk writes went to: their high-water keys must be below the writes'
+    /// version.
+    pub fn groups(&self) -> impl Iterator<Item = u16> + '_ {
+        self.touched.iter().copied()
+    }
+
+    /// A bulk write's command.
+    fn bulk_plain(&mut self, key: &[u8], cmd: redis::Cmd) {
+        self.touched.insert(self.grouping.group(slot(key)));
+        self.plain(key, cmd);
+    }
+
+    /// A bulk write's tombstone of `key` (and `member`) at `ver`.
+    fn bulk_tombstone(
+        &mut self,
+        key: &[u8],
+        member: Option<&[u8]>,
+        ver: &[u8; 32],
+        companions: &Companions,
+    ) {
+        let mut tomb = Vec::new();
+        companions.name(Companion::Tombstone, key, member, &mut tomb);
+        let set = redis::cmd("SET")
+            .arg(&tomb)
+            .arg(&ver[..])
+            .arg("PX")
+            .arg(self.tombstone_ms)
+            .clone();
+        self.bulk_plain(key, set);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -210,7 +269,7 @@ impl Ops {
         {
             return;
         }
-        if !self.guarded {
+        if !self.guarded || self.bulk {
             // Sized once: no reallocation while the arguments go in.
             let bytes = key.len()
                 + sets.iter().map(|(f, v)| f.len() + v.len()).sum::<usize>()
@@ -225,9 +284,25 @@ impl Ops {
             // The version too: a guarded write over this key (a re-warm, a change) then reads
             // it and no tombstone; with every field NULL, it alone keeps the key.
             hset.arg(VERSION_FIELD).arg(&ver[..]);
-            self.plain(key, hset);
+            if !self.bulk {
+                self.plain(key, hset);
+                if let Some(c) = expire.command(key) {
+                    self.plain(key, c);
+                }
+                return;
+            }
+            // Over a key that may exist: NULL fields go, as the script does.
+            self.bulk_plain(key, hset);
+            if !dels.is_empty() {
+                let mut hdel = redis::cmd("HDEL");
+                hdel.arg(key);
+                for d in dels {
+                    hdel.arg(*d);
+                }
+                self.bulk_plain(key, hdel);
+            }
             if let Some(c) = expire.command(key) {
-                self.plain(key, c);
+                self.bulk_plain(key, c);
             }
             return;
         }
@@ -309,20 +384,31 @@ impl Ops {
         companions: &Companions,
     ) {
         self.operations += 1;
-        if !self.guarded {
-            let mut set = redis::cmd("SET");
-            set.arg(key).arg(&value[..]);
-            match expire {
-                Expire::After(ms) => {
-                    set.arg("PX").arg(ms);
+        if !self.guarded || self.bulk {
+            let set = |k: &[u8], v: &[u8]| {
+                let mut set = redis::cmd("SET");
+                set.arg(k).arg(v);
+                match expire {
+                    Expire::After(ms) => {
+                        set.arg("PX").arg(ms);
+                    }
+                    Expire::At(ms) => {
+                        set.arg("PXAT").arg(ms);
+                    }
+                    // SET without an expiry removes an earlier one.
+                    Expire::Never | Expire::Past | Expire::Persist => {}
                 }
-                Expire::At(ms) => {
-                    set.arg("PXAT").arg(ms);
-                }
-                // SET without an expiry removes an earlier one.
-                Expire::Never | Expire::Past | Expire::Persist => {}
+                set
+            };
+            if !self.bulk {
+                self.plain(key, set(key, &value));
+                return;
             }
-            self.plain(key, set);
+            // The version beside the value, with the same expiry (as the script writes it).
+            let mut vkey = Vec::new();
+            companions.name(Companion::Version, key, None, &mut vkey);
+            self.bulk_plain(key, set(key, &value));
+            self.bulk_plain(key, set(&vkey, &ver[..]));
             return;
         }
         let [mode, exp] = expire.script_args();
@@ -379,6 +465,16 @@ impl Ops {
     ) {
         self.operations += 1;
         self.removals += 1;
+        if self.bulk {
+            self.bulk_plain(key, redis::cmd("DEL").arg(key).clone());
+            if let Some(what) = version {
+                let mut vkey = Vec::new();
+                companions.name(what, key, None, &mut vkey);
+                self.bulk_plain(key, redis::cmd("DEL").arg(&vkey).clone());
+            }
+            self.bulk_tombstone(key, None, ver, companions);
+            return;
+        }
         let s = slot(key);
         let mut tomb = Vec::new();
         companions.name_in(s, Companion::Tombstone, key, None, &mut tomb);
@@ -410,14 +506,26 @@ impl Ops {
         companions: &Companions,
     ) {
         self.operations += 1;
-        if !self.guarded {
+        if !self.guarded || self.bulk {
             let mut add = redis::cmd(command);
             add.arg(key);
             for v in &values {
                 add.arg(v);
             }
             add.arg(member);
-            self.plain(key, add);
+            if !self.bulk {
+                self.plain(key, add);
+                return;
+            }
+            let mut versions = Vec::new();
+            companions.name(Companion::Members, key, None, &mut versions);
+            self.bulk_plain(key, add);
+            let hset = redis::cmd("HSET")
+                .arg(&versions)
+                .arg(member)
+                .arg(&ver[..])
+                .clone();
+            self.bulk_plain(key, hset);
             return;
         }
         let mut versions = Vec::new();
@@ -448,6 +556,12 @@ impl Ops {
         self.removals += 1;
         let mut versions = Vec::new();
         companions.name(Companion::Members, key, None, &mut versions);
+        if self.bulk {
+            self.bulk_plain(key, redis::cmd(command).arg(key).arg(member).clone());
+            self.bulk_plain(key, redis::cmd("HDEL").arg(&versions).arg(member).clone());
+            self.bulk_tombstone(key, Some(member), ver, companions);
+            return;
+        }
         let mut tomb = Vec::new();
         companions.name(Companion::Tombstone, key, Some(member), &mut tomb);
         let c = self.call(key);
@@ -458,6 +572,17 @@ impl Ops {
             command.as_bytes().to_vec(),
             member.to_vec(),
         ]);
+    }
+
+    /// Raises the high-water key of `group` to `ver`; `create`: also when it is absent (see
+    /// `apply.lua`). Needs [`Ops::high_water`].
+    pub fn raise_high_water(&mut self, group: u16, ver: &[u8; 32], create: bool) {
+        // A group's number is one of its slots (a lane holds the slots equal to it modulo the
+        // number of lanes).
+        let c = self.call_in(group);
+        c.args.push(b"W");
+        c.args.push(ver);
+        c.args.push(if create { &b"1"[..] } else { b"" });
     }
 
     /// `invalidate`: the key goes on any change.
@@ -509,20 +634,30 @@ impl Ops {
     /// and how many script calls lead (each answers how many operations it refused as older).
     pub fn commands(self, sha: &str) -> (Vec<Routed>, usize) {
         let mut out = Vec::new();
-        for (_, calls) in self.calls {
+        for (group, calls) in self.calls {
+            let high_water = self
+                .high_water
+                .as_ref()
+                .and_then(|names| names.get(group as usize));
             for c in calls {
-                if c.keys.len() == 0 {
+                if c.keys.len() == 0 && c.args.len() == 0 {
                     continue;
                 }
                 let mut cmd = redis::Cmd::with_capacity(
-                    5 + c.keys.len() + c.args.len(),
-                    sha.len() + c.keys.bytes.len() + c.args.bytes.len() + 40,
+                    7 + c.keys.len() + c.args.len(),
+                    sha.len() + c.keys.bytes.len() + c.args.bytes.len() + 80,
                 );
-                cmd.arg("EVALSHA").arg(sha).arg(c.keys.len());
+                let keys = c.keys.len() + usize::from(high_water.is_some());
+                cmd.arg("EVALSHA").arg(sha).arg(keys);
+                if let Some(name) = high_water {
+                    cmd.arg(&name[..]);
+                }
                 for k in c.keys.iter() {
                     cmd.arg(k);
                 }
-                cmd.arg(self.tombstone_ms).arg(VERSION_FIELD);
+                cmd.arg(self.tombstone_ms)
+                    .arg(VERSION_FIELD)
+                    .arg(if high_water.is_some() { "1" } else { "" });
                 for a in c.args.iter() {
                     cmd.arg(a);
                 }
@@ -622,7 +757,7 @@ mod tests {
             );
             want.push(String::from_utf8(tomb).unwrap());
         }
-        want.extend(["1000", VERSION_FIELD].map(String::from));
+        want.extend(["1000", VERSION_FIELD, ""].map(String::from));
         for a in [
             "F", "2", "a", "b", "f", &v, "1", "2", "f", &v, "1", "2", // two full rows
             "H", &v, "1", "a", "3", "1", "b", "", "", // a NULL

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
@@ -52,6 +53,22 @@ pub struct CacheTarget {
     /// Whether the first warm may send hashes serialized (asked once, see
     /// [`CacheTarget::restore_limits`]).
     restore: tokio::sync::OnceCell<Option<Listpack>>,
+    /// A standalone server: the high-water key of each lane (see `apply.lua`), which changes
+    /// raise and a load's bulk writes check. `None` on a cluster.
+    high_water: Option<Arc<[Vec<u8>]>>,
+}
+
+/// How the writes of a batch are guarded.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Writes {
+    /// Plain commands (the first warm of an untouched keyspace); hashes whole by `RESTORE` when
+    /// the server allows it.
+    Unguarded(Option<Listpack>),
+    /// Script calls, each write checked against its key's version.
+    Guarded,
+    /// Plain commands with their versions, for one transaction that checks the high-water keys
+    /// of their lanes (a load: see [`CacheLoad`]).
+    Bulk,
 }
 
 /// A Redis failure as the pipeline reports it: retryable ones are recoverable.
@@ -89,10 +106,18 @@ impl CacheTarget {
             let entry = tables.entry(key).or_insert_with(|| (Vec::new(), cols));
             entry.0.push(projection.clone());
         }
+        let companions = Companions::new(&cache.key_prefix);
+        let high_water = redis.transactions().then(|| {
+            (0..super::conn::STANDALONE_LANES)
+                .map(|lane| companions.high_water(lane, &p.name))
+                .collect::<Vec<_>>()
+                .into()
+        });
         Ok(Arc::new(CacheTarget {
+            high_water,
             redis,
             script,
-            companions: Companions::new(&cache.key_prefix),
+            companions,
             tables,
             key_prefix: cache.key_prefix.clone(),
             wait_replicas: cache.wait_replicas,
@@ -204,6 +229,33 @@ impl CacheTarget {
         self.tables.contains_key(table)
     }
 
+    /// At the start of a load at `at`: raises every lane's high-water key to just below `at`,
+    /// so that the load's bulk writes (at `at`) pass while no change newer than its snapshot
+    /// came. `create`: also where a key is absent — right only when no change can race the load
+    /// (every version written so far is older than its snapshot). Nothing on a cluster.
+    pub async fn raise_high_water(&self, at: Mark, create: bool) -> Result<(), Error> {
+        let Some(names) = &self.high_water else {
+            return Ok(());
+        };
+        let below = match at {
+            Mark { lsn: 0, seq: 0 } => return Ok(()),
+            Mark { lsn, seq: 0 } => Mark {
+                lsn: lsn - 1,
+                seq: u64::MAX,
+            },
+            Mark { lsn, seq } => Mark { lsn, seq: seq - 1 },
+        };
+        let ver = super::projection::version(below);
+        let mut ops = self.guarded_ops(true);
+        for lane in 0..names.len() as u16 {
+            ops.raise_high_water(lane, &ver, create);
+        }
+        let (commands, _) = ops.commands(self.script.sha());
+        self.exec(commands, "setting the cache's high-water keys")
+            .await
+            .map(|_| ())
+    }
+
     /// Fresh projectors of `table` (each writer binds its own).
     fn projectors(&self, table: &str) -> Vec<Projector> {
         match self.tables.get(table) {
@@ -310,7 +362,8 @@ impl CacheTarget {
     ) -> Result<u64, Error> {
         let ver = super::projection::version(mark);
         let own = format!("{}godwit:", self.key_prefix).into_bytes();
-        let mut ops = self.guarded_ops();
+        // A TRUNCATE (`entries`) is a change; the sweep belongs to a load.
+        let mut ops = self.guarded_ops(entries);
         // Full rounds of removals run while the next keys are listed.
         let mut rounds = Rounds::default();
         for p in projectors {
@@ -387,7 +440,7 @@ impl CacheTarget {
                     }
                 }
                 if ops.operations >= REMOVALS_PER_ROUND {
-                    let full = std::mem::replace(&mut ops, self.guarded_ops());
+                    let full = std::mem::replace(&mut ops, self.guarded_ops(entries));
                     rounds.push(Box::pin(self.run_removals(full))).await?;
                 }
             }
@@ -436,12 +489,15 @@ impl CacheTarget {
             .collect())
     }
 
-    fn guarded_ops(&self) -> Ops {
+    /// Script calls; `high_water`: they raise the high-water keys (changes do, a load's
+    /// sweep need not: see [`CacheTarget::encode`]).
+    fn guarded_ops(&self, high_water: bool) -> Ops {
         Ops::new(
             true,
             TOMBSTONE_TTL.as_millis() as i64,
             self.redis.grouping(),
         )
+        .high_water(self.high_water.clone().filter(|_| high_water))
     }
 
     /// The guarded removal of key `k` of a projection of `kind` at version `ver` (a collection:
@@ -516,8 +572,12 @@ impl CacheTarget {
         table: &str,
         guarded: bool,
     ) -> Result<u64, Error> {
-        let (commands, count) =
-            self.encode(projectors, batch, images, origin, table, guarded, None)?;
+        let writes = if guarded {
+            Writes::Guarded
+        } else {
+            Writes::Unguarded(None)
+        };
+        let (commands, count, _) = self.encode(projectors, batch, images, origin, table, writes)?;
         if !commands.is_empty() {
             self.exec(commands, "writing to the cache").await?;
         }
@@ -526,7 +586,7 @@ impl CacheTarget {
 
     /// The commands of rows (no TRUNCATE among them) through `projectors`, and how many
     /// operations they hold.
-    #[allow(clippy::too_many_arguments)]
+    /// (`Writes::Bulk`: and the lanes they write to.)
     fn encode(
         &self,
         projectors: &mut [Projector],
@@ -534,15 +594,28 @@ impl CacheTarget {
         images: Option<&RecordBatch>,
         origin: Origin,
         table: &str,
-        guarded: bool,
-        restore: Option<Listpack>,
-    ) -> Result<(Vec<Routed>, u64), Error> {
+        writes: Writes,
+    ) -> Result<(Vec<Routed>, u64, Vec<u16>), Error> {
+        let (guarded, restore) = match writes {
+            Writes::Unguarded(restore) => (false, restore),
+            Writes::Guarded | Writes::Bulk => (true, None),
+        };
+        // Changes raise the high-water keys; a load's writes leave them (the next load's
+        // snapshot is newer than this one's anyway).
+        let high_water = match origin {
+            Origin::Changes => self.high_water.clone(),
+            Origin::Load(_) => None,
+        };
         let mut ops = Ops::new(
             guarded,
             TOMBSTONE_TTL.as_millis() as i64,
             self.redis.grouping(),
         )
-        .restoring(restore);
+        .restoring(restore)
+        .high_water(high_water);
+        if writes == Writes::Bulk {
+            ops = ops.bulk();
+        }
         for p in projectors.iter_mut() {
             let skipped = p
                 .encode_with_before(batch, images, origin, &self.companions, &mut ops)
@@ -553,9 +626,10 @@ impl CacheTarget {
         }
         let count = ops.operations;
         if ops.is_empty() {
-            return Ok((Vec::new(), 0));
+            return Ok((Vec::new(), 0, Vec::new()));
         }
-        Ok((ops.commands(self.script.sha()).0, count))
+        let lanes = ops.groups().collect();
+        Ok((ops.commands(self.script.sha()).0, count, lanes))
     }
 
     async fn exec(&self, commands: Vec<Routed>, doing: &str) -> Result<Vec<redis::Value>, Error> {
@@ -950,6 +1024,12 @@ impl ChangeSink for CacheChanges {
 /// while the next chunks are encoded and while the load waits for its next batch: up to
 /// [`LOAD_CHUNKS_IN_FLIGHT`] at once (a load writes each row's keys once, so their order does
 /// not matter). Dropping the warm (a stopped load) stops its tasks.
+///
+/// A guarded warm on a standalone server first sends each chunk as bulk writes in one
+/// transaction that checks its lanes' high-water keys (`Redis::exec_if_newer`): below the load's
+/// version, no key can hold a newer one, and each write costs Redis what a plain command does.
+/// When a check fails (a change newer than the snapshot reached the lane) the chunk, and the rest
+/// of the load, go through the script, key by key.
 pub struct CacheLoad {
     target: Arc<CacheTarget>,
     table: String,
@@ -959,7 +1039,9 @@ pub struct CacheLoad {
     /// Unguarded: whether hashes go serialized (`None` until the first batch asks).
     restore: Option<Option<Listpack>>,
     /// A key existed already (BUSYKEY): the rest of the load writes with `HSET`.
-    busy: Arc<std::sync::atomic::AtomicBool>,
+    busy: Arc<AtomicBool>,
+    /// Guarded: whether chunks still go as bulk writes (see above).
+    bulk: Arc<AtomicBool>,
     in_flight: JoinSet<Result<(), Error>>,
 }
 
@@ -985,39 +1067,47 @@ impl CacheLoad {
             guarded,
             restore: None,
             busy: Arc::default(),
+            bulk: Arc::new(AtomicBool::new(guarded && target.high_water.is_some())),
             in_flight: JoinSet::new(),
         })
+    }
+
+    /// How this load's next chunk is written.
+    async fn writes(&mut self) -> Writes {
+        if self.guarded {
+            return if self.bulk.load(Ordering::Relaxed) {
+                Writes::Bulk
+            } else {
+                Writes::Guarded
+            };
+        }
+        let restore = match self.restore {
+            Some(r) => r,
+            None => {
+                let r = self.target.restore_limits().await;
+                self.restore = Some(r);
+                r
+            }
+        };
+        Writes::Unguarded(restore.filter(|_| !self.busy.load(Ordering::Relaxed)))
     }
 
     /// Encodes `batch` in chunks of [`LOAD_CHUNK_ROWS`] and starts sending each; waits while
     /// too many chunks are in flight (memory stays bounded whatever the batch size).
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), Error> {
-        let restore = match self.restore {
-            Some(r) => r,
-            None => {
-                let r = if self.guarded {
-                    None
-                } else {
-                    self.target.restore_limits().await
-                };
-                self.restore = Some(r);
-                r
-            }
-        }
-        .filter(|_| !self.busy.load(std::sync::atomic::Ordering::Relaxed));
         let mut offset = 0;
         while offset < batch.num_rows() {
             let len = LOAD_CHUNK_ROWS.min(batch.num_rows() - offset);
             let chunk = batch.slice(offset, len);
             offset += len;
-            let (commands, _) = self.target.encode(
+            let writes = self.writes().await;
+            let (commands, _, lanes) = self.target.encode(
                 &mut self.projectors,
                 &chunk,
                 None,
                 Origin::Load(self.at),
                 &self.table,
-                self.guarded,
-                restore,
+                writes,
             )?;
             if commands.is_empty() {
                 continue;
@@ -1028,38 +1118,78 @@ impl CacheLoad {
                 }
             }
             let target = self.target.clone();
-            let (table, at, busy) = (self.table.clone(), self.at, self.busy.clone());
+            let (table, at) = (self.table.clone(), self.at);
+            let (busy, bulk) = (self.busy.clone(), self.bulk.clone());
             self.in_flight.spawn(async move {
                 let doing = "warming the cache";
-                if restore.is_none() {
-                    return target.exec(commands, doing).await.map(|_| ());
-                }
-                let sent = target
-                    .redis
-                    .exec_retrying(commands, target.retries, || {
-                        crate::task::run_context::current().is_hard_stopped()
-                    })
-                    .await;
-                match sent {
-                    // A key exists already (another projection wrote it, or someone else since
-                    // the warm began): the chunk again with HSET, which adds its fields to the
-                    // key (and writes those it restored again, the same); so does the rest of
-                    // the load.
-                    Err(e) if e.code() == Some("BUSYKEY") => {
-                        busy.store(true, std::sync::atomic::Ordering::Relaxed);
-                        let mut projectors = target.projectors(&table);
-                        let (commands, _) = target.encode(
+                // The chunk again, written another way (fresh projectors: the counts are the
+                // first encoding's).
+                let again = |writes: Writes| {
+                    let mut projectors = target.projectors(&table);
+                    target
+                        .encode(
                             &mut projectors,
                             &chunk,
                             None,
                             Origin::Load(at),
                             &table,
-                            false,
-                            None,
-                        )?;
+                            writes,
+                        )
+                        .map(|(commands, _, _)| commands)
+                };
+                match writes {
+                    Writes::Guarded | Writes::Unguarded(None) => {
                         target.exec(commands, doing).await.map(|_| ())
                     }
-                    other => other.map(|_| ()).map_err(|e| failed(doing, e)),
+                    Writes::Bulk => {
+                        let names = target.high_water.as_deref().unwrap_or_default();
+                        let watch: Vec<Vec<u8>> = lanes
+                            .iter()
+                            .filter_map(|&l| names.get(l as usize).cloned())
+                            .collect();
+                        let ver = super::projection::version(at);
+                        match target.redis.exec_if_newer(&watch, &ver, commands).await {
+                            Ok(Some(_)) => return Ok(()),
+                            Ok(None) => tracing::debug!(
+                                table,
+                                "a change newer than the load reached the cache: the rest of \
+                                 the warm goes through the version guard key by key"
+                            ),
+                            Err(e) => tracing::debug!(
+                                table,
+                                error = %e,
+                                "a bulk write failed: the rest of the warm goes through the \
+                                 version guard key by key"
+                            ),
+                        }
+                        bulk.store(false, Ordering::Relaxed);
+                        target
+                            .exec(again(Writes::Guarded)?, doing)
+                            .await
+                            .map(|_| ())
+                    }
+                    Writes::Unguarded(Some(_)) => {
+                        let sent = target
+                            .redis
+                            .exec_retrying(commands, target.retries, || {
+                                crate::task::run_context::current().is_hard_stopped()
+                            })
+                            .await;
+                        match sent {
+                            // A key exists already (another projection wrote it, or someone
+                            // else since the warm began): the chunk again with HSET, which adds
+                            // its fields to the key (and writes those it restored again, the
+                            // same); so does the rest of the load.
+                            Err(e) if e.code() == Some("BUSYKEY") => {
+                                busy.store(true, Ordering::Relaxed);
+                                target
+                                    .exec(again(Writes::Unguarded(None))?, doing)
+                                    .await
+                                    .map(|_| ())
+                            }
+                            other => other.map(|_| ()).map_err(|e| failed(doing, e)),
+                        }
+                    }
                 }
             });
         }
