@@ -157,7 +157,7 @@ impl Sink {
     /// A load's rows at `at` as bulk writes in one transaction that checks the high-water keys
     /// of their lanes: whether it ran.
     async fn bulk_load(&mut self, b: &RecordBatch, at: Mark) -> bool {
-        let mut ops = Ops::new(true, 60_000, self.redis.grouping()).bulk();
+        let mut ops = Ops::new(true, 60_000, self.redis.grouping()).bulk().resp();
         for p in &mut self.projectors {
             p.encode(b, Origin::Load(at), &self.companions, &mut ops)
                 .unwrap();
@@ -167,11 +167,13 @@ impl Sink {
             .groups()
             .filter_map(|g| names.get(g as usize).cloned())
             .collect();
-        let (commands, calls) = ops.commands(&self.sha);
-        assert_eq!(calls, 0, "a load's bulk writes are plain commands");
+        let resp = ops.into_resp(&self.sha).unwrap();
+        if !self.redis.direct() {
+            return false;
+        }
         let ver = godwit::sink::redis::projection::version(at);
         self.redis
-            .exec_if_newer(&watch, &ver, commands)
+            .exec_if_newer(watch, ver, resp)
             .await
             .unwrap()
             .is_some()

@@ -16,13 +16,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::ClusterClientBuilder;
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use ::redis::{
-    AsyncConnectionConfig, Client, Cmd, ErrorKind, Pipeline, ServerError, TlsCertificates, Value,
-};
+use ::redis::{Client, Cmd, ErrorKind, Pipeline, ServerError, TlsCertificates, Value};
+
+use super::ops::Resp;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
 /// Number of hash slots in a Redis Cluster.
@@ -385,11 +385,183 @@ pub struct Redis {
     scripts: Mutex<Vec<LuaScript>>,
     /// Slots written since the last [`Redis::wait_replicas`] (standalone: slot 0 stands for all).
     written: Mutex<BTreeSet<u16>>,
-    /// Standalone: the client, for connections of [`Redis::exec_if_newer`]'s own.
-    client: Option<Client>,
-    /// Idle connections for [`Redis::exec_if_newer`] (a WATCH holds a connection: one that
-    /// other writers share cannot carry it).
-    watching: tokio::sync::Mutex<Vec<MultiplexedConnection>>,
+    /// Standalone: connections of a load's own (see [`Direct`]).
+    direct: Option<Arc<Direct>>,
+}
+
+/// Connections beside the shared one, on a standalone server: a load's chunks go on them as
+/// commands already in the wire format ([`Resp`]), one chunk per connection at a time, from a
+/// blocking thread — no command objects, and a `WATCH` holds for that chunk's transaction only
+/// (the shared connection carries other writers' commands in between).
+struct Direct {
+    client: Client,
+    idle: Mutex<Vec<::redis::Connection>>,
+    server: Server,
+}
+
+const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
+const EXEC: &[u8] = b"*1\r\n$4\r\nEXEC\r\n";
+
+impl Direct {
+    fn take(&self) -> Result<::redis::Connection, RedisError> {
+        if let Some(c) = self.idle.lock().expect("lock").pop() {
+            return Ok(c);
+        }
+        let failed =
+            |e: ::redis::RedisError| RedisError::from_redis(&self.server, "connecting", &e);
+        let c = self
+            .client
+            .get_connection_with_timeout(CONNECT_TIMEOUT)
+            .map_err(failed)?;
+        c.set_read_timeout(Some(RESPONSE_TIMEOUT)).map_err(failed)?;
+        c.set_write_timeout(Some(RESPONSE_TIMEOUT))
+            .map_err(failed)?;
+        Ok(c)
+    }
+
+    /// A connection back once its exchange ended well (a failed one is dropped: a new one
+    /// carries no state of the old).
+    fn give(&self, c: ::redis::Connection) {
+        self.idle.lock().expect("lock").push(c);
+    }
+
+    fn sending(&self, e: ::redis::RedisError) -> RedisError {
+        RedisError::from_redis(&self.server, "sending a load's commands", &e)
+    }
+
+    /// The first failed reply among `values` (command `i` of `resp`, from 0) as an error.
+    fn first_error(&self, values: &[Value], resp: &Resp, what: &str) -> Result<(), RedisError> {
+        match values
+            .iter()
+            .enumerate()
+            .find(|(_, v)| matches!(v, Value::ServerError(_)))
+        {
+            Some((i, Value::ServerError(e))) => {
+                let what = format!(
+                    "command {} ({}) of {what}",
+                    i + 1,
+                    resp_name(&resp.bytes, i)
+                );
+                Err(RedisError::from_server(&self.server, &what, e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn run(&self, resp: &Resp) -> Result<Vec<Value>, RedisError> {
+        use ::redis::ConnectionLike;
+        let mut c = self.take()?;
+        let values = c
+            .req_packed_commands(&resp.bytes, 0, resp.commands)
+            .map_err(|e| self.sending(e))?;
+        self.give(c);
+        self.first_error(&values, resp, "a load's commands")?;
+        Ok(values)
+    }
+
+    fn run_if_newer(
+        &self,
+        watch: &[Vec<u8>],
+        ver: &[u8],
+        resp: &Resp,
+    ) -> Result<Option<usize>, RedisError> {
+        use ::redis::ConnectionLike;
+        let mut c = self.take()?;
+        let mut check = Pipeline::with_capacity(1 + watch.len());
+        let mut w = ::redis::cmd("WATCH");
+        for k in watch {
+            w.arg(k);
+        }
+        check.add_command(w);
+        for k in watch {
+            check.add_command(::redis::cmd("GET").arg(k).clone());
+        }
+        let got = c
+            .req_packed_commands(&check.get_packed_pipeline(), 0, 1 + watch.len())
+            .map_err(|e| self.sending(e))?;
+        if let Some(Value::ServerError(e)) = got.first() {
+            return Err(RedisError::from_server(&self.server, "WATCH", e));
+        }
+        let below = got.len() == 1 + watch.len()
+            && got[1..]
+                .iter()
+                .all(|v| matches!(v, Value::BulkString(b) if b.as_slice() < ver));
+        if !below {
+            c.req_packed_command(&::redis::cmd("UNWATCH").get_packed_command())
+                .map_err(|e| self.sending(e))?;
+            self.give(c);
+            return Ok(None);
+        }
+        let n = resp.commands;
+        let mut replies = Vec::with_capacity(2);
+        for part in [MULTI, &resp.bytes, EXEC] {
+            c.send_packed_command(part).map_err(|e| self.sending(e))?;
+        }
+        // MULTI's OK, a QUEUED (or an error) per command, EXEC's answer.
+        for _ in 0..n + 2 {
+            let v = c.recv_response().map_err(|e| self.sending(e))?;
+            if matches!(v, Value::ServerError(_)) || replies.is_empty() {
+                replies.push(v);
+            } else if let Some(last) = replies.last_mut() {
+                *last = v;
+            }
+        }
+        self.give(c);
+        // A command refused while queued (EXECABORT) says which one.
+        if let Some(Value::ServerError(e)) =
+            replies.iter().find(|v| matches!(v, Value::ServerError(_)))
+        {
+            return Err(RedisError::from_server(
+                &self.server,
+                "a load's transaction",
+                e,
+            ));
+        }
+        match replies.pop() {
+            Some(Value::Nil) => Ok(None),
+            Some(Value::Array(values)) if values.len() == n => {
+                self.first_error(&values, resp, "a load's transaction")?;
+                Ok(Some(n))
+            }
+            _ => Err(RedisError {
+                message: format!(
+                    "a transaction of {n} commands to Redis {} did not answer with {n} results; \
+                     this is a bug in godwit, please report it",
+                    self.server.shown
+                ),
+                class: ErrorClass::Command,
+                code: None,
+            }),
+        }
+    }
+}
+
+/// The name of command `i` (from 0) of commands in the wire format (each an array of bulk
+/// strings, as [`Resp`] writes them).
+fn resp_name(bytes: &[u8], i: usize) -> String {
+    let mut rest = bytes;
+    // One line (without its CRLF) off the front of `rest`.
+    let line = |rest: &mut &[u8]| -> Option<usize> {
+        let end = rest.windows(2).position(|w| w == b"\r\n")?;
+        let n = std::str::from_utf8(&rest[1..end]).ok()?.parse().ok();
+        *rest = &rest[end + 2..];
+        n
+    };
+    for k in 0..=i {
+        let Some(args) = line(&mut rest) else {
+            break;
+        };
+        for a in 0..args {
+            let Some(len) = line(&mut rest) else {
+                return String::new();
+            };
+            if k == i && a == 0 {
+                return String::from_utf8_lossy(&rest[..len.min(rest.len())]).to_ascii_uppercase();
+            }
+            rest = &rest[(len + 2).min(rest.len())..];
+        }
+    }
+    String::new()
 }
 
 static CRYPTO: Once = Once::new();
@@ -444,7 +616,7 @@ impl Redis {
             }),
             None => None,
         };
-        let mut own = None;
+        let mut direct = None;
         let conn = if cache.cluster {
             let mut b = ClusterClientBuilder::new(vec![url])
                 .connection_timeout(CONNECT_TIMEOUT)
@@ -473,7 +645,11 @@ impl Redis {
             let c = ConnectionManager::new_with_config(client.clone(), config)
                 .await
                 .map_err(|e| RedisError::from_redis(&server, "connecting", &e))?;
-            own = Some(client);
+            direct = Some(Arc::new(Direct {
+                client,
+                idle: Mutex::new(Vec::new()),
+                server: server.clone(),
+            }));
             Conn::Single(c)
         };
         let redis = Redis {
@@ -482,8 +658,7 @@ impl Redis {
             address,
             scripts: Mutex::new(Vec::new()),
             written: Mutex::new(BTreeSet::new()),
-            client: own,
-            watching: tokio::sync::Mutex::new(Vec::new()),
+            direct,
         };
         // A first round trip: a wrong password or a refused ACL shows here, not mid-load.
         redis
@@ -658,127 +833,55 @@ impl Redis {
         Ok(values)
     }
 
-    /// Whether [`Redis::exec_if_newer`] can run here (a standalone server).
-    pub fn transactions(&self) -> bool {
-        self.client.is_some()
+    /// Whether commands in the wire format can be sent ([`Redis::exec_resp`],
+    /// [`Redis::exec_if_newer`]): a standalone server.
+    pub fn direct(&self) -> bool {
+        self.direct.is_some()
     }
 
-    /// Runs `cmds` as one transaction (`MULTI` … `EXEC`) if every key of `watch` holds a
-    /// version below `ver`, checked and kept so by `WATCH`: `Ok(None)` when one is absent or not
-    /// below, or changed before the transaction ran — then nothing was written. A standalone
-    /// server only (`Ok(None)` on a cluster). Not retried: the caller falls back to other writes.
+    /// Sends `resp` on a connection of its own (see [`Direct`]); the replies in order. A failed
+    /// command fails the call with the first error. Not retried.
+    pub async fn exec_resp(&self, resp: Resp) -> Result<Vec<Value>, RedisError> {
+        let direct = self.direct_or_bug()?;
+        self.written.lock().expect("lock").insert(0);
+        tokio::task::spawn_blocking(move || direct.run(&resp))
+            .await
+            .unwrap_or_else(|e| Err(Self::crashed(e)))
+    }
+
+    /// Runs `resp` as one transaction (`MULTI` … `EXEC`) on a connection of its own if every
+    /// key of `watch` holds a version below `ver`, checked and kept so by `WATCH`: `Ok(None)`
+    /// when one is absent or not below, or changed before the transaction ran — then nothing
+    /// was written; otherwise how many commands ran. Not retried: the caller falls back to
+    /// other writes.
     pub async fn exec_if_newer(
         &self,
-        watch: &[Vec<u8>],
-        ver: &[u8],
-        cmds: Vec<Routed>,
-    ) -> Result<Option<Vec<Value>>, RedisError> {
-        let Some(client) = &self.client else {
-            return Ok(None);
-        };
-        let idle = self.watching.lock().await.pop();
-        let mut conn = match idle {
-            Some(c) => c,
-            None => {
-                let config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    .set_response_timeout(Some(RESPONSE_TIMEOUT));
-                client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await
-                    .map_err(|e| RedisError::from_redis(&self.server, "connecting", &e))?
-            }
-        };
+        watch: Vec<Vec<u8>>,
+        ver: [u8; 32],
+        resp: Resp,
+    ) -> Result<Option<usize>, RedisError> {
+        let direct = self.direct_or_bug()?;
         self.written.lock().expect("lock").insert(0);
-        // A failed connection is dropped (a new one carries no WATCH of the old).
-        let out = self.watched(&mut conn, watch, ver, cmds).await?;
-        self.watching.lock().await.push(conn);
-        Ok(out)
+        tokio::task::spawn_blocking(move || direct.run_if_newer(&watch, &ver, &resp))
+            .await
+            .unwrap_or_else(|e| Err(Self::crashed(e)))
     }
 
-    async fn watched(
-        &self,
-        conn: &mut MultiplexedConnection,
-        watch: &[Vec<u8>],
-        ver: &[u8],
-        cmds: Vec<Routed>,
-    ) -> Result<Option<Vec<Value>>, RedisError> {
-        let sending = |e: ::redis::RedisError| {
-            RedisError::from_redis(&self.server, "sending a transaction", &e)
-        };
-        let mut check = Pipeline::with_capacity(1 + watch.len());
-        let mut w = ::redis::cmd("WATCH");
-        for k in watch {
-            w.arg(k);
-        }
-        check.add_command(w);
-        for k in watch {
-            check.add_command(::redis::cmd("GET").arg(k).clone());
-        }
-        let got = conn
-            .send_packed_commands(&check, 0, 1 + watch.len())
-            .await
-            .map_err(sending)?;
-        if let Some(Value::ServerError(e)) = got.first() {
-            return Err(RedisError::from_server(&self.server, "WATCH", e));
-        }
-        let below = got.len() == 1 + watch.len()
-            && got[1..]
-                .iter()
-                .all(|v| matches!(v, Value::BulkString(b) if b.as_slice() < ver));
-        if !below {
-            conn.send_packed_command(&::redis::cmd("UNWATCH"))
-                .await
-                .map_err(sending)?;
-            return Ok(None);
-        }
-        let n = cmds.len();
-        let mut tx = Pipeline::with_capacity(n + 2);
-        tx.add_command(::redis::cmd("MULTI"));
-        for r in cmds {
-            tx.add_command(r.cmd);
-        }
-        tx.add_command(::redis::cmd("EXEC"));
-        let got = conn
-            .send_packed_commands(&tx, 0, n + 2)
-            .await
-            .map_err(sending)?;
-        // The name of the transaction's command `i` (from 0), for errors.
-        let name = |i: usize| tx.cmd_iter().nth(i + 1).map(cmd_name).unwrap_or_default();
-        // A command refused while queued (EXECABORT) says which one.
-        if let Some((i, Value::ServerError(e))) = got
-            .iter()
-            .enumerate()
-            .find(|(_, v)| matches!(v, Value::ServerError(_)))
-        {
-            let what = match i.checked_sub(1).filter(|&i| i < n) {
-                Some(i) => format!("command {} ({}) of a transaction", i + 1, name(i)),
-                None => "a transaction".to_string(),
-            };
-            return Err(RedisError::from_server(&self.server, &what, e));
-        }
-        match got.into_iter().last() {
-            Some(Value::Nil) => Ok(None),
-            Some(Value::Array(values)) if values.len() == n => {
-                if let Some((i, Value::ServerError(e))) = values
-                    .iter()
-                    .enumerate()
-                    .find(|(_, v)| matches!(v, Value::ServerError(_)))
-                {
-                    let what = format!("command {} ({}) of a transaction", i + 1, name(i));
-                    return Err(RedisError::from_server(&self.server, &what, e));
-                }
-                Ok(Some(values))
-            }
-            _ => Err(RedisError {
-                message: format!(
-                    "a transaction of {n} commands to Redis {} did not answer with {n} results; \
-                     this is a bug in godwit, please report it",
-                    self.server.shown
-                ),
-                class: ErrorClass::Command,
-                code: None,
-            }),
+    fn direct_or_bug(&self) -> Result<Arc<Direct>, RedisError> {
+        self.direct.clone().ok_or_else(|| RedisError {
+            message: "commands in the wire format need a standalone server; this is a bug in \
+                      godwit, please report it"
+                .into(),
+            class: ErrorClass::Command,
+            code: None,
+        })
+    }
+
+    fn crashed(e: tokio::task::JoinError) -> RedisError {
+        RedisError {
+            message: format!("a thread sending a load's commands crashed: {e}"),
+            class: ErrorClass::Command,
+            code: None,
         }
     }
 

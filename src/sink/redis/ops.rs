@@ -103,6 +103,42 @@ impl Strings {
     }
 }
 
+/// Commands already in the wire format (RESP), for a connection of a load's own: no command
+/// objects on the way.
+#[derive(Default)]
+pub struct Resp {
+    pub bytes: Vec<u8>,
+    /// How many commands `bytes` holds.
+    pub commands: usize,
+}
+
+impl Resp {
+    fn array(&mut self, n: usize) {
+        self.commands += 1;
+        self.bytes.push(b'*');
+        self.number(n as i64);
+    }
+
+    fn bulk(&mut self, s: &[u8]) {
+        self.bytes.push(b'$');
+        self.number(s.len() as i64);
+        self.bytes.extend_from_slice(s);
+        self.bytes.extend_from_slice(b"\r\n");
+    }
+
+    fn number(&mut self, n: i64) {
+        self.bytes
+            .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        self.bytes.extend_from_slice(b"\r\n");
+    }
+
+    /// A command of the crate's.
+    fn cmd(&mut self, cmd: &redis::Cmd) {
+        self.commands += 1;
+        cmd.write_packed_command(&mut self.bytes);
+    }
+}
+
 /// One script call being built.
 #[derive(Default)]
 struct Call {
@@ -145,6 +181,8 @@ pub struct Ops {
     grouping: Grouping,
     calls: BTreeMap<u16, Vec<Call>>,
     plain: Vec<Routed>,
+    /// Plain commands go here as RESP instead of into `plain` (see [`Ops::resp`]).
+    resp: Option<Resp>,
     pub operations: u64,
     /// Of `operations`, the removals (deletes, removed members, invalidations).
     pub removals: u64,
@@ -162,6 +200,7 @@ impl Ops {
             grouping,
             calls: BTreeMap::new(),
             plain: Vec::new(),
+            resp: None,
             operations: 0,
             removals: 0,
         }
@@ -217,8 +256,16 @@ impl Ops {
         self.bulk_plain(key, set);
     }
 
+    /// Plain commands are written as RESP, for [`Ops::into_resp`].
+    pub fn resp(mut self) -> Ops {
+        self.resp = Some(Resp::default());
+        self
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.calls.is_empty() && self.plain.is_empty()
+        self.calls.is_empty()
+            && self.plain.is_empty()
+            && self.resp.as_ref().is_none_or(|r| r.commands == 0)
     }
 
     /// The script call of `key`'s group with room for one more operation.
@@ -241,7 +288,40 @@ impl Ops {
     }
 
     fn plain(&mut self, key: &[u8], cmd: redis::Cmd) {
-        self.plain.push(Routed::new(key, cmd));
+        match &mut self.resp {
+            Some(r) => r.cmd(&cmd),
+            None => self.plain.push(Routed::new(key, cmd)),
+        }
+    }
+
+    /// `HSET key field value … _v ver`: the most frequent plain command, written straight into
+    /// the RESP when there is one.
+    fn hset(&mut self, key: &[u8], sets: &[(&[u8], &[u8])], ver: &[u8; 32]) {
+        if let Some(r) = &mut self.resp {
+            r.array(4 + 2 * sets.len());
+            r.bulk(b"HSET");
+            r.bulk(key);
+            for (f, v) in sets {
+                r.bulk(f);
+                r.bulk(v);
+            }
+            r.bulk(VERSION_FIELD.as_bytes());
+            r.bulk(ver);
+            return;
+        }
+        // Sized once: no reallocation while the arguments go in.
+        let bytes = key.len()
+            + sets.iter().map(|(f, v)| f.len() + v.len()).sum::<usize>()
+            + VERSION_FIELD.len()
+            + ver.len()
+            + 4;
+        let mut hset = redis::Cmd::with_capacity(4 + 2 * sets.len(), bytes);
+        hset.arg("HSET").arg(key);
+        for (f, v) in sets {
+            hset.arg(*f).arg(*v);
+        }
+        hset.arg(VERSION_FIELD).arg(&ver[..]);
+        self.plain.push(Routed::new(key, hset));
     }
 
     /// A hash row: fields set, fields whose value is NULL removed, the version field set.
@@ -270,29 +350,17 @@ impl Ops {
             return;
         }
         if !self.guarded || self.bulk {
-            // Sized once: no reallocation while the arguments go in.
-            let bytes = key.len()
-                + sets.iter().map(|(f, v)| f.len() + v.len()).sum::<usize>()
-                + VERSION_FIELD.len()
-                + ver.len()
-                + 4;
-            let mut hset = redis::Cmd::with_capacity(4 + 2 * sets.len(), bytes);
-            hset.arg("HSET").arg(key);
-            for (f, v) in sets {
-                hset.arg(*f).arg(*v);
-            }
             // The version too: a guarded write over this key (a re-warm, a change) then reads
             // it and no tombstone; with every field NULL, it alone keeps the key.
-            hset.arg(VERSION_FIELD).arg(&ver[..]);
+            self.hset(key, sets, ver);
             if !self.bulk {
-                self.plain(key, hset);
                 if let Some(c) = expire.command(key) {
                     self.plain(key, c);
                 }
                 return;
             }
+            self.touched.insert(self.grouping.group(slot(key)));
             // Over a key that may exist: NULL fields go, as the script does.
-            self.bulk_plain(key, hset);
             if !dels.is_empty() {
                 let mut hdel = redis::cmd("HDEL");
                 hdel.arg(key);
@@ -368,6 +436,14 @@ impl Ops {
             return false;
         }
         super::dump::hash(sets, Some((VERSION_FIELD.as_bytes(), &ver[..])), scratch);
+        if let Some(r) = &mut self.resp {
+            r.array(4);
+            r.bulk(b"RESTORE");
+            r.bulk(key);
+            r.bulk(itoa::Buffer::new().format(ttl).as_bytes());
+            r.bulk(scratch);
+            return true;
+        }
         let mut restore = redis::Cmd::with_capacity(4, key.len() + scratch.len() + 32);
         restore.arg("RESTORE").arg(key).arg(ttl).arg(&scratch[..]);
         self.plain(key, restore);
@@ -628,6 +704,17 @@ impl Ops {
             channel,
             redis::cmd("PUBLISH").arg(channel).arg(message).clone(),
         );
+    }
+
+    /// With [`Ops::resp`]: the plain commands as RESP, then the script calls (a load's chunk
+    /// has none but what the projections write through the script always: json merges and
+    /// streams, which loads do not write). `None` without.
+    pub fn into_resp(mut self, sha: &str) -> Option<Resp> {
+        let mut resp = self.resp.take()?;
+        for c in self.commands(sha).0 {
+            resp.cmd(&c.cmd);
+        }
+        Some(resp)
     }
 
     /// The commands: script calls (by slot) first, then plain commands in the order they came;

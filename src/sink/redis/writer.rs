@@ -107,7 +107,7 @@ impl CacheTarget {
             entry.0.push(projection.clone());
         }
         let companions = Companions::new(&cache.key_prefix);
-        let high_water = redis.transactions().then(|| {
+        let high_water = redis.direct().then(|| {
             (0..super::conn::STANDALONE_LANES)
                 .map(|lane| companions.high_water(lane, &p.name))
                 .collect::<Vec<_>>()
@@ -577,7 +577,7 @@ impl CacheTarget {
         } else {
             Writes::Unguarded(None)
         };
-        let (commands, count, _) = self.encode(projectors, batch, images, origin, table, writes)?;
+        let (commands, count) = self.encode(projectors, (batch, images), origin, table, writes)?;
         if !commands.is_empty() {
             self.exec(commands, "writing to the cache").await?;
         }
@@ -586,8 +586,50 @@ impl CacheTarget {
 
     /// The commands of rows (no TRUNCATE among them) through `projectors`, and how many
     /// operations they hold.
-    /// (`Writes::Bulk`: and the lanes they write to.)
     fn encode(
+        &self,
+        projectors: &mut [Projector],
+        rows: (&RecordBatch, Option<&RecordBatch>),
+        origin: Origin,
+        table: &str,
+        writes: Writes,
+    ) -> Result<(Vec<Routed>, u64), Error> {
+        let (batch, images) = rows;
+        let ops = self.operations(projectors, batch, images, origin, table, writes, false)?;
+        let count = ops.operations;
+        Ok((ops.commands(self.script.sha()).0, count))
+    }
+
+    /// A load's chunk through `projectors`: in the wire format when the server takes that
+    /// ([`Redis::direct`]), otherwise as commands; `None` when it writes nothing.
+    fn encode_chunk(
+        &self,
+        projectors: &mut [Projector],
+        chunk: &RecordBatch,
+        at: Mark,
+        table: &str,
+        writes: Writes,
+    ) -> Result<Option<Chunk>, Error> {
+        let direct = self.redis.direct();
+        let origin = Origin::Load(at);
+        let ops = self.operations(projectors, chunk, None, origin, table, writes, direct)?;
+        if ops.is_empty() {
+            return Ok(None);
+        }
+        let lanes = ops.groups().collect();
+        let sha = self.script.sha();
+        let commands = if direct {
+            Commands::Resp(ops.into_resp(sha).unwrap_or_default())
+        } else {
+            Commands::Routed(ops.commands(sha).0)
+        };
+        Ok(Some(Chunk { commands, lanes }))
+    }
+
+    /// The operations of rows (no TRUNCATE among them) through `projectors`; `resp`: plain
+    /// commands in the wire format.
+    #[allow(clippy::too_many_arguments)]
+    fn operations(
         &self,
         projectors: &mut [Projector],
         batch: &RecordBatch,
@@ -595,7 +637,8 @@ impl CacheTarget {
         origin: Origin,
         table: &str,
         writes: Writes,
-    ) -> Result<(Vec<Routed>, u64, Vec<u16>), Error> {
+        resp: bool,
+    ) -> Result<Ops, Error> {
         let (guarded, restore) = match writes {
             Writes::Unguarded(restore) => (false, restore),
             Writes::Guarded | Writes::Bulk => (true, None),
@@ -616,6 +659,9 @@ impl CacheTarget {
         if writes == Writes::Bulk {
             ops = ops.bulk();
         }
+        if resp {
+            ops = ops.resp();
+        }
         for p in projectors.iter_mut() {
             let skipped = p
                 .encode_with_before(batch, images, origin, &self.companions, &mut ops)
@@ -624,12 +670,7 @@ impl CacheTarget {
                 tracing::warn!(table, skipped, key = %p.config.key, "rows without a key (a NULL in a key column) were not written to the cache");
             }
         }
-        let count = ops.operations;
-        if ops.is_empty() {
-            return Ok((Vec::new(), 0, Vec::new()));
-        }
-        let lanes = ops.groups().collect();
-        Ok((ops.commands(self.script.sha()).0, count, lanes))
+        Ok(ops)
     }
 
     async fn exec(&self, commands: Vec<Routed>, doing: &str) -> Result<Vec<redis::Value>, Error> {
@@ -1101,97 +1142,31 @@ impl CacheLoad {
             let chunk = batch.slice(offset, len);
             offset += len;
             let writes = self.writes().await;
-            let (commands, _, lanes) = self.target.encode(
+            let Some(encoded) = self.target.encode_chunk(
                 &mut self.projectors,
                 &chunk,
-                None,
-                Origin::Load(self.at),
+                self.at,
                 &self.table,
                 writes,
-            )?;
-            if commands.is_empty() {
+            )?
+            else {
                 continue;
-            }
+            };
             while self.in_flight.len() >= LOAD_CHUNKS_IN_FLIGHT {
                 if let Some(r) = self.in_flight.join_next().await {
                     chunk_written(r)?;
                 }
             }
-            let target = self.target.clone();
-            let (table, at) = (self.table.clone(), self.at);
-            let (busy, bulk) = (self.busy.clone(), self.bulk.clone());
-            self.in_flight.spawn(async move {
-                let doing = "warming the cache";
-                // The chunk again, written another way (fresh projectors: the counts are the
-                // first encoding's).
-                let again = |writes: Writes| {
-                    let mut projectors = target.projectors(&table);
-                    target
-                        .encode(
-                            &mut projectors,
-                            &chunk,
-                            None,
-                            Origin::Load(at),
-                            &table,
-                            writes,
-                        )
-                        .map(|(commands, _, _)| commands)
-                };
-                match writes {
-                    Writes::Guarded | Writes::Unguarded(None) => {
-                        target.exec(commands, doing).await.map(|_| ())
-                    }
-                    Writes::Bulk => {
-                        let names = target.high_water.as_deref().unwrap_or_default();
-                        let watch: Vec<Vec<u8>> = lanes
-                            .iter()
-                            .filter_map(|&l| names.get(l as usize).cloned())
-                            .collect();
-                        let ver = super::projection::version(at);
-                        match target.redis.exec_if_newer(&watch, &ver, commands).await {
-                            Ok(Some(_)) => return Ok(()),
-                            Ok(None) => tracing::debug!(
-                                table,
-                                "a change newer than the load reached the cache: the rest of \
-                                 the warm goes through the version guard key by key"
-                            ),
-                            Err(e) => tracing::debug!(
-                                table,
-                                error = %e,
-                                "a bulk write failed: the rest of the warm goes through the \
-                                 version guard key by key"
-                            ),
-                        }
-                        bulk.store(false, Ordering::Relaxed);
-                        target
-                            .exec(again(Writes::Guarded)?, doing)
-                            .await
-                            .map(|_| ())
-                    }
-                    Writes::Unguarded(Some(_)) => {
-                        let sent = target
-                            .redis
-                            .exec_retrying(commands, target.retries, || {
-                                crate::task::run_context::current().is_hard_stopped()
-                            })
-                            .await;
-                        match sent {
-                            // A key exists already (another projection wrote it, or someone
-                            // else since the warm began): the chunk again with HSET, which adds
-                            // its fields to the key (and writes those it restored again, the
-                            // same); so does the rest of the load.
-                            Err(e) if e.code() == Some("BUSYKEY") => {
-                                busy.store(true, Ordering::Relaxed);
-                                target
-                                    .exec(again(Writes::Unguarded(None))?, doing)
-                                    .await
-                                    .map(|_| ())
-                            }
-                            other => other.map(|_| ()).map_err(|e| failed(doing, e)),
-                        }
-                    }
-                }
-            });
+            let sent = Sent {
+                target: self.target.clone(),
+                table: self.table.clone(),
+                at: self.at,
+                chunk,
+                busy: self.busy.clone(),
+                bulk: self.bulk.clone(),
+            };
+            self.in_flight
+                .spawn(async move { sent.send(encoded, writes).await });
         }
         Ok(())
     }
@@ -1206,6 +1181,137 @@ impl CacheLoad {
             .iter()
             .map(|p| p.recorded_counts())
             .collect())
+    }
+}
+
+/// A load's chunk, encoded.
+struct Chunk {
+    commands: Commands,
+    /// The lanes its bulk writes go to (bulk writes only).
+    lanes: Vec<u16>,
+}
+
+enum Commands {
+    Routed(Vec<Routed>),
+    /// In the wire format, for a connection of its own (a standalone server).
+    Resp(super::ops::Resp),
+}
+
+/// What a chunk's task needs to send it (and to encode it again another way).
+struct Sent {
+    target: Arc<CacheTarget>,
+    table: String,
+    at: Mark,
+    chunk: RecordBatch,
+    busy: Arc<AtomicBool>,
+    bulk: Arc<AtomicBool>,
+}
+
+const WARMING: &str = "warming the cache";
+
+impl Sent {
+    /// The chunk again, written another way, as commands for the shared connection (which
+    /// retries; fresh projectors: the counts are the first encoding's).
+    async fn again(&self, writes: Writes) -> Result<(), Error> {
+        let commands = self.commands(writes)?;
+        if commands.is_empty() {
+            return Ok(());
+        }
+        self.target.exec(commands, WARMING).await.map(|_| ())
+    }
+
+    /// The chunk encoded again as `writes` says, as commands (fresh projectors: the counts are
+    /// the first encoding's).
+    fn commands(&self, writes: Writes) -> Result<Vec<Routed>, Error> {
+        let mut projectors = self.target.projectors(&self.table);
+        let origin = Origin::Load(self.at);
+        let rows = (&self.chunk, None);
+        let (commands, _) =
+            self.target
+                .encode(&mut projectors, rows, origin, &self.table, writes)?;
+        Ok(commands)
+    }
+
+    async fn send(&self, encoded: Chunk, writes: Writes) -> Result<(), Error> {
+        let target = &self.target;
+        let table = self.table.as_str();
+        match (writes, encoded.commands) {
+            (Writes::Bulk, Commands::Resp(resp)) => {
+                let names = target.high_water.as_deref().unwrap_or_default();
+                let watch: Vec<Vec<u8>> = encoded
+                    .lanes
+                    .iter()
+                    .filter_map(|&l| names.get(l as usize).cloned())
+                    .collect();
+                let ver = super::projection::version(self.at);
+                match target.redis.exec_if_newer(watch, ver, resp).await {
+                    Ok(Some(_)) => return Ok(()),
+                    Ok(None) => tracing::debug!(
+                        table,
+                        "a change newer than the load reached the cache: the rest of the warm \
+                         goes through the version guard key by key"
+                    ),
+                    Err(e) => tracing::debug!(
+                        table,
+                        error = %e,
+                        "a bulk write failed: the rest of the warm goes through the version \
+                         guard key by key"
+                    ),
+                }
+                self.bulk.store(false, Ordering::Relaxed);
+                self.again(Writes::Guarded).await
+            }
+            // (No bulk writes without a connection of their own: see `Writes::Bulk`.)
+            (Writes::Bulk, Commands::Routed(_)) => self.again(Writes::Guarded).await,
+            (_, Commands::Resp(resp)) => match target.redis.exec_resp(resp).await {
+                Ok(_) => Ok(()),
+                // A key exists already (another projection wrote it, or someone else since the
+                // warm began): the chunk again with HSET, which adds its fields to the key (and
+                // writes those it restored again, the same); so does the rest of the load.
+                Err(e) if e.code() == Some("BUSYKEY") => {
+                    self.busy.store(true, Ordering::Relaxed);
+                    self.again(Writes::Unguarded(None)).await
+                }
+                // Anything else: the chunk again on the shared connection, which retries (and
+                // meets BUSYKEY there when the failed attempt wrote part of it).
+                Err(e) => {
+                    tracing::debug!(table, error = %e, "sending a load's chunk failed; sending it again");
+                    self.retry(writes).await
+                }
+            },
+            (_, Commands::Routed(commands)) => {
+                if writes == Writes::Guarded || writes == Writes::Unguarded(None) {
+                    return target.exec(commands, WARMING).await.map(|_| ());
+                }
+                match target
+                    .redis
+                    .exec_retrying(commands, target.retries, || {
+                        crate::task::run_context::current().is_hard_stopped()
+                    })
+                    .await
+                {
+                    Err(e) if e.code() == Some("BUSYKEY") => {
+                        self.busy.store(true, Ordering::Relaxed);
+                        self.again(Writes::Unguarded(None)).await
+                    }
+                    other => other.map(|_| ()).map_err(|e| failed(WARMING, e)),
+                }
+            }
+        }
+    }
+
+    /// The chunk again on the shared connection, written as `writes` says (a `RESTORE` that
+    /// meets an existing key goes on as `HSET`).
+    async fn retry(&self, writes: Writes) -> Result<(), Error> {
+        let commands = self.commands(writes)?;
+        Box::pin(self.send(
+            Chunk {
+                commands: Commands::Routed(commands),
+                lanes: Vec::new(),
+            },
+            writes,
+        ))
+        .await
     }
 }
 
