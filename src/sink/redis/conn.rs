@@ -31,6 +31,8 @@ pub const SLOTS: u16 = 16384;
 pub const PIPELINE_COMMANDS: usize = 1000;
 /// Groups (slot groups in cluster mode, lanes in standalone mode) in flight at once.
 pub const GROUPS_IN_FLIGHT: usize = 32;
+/// Keys a `SCAN` page asks for.
+const SCAN_COUNT: usize = 2000;
 /// Standalone mode: slots are folded into this many lanes that run in parallel.
 pub const STANDALONE_LANES: u16 = 8;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -1255,7 +1257,7 @@ impl Scanner<'_> {
             .arg("MATCH")
             .arg(&self.pattern)
             .arg("COUNT")
-            .arg(1000);
+            .arg(SCAN_COUNT);
         let v = self.redis.on_node(t, p, 1, "SCAN").await?;
         let mut keys = Vec::new();
         let mut next = b"0".to_vec();

@@ -420,14 +420,19 @@ impl CacheTarget {
                         None => break,
                     },
                 };
-                let mut keys: Vec<Vec<u8>> =
+                let keys: Vec<Vec<u8>> =
                     keys.into_iter().filter(|k| !k.starts_with(&own)).collect();
                 if matches!(
                     c.kind,
                     ProjectionKind::Hash | ProjectionKind::String | ProjectionKind::Json
-                ) && !keys.is_empty()
-                {
-                    keys = rounds.beside(self.older_than(c.kind, keys, &ver)).await??;
+                ) {
+                    // The page's versions are read, and its older keys removed, while the next
+                    // pages are listed.
+                    if !keys.is_empty() {
+                        let page = self.remove_older_keys(c.kind, keys, ver, entries);
+                        rounds.push(Box::pin(page)).await?;
+                    }
+                    continue;
                 }
                 for k in &keys {
                     if c.kind.has_members() {
@@ -447,6 +452,23 @@ impl CacheTarget {
         }
         rounds.push(Box::pin(self.run_removals(ops))).await?;
         rounds.finish().await
+    }
+
+    /// The guarded removal of those of `keys` (of a projection of `kind`: hash, string or json)
+    /// older than `ver`; how many took effect.
+    async fn remove_older_keys(
+        &self,
+        kind: ProjectionKind,
+        keys: Vec<Vec<u8>>,
+        ver: [u8; 32],
+        entries: bool,
+    ) -> Result<u64, Error> {
+        let older = self.older_than(kind, keys, &ver).await?;
+        let mut ops = self.guarded_ops(entries);
+        for k in &older {
+            self.remove_key(kind, k, &ver, &mut ops).await?;
+        }
+        self.run_removals(ops).await
     }
 
     /// Of `keys` (of a projection of `kind`: hash, string or json), those whose version is
