@@ -469,10 +469,87 @@ async fn scenario(url: &str, cluster: bool, mut r: TestRedis) {
 async fn replays_and_racing_loads_never_regress_standalone() {
     let url = common::redis::standalone_url();
     scenario(&url, false, common::redis::standalone().await).await;
+    a_call_that_fails_half_way_still_raises_its_high_water_key().await;
 }
 
 #[tokio::test]
 async fn replays_and_racing_loads_never_regress_cluster() {
     let url = common::redis::cluster_url();
     scenario(&url, true, common::redis::cluster().await).await;
+}
+
+/// A script call that fails half way (here a score Redis refuses) keeps the writes before the
+/// failure, as Redis does: its lane's high-water key still covers them, so a bulk load older
+/// than those writes is refused. (Standalone: after the scenario, on the same keys.)
+async fn a_call_that_fails_half_way_still_raises_its_high_water_key() {
+    use godwit::sink::redis::ops::Expire;
+    use godwit::sink::redis::projection::version;
+    let url = common::redis::standalone_url();
+    let mut r = common::redis::standalone().await;
+    r.delete_matching("g:*").await;
+    let mut sink = Sink::new(&url, false).await;
+    sink.set_high_water(Mark { lsn: 99, seq: 0 }).await;
+    let names = sink.high_water.clone().unwrap();
+    // Two keys of one lane (one hash tag): a hash written, then a member Redis refuses.
+    let (hash_key, board) = (b"g:{x}a".as_slice(), b"g:{x}board".as_slice());
+    let lane =
+        godwit::sink::redis::conn::slot(hash_key) % godwit::sink::redis::conn::STANDALONE_LANES;
+    let mut ops = Ops::new(true, 60_000, sink.redis.grouping()).high_water(Some(names.clone()));
+    let mut scratch = Vec::new();
+    let fields: &[(&[u8], &[u8])] = &[(b"name", b"ann")];
+    let written = version(Mark { lsn: 700, seq: 1 });
+    ops.hash(
+        hash_key,
+        &written,
+        fields,
+        &[],
+        Expire::Never,
+        &sink.companions,
+        &mut scratch,
+    );
+    ops.add_member(
+        board,
+        b"m",
+        "ZADD",
+        vec![b"not a number".to_vec()],
+        &version(Mark { lsn: 700, seq: 2 }),
+        &sink.companions,
+    );
+    let (commands, calls) = ops.commands(&sink.sha);
+    assert_eq!(calls, 1, "one call for the lane");
+    let err = sink.redis.exec(commands).await.unwrap_err();
+    assert!(err.to_string().contains("float"), "{err}");
+    assert_eq!(
+        hash(&mut r, "g:{x}a").await,
+        map(&[("name", "ann")]),
+        "the write before the failure stays"
+    );
+    assert_eq!(
+        r.query(redis::cmd("GET").arg(&names[lane as usize][..]))
+            .await,
+        redis::Value::BulkString(written.to_vec()),
+        "the high-water key covers it"
+    );
+    // A load older than that write cannot overwrite the key in bulk.
+    let mut load = Ops::new(true, 60_000, sink.redis.grouping()).bulk().resp();
+    let old: &[(&[u8], &[u8])] = &[(b"name", b"old")];
+    load.hash(
+        hash_key,
+        &version(Mark { lsn: 650, seq: 0 }),
+        old,
+        &[],
+        Expire::Never,
+        &sink.companions,
+        &mut scratch,
+    );
+    let watch = vec![names[lane as usize].clone()];
+    let resp = load.into_resp(&sink.sha).unwrap();
+    let ran = sink
+        .redis
+        .exec_if_newer(watch, version(Mark { lsn: 650, seq: 0 }), resp)
+        .await
+        .unwrap();
+    assert_eq!(ran, None);
+    assert_eq!(hash(&mut r, "g:{x}a").await, map(&[("name", "ann")]));
+    r.delete_matching("g:*").await;
 }

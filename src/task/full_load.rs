@@ -503,14 +503,6 @@ async fn guarded_tables(cache: Option<&Warm>, plans: &[TablePlan]) -> HashMap<St
     let Some(w) = cache else {
         return out;
     };
-    // Bulk writes of a guarded warm pass while the lanes' high-water keys are below the load.
-    let at = Mark {
-        lsn: w.at.0,
-        seq: 0,
-    };
-    if let Err(e) = w.target.raise_high_water(at, !w.racing).await {
-        tracing::warn!("{e}; the warm's writes are guarded key by key");
-    }
     for plan in plans {
         let key = plan.key();
         if !w.target.projects(&key) {
@@ -526,6 +518,15 @@ async fn guarded_tables(cache: Option<&Warm>, plans: &[TablePlan]) -> HashMap<St
             };
         tracing::debug!(table = %key, guarded, "cache warm");
         out.insert(key, guarded);
+    }
+    // Bulk writes of a guarded warm pass while the lanes' high-water keys are below the load
+    // (set after the look for existing keys, which must not find these).
+    let at = Mark {
+        lsn: w.at.0,
+        seq: 0,
+    };
+    if let Err(e) = w.target.raise_high_water(at, !w.racing).await {
+        tracing::warn!("{e}; the warm's writes are guarded key by key");
     }
     out
 }

@@ -76,7 +76,7 @@ pub const ACL_COMMANDS: &[&str] = &[
     "MULTI",
     "EXEC",
     "WATCH",
-    "UNWATCH",
+    "DISCARD",
     "RESTORE",
 ];
 
@@ -401,14 +401,11 @@ struct Direct {
     server: Server,
 }
 
-const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
 const EXEC: &[u8] = b"*1\r\n$4\r\nEXEC\r\n";
+const DISCARD: &[u8] = b"*1\r\n$7\r\nDISCARD\r\n";
 
 impl Direct {
-    fn take(&self) -> Result<::redis::Connection, RedisError> {
-        if let Some(c) = self.idle.lock().expect("lock").pop() {
-            return Ok(c);
-        }
+    fn connect(&self) -> Result<::redis::Connection, RedisError> {
         let failed =
             |e: ::redis::RedisError| RedisError::from_redis(&self.server, "connecting", &e);
         let c = self
@@ -421,10 +418,30 @@ impl Direct {
         Ok(c)
     }
 
-    /// A connection back once its exchange ended well (a failed one is dropped: a new one
-    /// carries no state of the old).
-    fn give(&self, c: ::redis::Connection) {
-        self.idle.lock().expect("lock").push(c);
+    /// Runs `f` on an idle connection, or a new one. A connection whose exchange failed is
+    /// dropped (a new one carries no state of the old); an idle one that fails to carry it (the
+    /// server closed it meanwhile, say) gets one more try on a new connection.
+    fn exchange<T>(
+        &self,
+        f: impl Fn(&mut ::redis::Connection) -> Result<T, RedisError>,
+    ) -> Result<T, RedisError> {
+        let idle = self.idle.lock().expect("lock").pop();
+        let pooled = idle.is_some();
+        let mut c = match idle {
+            Some(c) => c,
+            None => self.connect()?,
+        };
+        let out = match f(&mut c) {
+            Err(e) if pooled && e.retryable() => {
+                c = self.connect()?;
+                f(&mut c)
+            }
+            other => other,
+        };
+        if out.is_ok() {
+            self.idle.lock().expect("lock").push(c);
+        }
+        out
     }
 
     fn sending(&self, e: ::redis::RedisError) -> RedisError {
@@ -450,13 +467,22 @@ impl Direct {
         }
     }
 
+    /// The next reply (push messages skipped).
+    fn reply(&self, c: &mut ::redis::Connection) -> Result<Value, RedisError> {
+        loop {
+            match c.recv_response().map_err(|e| self.sending(e))? {
+                Value::Push { .. } => continue,
+                v => return Ok(v),
+            }
+        }
+    }
+
     fn run(&self, resp: &Resp) -> Result<Vec<Value>, RedisError> {
         use ::redis::ConnectionLike;
-        let mut c = self.take()?;
-        let values = c
-            .req_packed_commands(&resp.bytes, 0, resp.commands)
-            .map_err(|e| self.sending(e))?;
-        self.give(c);
+        let values = self.exchange(|c| {
+            c.req_packed_commands(&resp.bytes, 0, resp.commands)
+                .map_err(|e| self.sending(e))
+        })?;
         self.first_error(&values, resp, "a load's commands")?;
         Ok(values)
     }
@@ -467,9 +493,19 @@ impl Direct {
         ver: &[u8],
         resp: &Resp,
     ) -> Result<Option<usize>, RedisError> {
-        use ::redis::ConnectionLike;
-        let mut c = self.take()?;
-        let mut check = Pipeline::with_capacity(1 + watch.len());
+        self.exchange(|c| self.transaction(c, watch, ver, resp))
+    }
+
+    /// `WATCH` the keys, read them and open the transaction (`MULTI`) in one round trip; then
+    /// the commands and `EXEC` when every key is below `ver`, else `DISCARD`.
+    fn transaction(
+        &self,
+        c: &mut ::redis::Connection,
+        watch: &[Vec<u8>],
+        ver: &[u8],
+        resp: &Resp,
+    ) -> Result<Option<usize>, RedisError> {
+        let mut check = Pipeline::with_capacity(2 + watch.len());
         let mut w = ::redis::cmd("WATCH");
         for k in watch {
             w.arg(k);
@@ -478,53 +514,63 @@ impl Direct {
         for k in watch {
             check.add_command(::redis::cmd("GET").arg(k).clone());
         }
-        let got = c
-            .req_packed_commands(&check.get_packed_pipeline(), 0, 1 + watch.len())
+        check.add_command(::redis::cmd("MULTI"));
+        c.send_packed_command(&check.get_packed_pipeline())
             .map_err(|e| self.sending(e))?;
-        if let Some(Value::ServerError(e)) = got.first() {
-            return Err(RedisError::from_server(&self.server, "WATCH", e));
+        let mut got = Vec::with_capacity(2 + watch.len());
+        for _ in 0..2 + watch.len() {
+            got.push(self.reply(c)?);
         }
-        let below = got.len() == 1 + watch.len()
-            && got[1..]
-                .iter()
-                .all(|v| matches!(v, Value::BulkString(b) if b.as_slice() < ver));
-        if !below {
-            c.req_packed_command(&::redis::cmd("UNWATCH").get_packed_command())
-                .map_err(|e| self.sending(e))?;
-            self.give(c);
-            return Ok(None);
-        }
-        let n = resp.commands;
-        let mut replies = Vec::with_capacity(2);
-        for part in [MULTI, &resp.bytes, EXEC] {
-            c.send_packed_command(part).map_err(|e| self.sending(e))?;
-        }
-        // MULTI's OK, a QUEUED (or an error) per command, EXEC's answer.
-        for _ in 0..n + 2 {
-            let v = c.recv_response().map_err(|e| self.sending(e))?;
-            if matches!(v, Value::ServerError(_)) || replies.is_empty() {
-                replies.push(v);
-            } else if let Some(last) = replies.last_mut() {
-                *last = v;
-            }
-        }
-        self.give(c);
-        // A command refused while queued (EXECABORT) says which one.
-        if let Some(Value::ServerError(e)) =
-            replies.iter().find(|v| matches!(v, Value::ServerError(_)))
+        let opened = matches!(got.last(), Some(Value::Okay));
+        if let Some(Value::ServerError(e)) = got.iter().find(|v| matches!(v, Value::ServerError(_)))
         {
+            // (A refused MULTI opened nothing: the connection is dropped all the same.)
             return Err(RedisError::from_server(
                 &self.server,
-                "a load's transaction",
+                "WATCH, GET, MULTI",
                 e,
             ));
         }
-        match replies.pop() {
-            Some(Value::Nil) => Ok(None),
-            Some(Value::Array(values)) if values.len() == n => {
+        let below = opened
+            && got[1..=watch.len()]
+                .iter()
+                .all(|v| matches!(v, Value::BulkString(b) if b.as_slice() < ver));
+        if !below {
+            // DISCARD ends the transaction and the WATCH.
+            c.send_packed_command(DISCARD)
+                .map_err(|e| self.sending(e))?;
+            self.reply(c)?;
+            return Ok(None);
+        }
+        let n = resp.commands;
+        for part in [&resp.bytes[..], EXEC] {
+            c.send_packed_command(part).map_err(|e| self.sending(e))?;
+        }
+        // A QUEUED (or an error) per command, then EXEC's answer.
+        let mut queued_error = None;
+        for _ in 0..n {
+            if let Value::ServerError(e) = self.reply(c)?
+                && queued_error.is_none()
+            {
+                queued_error = Some(e);
+            }
+        }
+        let exec = self.reply(c)?;
+        if let Some(e) = queued_error {
+            // Refused while queued: EXEC aborted the transaction, nothing ran.
+            return Err(RedisError::from_server(
+                &self.server,
+                "a load's transaction",
+                &e,
+            ));
+        }
+        match exec {
+            Value::Nil => Ok(None),
+            Value::Array(values) if values.len() == n => {
                 self.first_error(&values, resp, "a load's transaction")?;
                 Ok(Some(n))
             }
+            Value::ServerError(e) => Err(RedisError::from_server(&self.server, "EXEC", &e)),
             _ => Err(RedisError {
                 message: format!(
                     "a transaction of {n} commands to Redis {} did not answer with {n} results; \
@@ -844,8 +890,9 @@ impl Redis {
     /// Sends `resp` on a connection of its own (see [`Direct`]); the replies in order. A failed
     /// command fails the call with the first error. Not retried.
     pub async fn exec_resp(&self, resp: Resp) -> Result<Vec<Value>, RedisError> {
+        // (Not counted for `wait_replicas`: a `WAIT` covers the writes of its own connection,
+        // and a load does not wait for replicas.)
         let direct = self.direct_or_bug()?;
-        self.written.lock().expect("lock").insert(0);
         tokio::task::spawn_blocking(move || direct.run(&resp))
             .await
             .unwrap_or_else(|e| Err(Self::crashed(e)))
@@ -863,7 +910,6 @@ impl Redis {
         resp: Resp,
     ) -> Result<Option<usize>, RedisError> {
         let direct = self.direct_or_bug()?;
-        self.written.lock().expect("lock").insert(0);
         tokio::task::spawn_blocking(move || direct.run_if_newer(&watch, &ver, &resp))
             .await
             .unwrap_or_else(|e| Err(Self::crashed(e)))

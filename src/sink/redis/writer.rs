@@ -18,7 +18,7 @@ use futures_util::stream::FuturesUnordered;
 use tokio::task::JoinSet;
 
 use super::APPLY_SCRIPT;
-use super::conn::{Grouping, LuaScript, Redis, RedisError, Routed};
+use super::conn::{ErrorClass, Grouping, LuaScript, Redis, RedisError, Routed};
 use super::dump::Listpack;
 use super::keys::{Companion, Companions};
 use super::ops::Ops;
@@ -1272,6 +1272,13 @@ impl Sent {
                         table,
                         "a change newer than the load reached the cache: the rest of the warm \
                          goes through the version guard key by key"
+                    ),
+                    // An ACL without the transaction's commands is worth saying out loud.
+                    Err(e) if e.class() == ErrorClass::Permission => tracing::warn!(
+                        table,
+                        error = %e,
+                        "a bulk write was refused: the rest of the warm goes through the version \
+                         guard key by key, about twice the work for Redis"
                     ),
                     Err(e) => tracing::debug!(
                         table,
