@@ -345,3 +345,57 @@ async fn a_reload_racing_updates_never_leaves_an_older_value() {
     );
     converges(&db, &url, "after a reload racing updates").await;
 }
+
+/// Redis killed with SIGKILL while the initial load warms it, and back after 3 s with what it
+/// had acknowledged: the chunks in flight fail on the load's own connections, go again on the
+/// shared one (which waits for Redis with back-off; a `RESTORE` that finds its key already there
+/// goes on with `HSET`), and Redis ends equal to the source.
+#[tokio::test]
+async fn redis_killed_during_the_warm_ends_equal_to_the_source() {
+    let rows = 100_000;
+    let Setup {
+        db,
+        mut redis,
+        url,
+        work,
+        path,
+        ..
+    } = setup("cache_warm_kill", rows, true, "url = \"none\"").await;
+    let log = work.path().join("run.log");
+    let _run = Killed(work.spawn_run_logged(&path, &log));
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let started = Instant::now();
+    let written = loop {
+        let n: i64 = redis::cmd("DBSIZE")
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(0);
+        if n >= 1000 {
+            break n;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the warm never started: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    redis.kill9();
+    assert!(
+        written < i64::from(rows),
+        "killed during the warm: {written} keys written of {rows}"
+    );
+    assert!(
+        cache(&url).await.is_none(),
+        "the kill landed: Redis does not answer"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    redis.restart().await;
+    converges(&db, &url, "after Redis was killed during the warm").await;
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("Redis write failed; retrying"),
+        "the warm met the dead server and waited for it: {logged}"
+    );
+}
