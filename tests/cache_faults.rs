@@ -125,6 +125,18 @@ async fn converges(db: &Client, url: &str, when: &str) {
     }
 }
 
+/// Redis killed with SIGKILL (checked: it no longer answers) and restarted after `pause` with
+/// what it had acknowledged.
+async fn down_for(redis: &mut common::redis::PrivateRedis, url: &str, pause: Duration) {
+    redis.kill9();
+    assert!(
+        cache(url).await.is_none(),
+        "the kill landed: Redis does not answer"
+    );
+    tokio::time::sleep(pause).await;
+    redis.restart().await;
+}
+
 async fn burst(db: &Client, rounds: i32) {
     for i in 0..rounds {
         db.execute("UPDATE t SET v = v + 1 WHERE id % 3 = $1", &[&(i % 3)])
@@ -157,13 +169,7 @@ async fn redis_killed_and_restarted_with_or_without_its_data_ends_equal_to_the_s
     // Killed in the middle of a burst, back after 10 s with what it had acknowledged.
     let (_, _) = tokio::join!(burst(&db, 60), async {
         tokio::time::sleep(Duration::from_millis(800)).await;
-        redis.kill9();
-        assert!(
-            cache(&url).await.is_none(),
-            "the kill landed: Redis does not answer"
-        );
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        redis.restart().await;
+        down_for(&mut redis, &url, Duration::from_secs(10)).await;
     });
     converges(&db, &url, "after a restart with its data").await;
 
@@ -381,17 +387,11 @@ async fn redis_killed_during_the_warm_ends_equal_to_the_source() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    redis.kill9();
+    down_for(&mut redis, &url, Duration::from_secs(3)).await;
     assert!(
         written < i64::from(rows),
         "killed during the warm: {written} keys written of {rows}"
     );
-    assert!(
-        cache(&url).await.is_none(),
-        "the kill landed: Redis does not answer"
-    );
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    redis.restart().await;
     converges(&db, &url, "after Redis was killed during the warm").await;
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(
