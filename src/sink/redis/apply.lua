@@ -95,6 +95,17 @@ end
 local function wrote(ver)
   if not top or ver > top then top = ver end
 end
+
+-- A string or json value written with its version key (both with the expiry); the tombstone goes
+-- when `gone` says there was one.
+local function put(k, v, t, gone, val, ver, mode, value)
+  if gone then redis.call('DEL', t) end
+  redis.call('SET', k, val)
+  redis.call('SET', v, ver)
+  expire(k, mode, value)
+  expire(v, mode, value)
+  wrote(ver)
+end
 local function key() ki = ki + 1; return KEYS[ki - 1] end
 local function arg() ai = ai + 1; return ARGV[ai - 1] end
 
@@ -175,12 +186,7 @@ local function run()
       local val, mode, value = arg(), arg(), arg()
       local ok, gone = allowed(ver, redis.call('GET', v), t)
       if ok then
-        if gone then redis.call('DEL', t) end
-        redis.call('SET', k, val)
-        redis.call('SET', v, ver)
-        expire(k, mode, value)
-        expire(v, mode, value)
-        wrote(ver)
+        put(k, v, t, gone, val, ver, mode, value)
       else
         refused = refused + 1
       end
@@ -203,12 +209,7 @@ local function run()
           if f[2] == '0' then raw = old[f[1]] or 'null' end
           out[i] = f[1] .. ':' .. raw
         end
-        if gone then redis.call('DEL', t) end
-        redis.call('SET', k, '{' .. table.concat(out, ',') .. '}')
-        redis.call('SET', v, ver)
-        expire(k, mode, value)
-        expire(v, mode, value)
-        wrote(ver)
+        put(k, v, t, gone, '{' .. table.concat(out, ',') .. '}', ver, mode, value)
       else
         refused = refused + 1
       end
